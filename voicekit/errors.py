@@ -1,0 +1,51 @@
+"""Errors voicekit raises for problems a user can fix.
+
+Every face (CLI, HTTP API, web page, notebooks) shows `str(error)` as one clear line; anything that is
+not a `VoicekitError` is a bug and may carry a traceback.
+"""
+
+from __future__ import annotations
+
+
+class VoicekitError(Exception):
+    """Base class: a problem with the user's input, settings or environment."""
+
+
+class EmptyTextError(VoicekitError, ValueError):
+    """The text (or chat message) has nothing to speak."""
+
+    def __init__(self, what: str = "text") -> None:
+        super().__init__(f"the {what} is empty: give some words to speak")
+
+
+class TextTooLongError(VoicekitError, ValueError):
+    """The text is over the documented limit (`Settings.max_text_chars`)."""
+
+    def __init__(self, length: int, limit: int, what: str = "text") -> None:
+        self.length = length
+        self.limit = limit
+        super().__init__(
+            f"the {what} is {length} characters long; the limit is {limit} "
+            "(set VOICEKIT_MAX_TEXT_CHARS to change it)"
+        )
+
+
+class UnknownVoiceError(VoicekitError, ValueError):
+    """The voice is not one the active speech backend offers."""
+
+    def __init__(self, voice: str, voices: list[str]) -> None:
+        self.voice = voice
+        self.voices = list(voices)
+        super().__init__(f"unknown voice {voice!r}; available voices: {', '.join(self.voices)}")
+
+
+class ModelUnavailableError(VoicekitError, RuntimeError):
+    """A model or voice could not be found locally or fetched from the hub."""
+
+
+class SettingsError(VoicekitError, ValueError):
+    """A setting (keyword argument or VOICEKIT_* variable) has a bad value."""
+
+
+class NoAudioError(VoicekitError, RuntimeError):
+    """The speech model finished without producing any audio for a text."""
