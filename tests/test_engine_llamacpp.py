@@ -1,0 +1,119 @@
+"""The llama.cpp engine on the bundled SmolLM2 GGUF: streaming, stop, length, abort, templates."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from voicekit.engines.base import ChatMessage, SamplingSettings, new_request_id
+from voicekit.kit import Kit
+
+GREETING = [ChatMessage("system", "Answer briefly."), ChatMessage("user", "Say hello to me.")]
+
+
+@pytest.fixture(scope="module")
+def engine(kit: Kit):
+    return kit.chat_model.engine
+
+
+def _collect(kit: Kit, make) -> list:
+    return list(kit.loop.iterate(make))
+
+
+def test_chat_template_comes_from_the_gguf(engine) -> None:
+    prompt = engine.render_chat(GREETING)
+    assert prompt.startswith("<|im_start|>system\nAnswer briefly.<|im_end|>")
+    assert prompt.endswith("<|im_start|>assistant\n")
+
+
+def test_streams_text_with_token_ids_and_stops_at_end_of_turn(kit: Kit, engine) -> None:
+    prompt = engine.render_chat(GREETING)
+    deltas = _collect(kit, lambda: engine.generate(prompt, SamplingSettings(max_tokens=120, seed=3)))
+    assert len(deltas) > 2, "the reply must stream in several deltas"
+    assert all(len(delta.token_ids) == 1 for delta in deltas)
+    assert deltas[-1].finished and deltas[-1].finish_reason == "stop"
+    assert not any(delta.finished for delta in deltas[:-1])
+    text = "".join(delta.text for delta in deltas)
+    assert text.strip() and "<|im_end|>" not in text
+
+
+def test_max_tokens_ends_with_length(kit: Kit, engine) -> None:
+    prompt = engine.render_chat([ChatMessage("user", "Write a long essay about the history of Rome.")])
+    deltas = _collect(kit, lambda: engine.generate(prompt, SamplingSettings(max_tokens=5, seed=1)))
+    assert len(deltas) == 5
+    assert deltas[-1].finish_reason == "length"
+
+
+def test_same_seed_same_reply(kit: Kit, engine) -> None:
+    prompt = engine.render_chat(GREETING)
+
+    def reply() -> str:
+        deltas = _collect(kit, lambda: engine.generate(prompt, SamplingSettings(max_tokens=30, seed=7)))
+        return "".join(delta.text for delta in deltas)
+
+    assert reply() == reply()
+
+
+def test_stop_strings_cut_the_text(kit: Kit, engine) -> None:
+    prompt = engine.render_chat([ChatMessage("user", "Write the numbers 1, 2, 3, 4, 5 separated by commas.")])
+    sampling = SamplingSettings(max_tokens=40, temperature=0.0, stop=("3",))
+    deltas = _collect(kit, lambda: engine.generate(prompt, sampling))
+    text = "".join(delta.text for delta in deltas)
+    assert "3" not in text and deltas[-1].finish_reason in ("stop", "length")
+
+
+def test_abort_by_id_stops_the_request_and_the_engine_serves_the_next(kit: Kit, engine) -> None:
+    prompt = engine.render_chat([ChatMessage("user", "Tell me a long story about the sea.")])
+    request_id = new_request_id("test")
+
+    async def run_and_abort() -> list:
+        deltas = []
+        async for delta in engine.generate(prompt, SamplingSettings(max_tokens=400), request_id):
+            deltas.append(delta)
+            if len(deltas) == 3:
+                assert request_id in engine.active_requests()
+                await engine.abort(request_id)
+        return deltas
+
+    deltas = kit.loop.run(run_and_abort())
+    assert deltas[-1].finish_reason == "abort"
+    assert len(deltas) < 10, "abort must stop generation within a token or two"
+    assert engine.active_requests() == set()
+    follow_up = _collect(kit, lambda: engine.generate(prompt, SamplingSettings(max_tokens=3)))
+    assert follow_up[-1].finish_reason == "length"
+
+
+def test_closing_the_iterator_aborts(kit: Kit, engine) -> None:
+    prompt = engine.render_chat([ChatMessage("user", "Tell me a long story about mountains.")])
+    stream = kit.loop.iterate(lambda: engine.generate(prompt, SamplingSettings(max_tokens=400)))
+    next(stream)
+    next(stream)
+    stream.close()
+    assert engine.active_requests() == set()
+
+
+def test_concurrent_requests_queue_instead_of_colliding(kit: Kit, engine) -> None:
+    prompt = engine.render_chat(GREETING)
+
+    async def both() -> list[list]:
+        async def one(seed: int) -> list:
+            return [delta async for delta in engine.generate(prompt, SamplingSettings(max_tokens=12, seed=seed))]
+
+        return await asyncio.gather(one(1), one(1))
+
+    first, second = kit.loop.run(both())
+    assert [d.token_ids for d in first] == [d.token_ids for d in second]
+
+
+def test_request_ids_are_unique() -> None:
+    ids = {new_request_id() for _ in range(1000)}
+    assert len(ids) == 1000
+
+
+def test_prompt_longer_than_the_context_is_a_clear_error(kit: Kit, engine) -> None:
+    from voicekit.errors import VoicekitError
+
+    too_long = "word " * (engine.n_ctx + 10)
+    with pytest.raises(VoicekitError, match="context holds"):
+        _collect(kit, lambda: engine.generate(too_long, SamplingSettings(max_tokens=3)))

@@ -1,0 +1,75 @@
+"""Presets, VOICEKIT_* variables and keyword overrides, and their documentation."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+
+import pytest
+
+from voicekit.errors import SettingsError
+from voicekit.settings import Settings, choose_preset
+
+
+def test_cpu_preset_defaults() -> None:
+    settings = Settings.resolve("cpu", env={})
+    assert (settings.chat_engine, settings.tts, settings.mode) == ("llamacpp", "piper", "sequential")
+
+
+def test_gpu_preset_names_the_product_models() -> None:
+    settings = Settings.resolve("gpu", env={})
+    assert settings.chat_model == "google/gemma-2-2b-it"
+    assert settings.tts_model == "canopylabs/orpheus-3b-0.1-ft"
+    assert settings.snac_model == "hubertsiuzdak/snac_24khz"
+    assert settings.voice == "tara"
+
+
+def test_environment_overrides_preset_and_keywords_override_environment() -> None:
+    env = {"VOICEKIT_MODE": "overlap", "VOICEKIT_TEMPERATURE": "0.3", "VOICEKIT_MAX_TEXT_CHARS": "500",
+           "VOICEKIT_PIPER_HUB_VOICES": "en_US-lessac-medium, en_GB-alan-low"}
+    settings = Settings.resolve("cpu", env=env)
+    assert settings.mode == "overlap" and settings.temperature == 0.3 and settings.max_text_chars == 500
+    assert settings.piper_hub_voices == ("en_US-lessac-medium", "en_GB-alan-low")
+    assert Settings.resolve("cpu", env=env, mode="sequential").mode == "sequential"
+
+
+def test_preset_from_the_environment() -> None:
+    assert Settings.resolve(env={"VOICEKIT_PRESET": "gpu"}).preset == "gpu"
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"VOICEKIT_TEMPERATURE": "hot"}, "VOICEKIT_TEMPERATURE='hot' is not a valid float"),
+    ({"VOICEKIT_MODE": "parallel"}, "mode must be one of sequential, overlap"),
+    ({"VOICEKIT_CHAT_ENGINE": "http"}, "needs chat_url"),
+])
+def test_bad_values_are_clear_errors(env: dict, message: str) -> None:
+    with pytest.raises(SettingsError, match=message.replace("(", r"\(")):
+        Settings.resolve("cpu", env=env)
+
+
+def test_unknown_keyword_is_an_error() -> None:
+    with pytest.raises(SettingsError, match="unknown setting"):
+        Settings.resolve("cpu", env={}, colour="blue")
+
+
+def test_hf_token_is_read_but_never_shown() -> None:
+    settings = Settings.resolve("cpu", env={"HF_TOKEN": "hf_secret123"})
+    assert settings.hf_token == "hf_secret123"
+    assert "hf_secret123" not in repr(settings)
+    assert settings.public_dict()["hf_token"] == "***"
+
+
+def test_auto_rule() -> None:
+    assert choose_preset(None, False, False)[0] == "cpu"
+    assert choose_preset("2.13.0+cpu", False, False) == ("cpu", "torch 2.13.0+cpu sees no CUDA device")
+    assert choose_preset("2.9.1", True, False)[0] == "cpu"
+    assert choose_preset("2.9.1", True, True)[0] == "gpu"
+
+
+def test_auto_picks_cpu_on_this_machine() -> None:
+    assert Settings.resolve("auto", env={}).preset == "cpu"
+
+
+def test_every_setting_is_documented(repo_root) -> None:
+    doc = (repo_root / "docs" / "CONFIGURATION.md").read_text(encoding="utf-8")
+    for setting in fields(Settings):
+        assert f"VOICEKIT_{setting.name.upper()}" in doc, f"{setting.name} is missing from docs/CONFIGURATION.md"

@@ -1,0 +1,69 @@
+"""The chat model: a voice-friendly system prompt, multi-turn history, sampling, streamed reply text."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from dataclasses import replace
+from typing import Any
+
+from voicekit.engines.base import ChatMessage, Engine, SamplingSettings, new_request_id
+
+HistoryItem = ChatMessage | Mapping[str, Any]
+
+
+def normalize_history(history: Iterable[HistoryItem] | None) -> list[ChatMessage]:
+    """Turn Gradio/OpenAI-style dicts ({"role", "content"}) or ChatMessages into ChatMessages.
+
+    System messages and empty or non-text contents are dropped: the kit's own system prompt rules.
+    """
+    messages: list[ChatMessage] = []
+    for item in history or ():
+        role, content = (item.role, item.content) if isinstance(item, ChatMessage) else (
+            item.get("role"), item.get("content"))
+        if role in ("user", "assistant") and isinstance(content, str) and content.strip():
+            messages.append(ChatMessage(role, content.strip()))
+    return messages
+
+
+class ChatModel:
+    """Writes replies with an engine; knows nothing about speech."""
+
+    def __init__(self, engine: Engine, system_prompt: str, sampling: SamplingSettings,
+                 history_turns: int = 8) -> None:
+        self.engine = engine
+        self.system_prompt = system_prompt
+        self.sampling = sampling
+        self.history_turns = history_turns
+
+    def build_messages(self, message: str, history: Iterable[HistoryItem] | None = None,
+                       system_prompt: str | None = None) -> list[ChatMessage]:
+        """System prompt, the last `history_turns` exchanges, then the new user message."""
+        past = normalize_history(history)
+        if self.history_turns >= 0:
+            past = past[-2 * self.history_turns:] if self.history_turns else []
+        system = self.system_prompt if system_prompt is None else system_prompt
+        head = [ChatMessage("system", system)] if system.strip() else []
+        return [*head, *past, ChatMessage("user", message.strip())]
+
+    async def stream_reply(self, message: str, history: Iterable[HistoryItem] | None = None, *,
+                           system_prompt: str | None = None, temperature: float | None = None,
+                           max_tokens: int | None = None, seed: int | None = None) -> AsyncIterator[str]:
+        """Stream the reply text, delta by delta; closing the iterator aborts the engine request."""
+        prompt = self.engine.render_chat(self.build_messages(message, history, system_prompt))
+        sampling = self._sampling(temperature=temperature, max_tokens=max_tokens, seed=seed)
+        stream = self.engine.generate(prompt, sampling, new_request_id("chat"))
+        try:
+            async for delta in stream:
+                if delta.text:
+                    yield delta.text
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
+
+    async def reply(self, message: str, history: Sequence[HistoryItem] | None = None, **options: Any) -> str:
+        """The whole reply text, stripped."""
+        parts = [piece async for piece in self.stream_reply(message, history, **options)]
+        return "".join(parts).strip()
+
+    def _sampling(self, **changes: Any) -> SamplingSettings:
+        given = {name: value for name, value in changes.items() if value is not None}
+        return replace(self.sampling, **given) if given else self.sampling

@@ -1,0 +1,160 @@
+"""Command line: `python -m voicekit say|chat|voices|doctor|bench`.
+
+User mistakes (empty or long text, unknown voice, a missing model) print one `error:` line and exit 2;
+anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from voicekit.errors import VoicekitError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.run(args) or 0)
+    except VoicekitError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand."""
+    parser = argparse.ArgumentParser(prog="voicekit", description="Talk with a language model out loud.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress and timings")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    say = commands.add_parser("say", help="speak a text and save it as WAV")
+    say.add_argument("text", help="text to speak ('-' reads standard input)")
+    _add_common(say)
+    say.add_argument("-o", "--output", default="say.wav", help="WAV file to write (default: say.wav)")
+    say.set_defaults(run=run_say)
+
+    chat = commands.add_parser("chat", help="let the chat model reply, print it and save the spoken reply")
+    chat.add_argument("message", help="your message ('-' reads standard input)")
+    _add_common(chat)
+    chat.add_argument("-o", "--output", default="reply.wav", help="WAV file to write (default: reply.wav)")
+    chat.add_argument("--mode", choices=("sequential", "overlap"), help="speak after the reply (default) or while")
+    chat.add_argument("--json", action="store_true", help="print the reply and timings as JSON")
+    chat.set_defaults(run=run_chat)
+
+    voices = commands.add_parser("voices", help="list the voices of the active speech backend")
+    voices.add_argument("--preset", help="auto (default), cpu or gpu")
+    voices.set_defaults(run=run_voices)
+
+    doctor = commands.add_parser("doctor", help="check Python, torch, CUDA, nvidia-smi and vLLM; explain the preset")
+    doctor.set_defaults(run=run_doctor)
+
+    bench = commands.add_parser("bench", help="measure latency and speed, write JSON")
+    bench.add_argument("what", choices=("pipeline", "snac"), help="what to measure")
+    bench.add_argument("--json", metavar="FILE", required=True, help="where to write the results")
+    bench.add_argument("--preset", help="auto (default), cpu or gpu")
+    bench.add_argument("--repeats", type=int, default=3, help="runs per case (default 3)")
+    bench.add_argument("--quick", action="store_true", help="fewer cases, for a smoke test")
+    bench.set_defaults(run=run_bench)
+    return parser
+
+
+def _add_common(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--voice", help="voice name (see `voices`)")
+    command.add_argument("--preset", help="auto (default), cpu or gpu")
+
+
+def _read_text(value: str, preset: str | None, what: str) -> str:
+    """The text argument ('-': standard input), checked before any model loads so mistakes fail fast."""
+    from voicekit.pipeline import check_text
+    from voicekit.settings import Settings
+
+    text = sys.stdin.read() if value == "-" else value
+    check_text(text, Settings.resolve(preset).max_text_chars, what)
+    return text
+
+
+def run_say(args: argparse.Namespace) -> int:
+    """`say`: speak a text to a WAV file."""
+    import voicekit
+
+    text = _read_text(args.text, args.preset, "text")
+    with voicekit.load(args.preset, chat=False) as kit:
+        reply = kit.say(text, voice=args.voice)
+        path = reply.save(args.output)
+        print(f"wrote {path} ({reply.timings.audio_s:.2f} s of audio, {len(reply.sentences)} sentence(s), "
+              f"first audio after {reply.timings.ttfa_s or 0:.2f} s)")
+    return 0
+
+
+def run_chat(args: argparse.Namespace) -> int:
+    """`chat`: print the reply, save its audio, print the timings."""
+    import voicekit
+
+    message = _read_text(args.message, args.preset, "message")
+    with voicekit.load(args.preset) as kit:
+        reply = kit.chat(message, voice=args.voice, mode=args.mode)
+        path = reply.save(args.output)
+        timings = reply.timings.as_dict()
+        if args.json:
+            print(json.dumps({"reply": reply.text, "output": str(path), "timings": timings}))
+        else:
+            print(reply.text)
+            print(f"\nwrote {path}")
+            print(_timing_line(timings))
+    return 0
+
+
+def _timing_line(timings: dict[str, Any]) -> str:
+    rtf = timings["rtf"]
+    return (f"first audio {timings['ttfa_s'] or 0:.2f} s | LLM {timings['llm_s']:.2f} s | "
+            f"TTS {timings['tts_s']:.2f} s | audio {timings['audio_s']:.2f} s | "
+            f"RTF {rtf if rtf is None else round(rtf, 3)} | {timings['sentences']} sentence(s) | "
+            f"total {timings['total_s']:.2f} s")
+
+
+def run_voices(args: argparse.Namespace) -> int:
+    """`voices`: one voice per line, the default marked."""
+    import voicekit
+
+    with voicekit.load(args.preset, chat=False) as kit:
+        for voice in kit.voices:
+            print(f"{voice}{'  (default)' if voice == kit.default_voice else ''}")
+        if kit.tags:
+            print(f"emotion tags: {' '.join(kit.tags)}")
+    return 0
+
+
+def run_doctor(args: argparse.Namespace) -> int:
+    """`doctor`: print the environment diagnosis."""
+    from voicekit.doctor import diagnose, format_report
+
+    report = diagnose()
+    print(format_report(report))
+    return 0
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    """`bench`: run a benchmark and write its JSON."""
+    if args.what == "snac":
+        from voicekit.bench_snac import run_snac_bench
+
+        results: Any = run_snac_bench()
+    else:
+        from voicekit.bench import run_pipeline_bench
+
+        results = run_pipeline_bench(preset=args.preset, repeats=args.repeats, quick=args.quick)
+    with open(args.json, "w", encoding="utf-8") as handle:
+        json.dump(results, handle, indent=2)
+    print(f"wrote {args.json}")
+    return 0

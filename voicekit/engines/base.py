@@ -1,0 +1,97 @@
+"""The token-generator protocol every engine implements (llama.cpp, vLLM in-process, OpenAI-compatible HTTP).
+
+An engine streams `Delta`s for one prompt. A prompt is either text (already templated) or a list of token
+ids (Orpheus prompts are built as ids and must never be decoded and re-tokenised). Every request has a
+unique id; `abort(request_id)` stops it, and so does closing the `generate()` iterator (for example when
+the consumer is cancelled), so no generation outlives its consumer.
+
+All coroutines of one engine must run on one long-lived event loop (see `voicekit.engines.loop`): vLLM's
+AsyncLLM binds itself to the loop that first uses it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+Prompt = str | list[int]
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """Sampling parameters shared by all engines (an engine ignores what it cannot honour)."""
+
+    temperature: float = 0.7
+    top_p: float = 0.9
+    top_k: int = 40
+    repetition_penalty: float = 1.1
+    max_tokens: int = 256
+    stop_token_ids: tuple[int, ...] = ()
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+
+@dataclass
+class Delta:
+    """New output of one request since the previous delta.
+
+    `token_ids` holds every token generated since the last delta (an engine may coalesce several);
+    `text` is their decoded text. The last delta of a request has `finished=True` and a `finish_reason`
+    ("stop", "length" or "abort").
+    """
+
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    finished: bool = False
+    finish_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    """One turn of a conversation: role is "system", "user" or "assistant"."""
+
+    role: str
+    content: str
+
+
+_request_counter = itertools.count()
+_process_tag = f"{os.getpid():x}-{uuid.uuid4().hex[:6]}"
+
+
+def new_request_id(prefix: str = "req") -> str:
+    """Return a request id unique within this process and across processes (never a shared constant)."""
+    return f"{prefix}-{_process_tag}-{next(_request_counter)}"
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """A token generator. Implementations live beside this module, one per file."""
+
+    name: str
+    model: str
+
+    def generate(
+        self, prompt: Prompt, sampling: SamplingSettings, request_id: str | None = None
+    ) -> AsyncIterator[Delta]:
+        """Stream the deltas of one request; closing the iterator aborts the request."""
+        ...
+
+    async def abort(self, request_id: str) -> None:
+        """Stop a running request; a finished or unknown id is ignored."""
+        ...
+
+    def active_requests(self) -> set[str]:
+        """Ids of requests still generating (used to prove nothing leaked)."""
+        ...
+
+    def render_chat(self, messages: Sequence[ChatMessage]) -> Prompt:
+        """Apply the model's chat template to a conversation, ready to generate the assistant turn."""
+        ...
+
+    async def close(self) -> None:
+        """Release the model and any worker threads or processes."""
+        ...

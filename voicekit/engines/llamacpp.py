@@ -1,0 +1,182 @@
+"""llama.cpp engine: a local GGUF model through llama-cpp-python, streamed token by token.
+
+llama.cpp is synchronous and one `Llama` holds one KV cache, so requests run one at a time in a worker
+thread; deltas cross to the event loop through `call_soon_threadsafe`. Aborting (or closing the
+iterator) sets a flag the worker checks after every token, so a cancelled request stops within one token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import contextlib
+import os
+import threading
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from voicekit.engines.base import ChatMessage, Delta, Prompt, SamplingSettings, new_request_id
+from voicekit.errors import ModelUnavailableError, VoicekitError
+
+_DONE = object()
+
+
+class LlamaCppEngine:
+    """Engine over one GGUF file loaded with llama-cpp-python."""
+
+    name = "llamacpp"
+
+    def __init__(self, model_path: str | Path, n_ctx: int = 2048, n_threads: int | None = None,
+                 n_gpu_layers: int = 0) -> None:
+        from llama_cpp import Llama  # heavy import, only when the engine is built
+
+        path = Path(model_path)
+        if not path.is_file():
+            raise ModelUnavailableError(f"GGUF model not found: {path}")
+        self.model = path.name
+        self.n_ctx = n_ctx
+        self._llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=n_threads or os.cpu_count() or 1,
+                          n_gpu_layers=n_gpu_layers, verbose=False)
+        self._add_bos = str(self._llm.metadata.get("tokenizer.ggml.add_bos_token", "true")).lower() == "true"
+        self._template = self._llm.metadata.get("tokenizer.chat_template")
+        self._lock = asyncio.Lock()
+        self._cancel_flags: dict[str, threading.Event] = {}
+
+    # -- protocol -----------------------------------------------------------------------------------
+
+    def render_chat(self, messages: Sequence[ChatMessage]) -> Prompt:
+        """Render the conversation with the chat template stored in the GGUF metadata."""
+        if not self._template:
+            raise VoicekitError(f"{self.model} has no chat template in its GGUF metadata")
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        formatter = Jinja2ChatFormatter(template=self._template, eos_token=self._token_text(self._llm.token_eos()),
+                                        bos_token=self._token_text(self._llm.token_bos()))
+        rendered = formatter(messages=[{"role": m.role, "content": m.content} for m in messages])
+        return rendered.prompt
+
+    def count_tokens(self, text: str) -> int:
+        """Number of tokens `text` takes (for fitting chat history into the context)."""
+        return len(self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))
+
+    async def generate(self, prompt: Prompt, sampling: SamplingSettings,
+                       request_id: str | None = None) -> AsyncIterator[Delta]:
+        """Stream deltas for one prompt; see the module docstring for threading and aborts."""
+        request_id = request_id or new_request_id("llamacpp")
+        prompt_ids = self._prompt_ids(prompt)
+        cancel = threading.Event()
+        self._cancel_flags[request_id] = cancel
+        try:
+            async with self._lock:
+                async for delta in self._stream_worker(prompt_ids, sampling, cancel):
+                    yield delta
+        finally:
+            cancel.set()  # stops the worker when the consumer leaves early
+            self._cancel_flags.pop(request_id, None)
+
+    async def abort(self, request_id: str) -> None:
+        """Stop a running request; unknown or finished ids are ignored."""
+        flag = self._cancel_flags.get(request_id)
+        if flag is not None:
+            flag.set()
+
+    def active_requests(self) -> set[str]:
+        """Ids of requests that are queued or generating."""
+        return set(self._cancel_flags)
+
+    async def close(self) -> None:
+        """Abort everything and free the model."""
+        for flag in self._cancel_flags.values():
+            flag.set()
+        async with self._lock:
+            with contextlib.suppress(Exception):
+                self._llm.close()
+
+    # -- internals ----------------------------------------------------------------------------------
+
+    def _token_text(self, token_id: int) -> str:
+        return self._llm.detokenize([token_id], special=True).decode("utf-8", errors="ignore")
+
+    def _prompt_ids(self, prompt: Prompt) -> list[int]:
+        if isinstance(prompt, str):
+            ids = self._llm.tokenize(prompt.encode("utf-8"), add_bos=self._add_bos, special=True)
+        else:
+            ids = list(prompt)
+        if not ids:
+            raise VoicekitError("empty prompt")
+        if len(ids) >= self.n_ctx:
+            raise VoicekitError(f"prompt is {len(ids)} tokens; the context holds {self.n_ctx}")
+        return ids
+
+    async def _stream_worker(self, prompt_ids: list[int], sampling: SamplingSettings,
+                             cancel: threading.Event) -> AsyncIterator[Delta]:
+        loop = asyncio.get_running_loop()
+        channel: asyncio.Queue[Any] = asyncio.Queue()
+
+        def post(item: Any) -> None:
+            loop.call_soon_threadsafe(channel.put_nowait, item)
+
+        worker = loop.run_in_executor(None, self._run_generation, prompt_ids, sampling, cancel, post)
+        try:
+            while True:
+                item = await channel.get()
+                if item is _DONE:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            cancel.set()
+            # Wait for the worker so the next request never shares the Llama object with this one.
+            await asyncio.shield(worker)
+
+    def _run_generation(self, prompt_ids: list[int], sampling: SamplingSettings, cancel: threading.Event,
+                        post: Any) -> None:
+        try:
+            self._generate_sync(prompt_ids, sampling, cancel, post)
+        except BaseException as error:  # delivered to the async side
+            post(error)
+        finally:
+            post(_DONE)
+
+    def _generate_sync(self, prompt_ids: list[int], sampling: SamplingSettings, cancel: threading.Event,
+                       post: Any) -> None:
+        llm = self._llm
+        if sampling.seed is not None:
+            # Reusing a cached prompt prefix changes the logits slightly (different batch shapes), so a
+            # seeded request evaluates its whole prompt: same prompt + same seed = same reply.
+            llm.reset()
+            llm.set_seed(sampling.seed)
+        stop_ids = {llm.token_eos(), *sampling.stop_token_ids}
+        budget = min(sampling.max_tokens, self.n_ctx - len(prompt_ids))
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        text_so_far = ""
+        tokens = llm.generate(prompt_ids, top_k=sampling.top_k, top_p=sampling.top_p,
+                              temp=sampling.temperature, repeat_penalty=sampling.repetition_penalty)
+        for generated, token in enumerate(tokens, start=1):
+            if cancel.is_set():
+                post(Delta(finished=True, finish_reason="abort"))
+                return
+            if token in stop_ids:
+                post(Delta(token_ids=[token], finished=True, finish_reason="stop"))
+                return
+            piece = decoder.decode(llm.detokenize([token]))
+            text_so_far += piece
+            stop_hit = _find_stop(text_so_far, sampling.stop)
+            if stop_hit is not None:
+                keep = len(piece) - (len(text_so_far) - stop_hit)
+                post(Delta(text=piece[:max(keep, 0)], token_ids=[token], finished=True, finish_reason="stop"))
+                return
+            if generated >= budget:
+                post(Delta(text=piece + decoder.decode(b"", final=True), token_ids=[token], finished=True,
+                           finish_reason="length"))
+                return
+            post(Delta(text=piece, token_ids=[token]))
+        post(Delta(finished=True, finish_reason="stop"))
+
+
+def _find_stop(text: str, stops: Sequence[str]) -> int | None:
+    """Index where the earliest stop string starts in `text`, or None."""
+    hits = [text.find(stop) for stop in stops if stop and stop in text]
+    return min(hits) if hits else None

@@ -1,0 +1,138 @@
+"""One long-lived event loop for all engine work, and bridges to it from sync code and other loops.
+
+Engines such as vLLM's AsyncLLM bind themselves to the loop that first uses them, so voicekit never calls
+`asyncio.run()` per request. A kit owns one `EventLoopThread`; notebooks and scripts iterate its async
+streams synchronously, and the web server (which runs its own loop) iterates them asynchronously. Leaving
+a stream early (break, exception, client disconnect) cancels the producer on the engine loop, which
+closes the engine iterators and so aborts their requests, before the consumer goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import queue
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+_ITEM, _ERROR, _END = "item", "error", "end"
+_CLEANUP_TIMEOUT_S = 30.0
+
+
+class EventLoopThread:
+    """An asyncio loop running forever in a daemon thread."""
+
+    def __init__(self, name: str = "voicekit-loop") -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    def run(self, coro: Awaitable[T], timeout: float | None = None) -> T:
+        """Run a coroutine on the loop from another thread and return its result."""
+        if self.in_loop():
+            if asyncio.iscoroutine(coro):
+                coro.close()  # never awaited: close it so Python does not warn about it later
+            raise RuntimeError("EventLoopThread.run() called from its own loop; await the coroutine instead")
+        future = asyncio.run_coroutine_threadsafe(_as_coroutine(coro), self.loop)
+        try:
+            return future.result(timeout)
+        except BaseException:
+            future.cancel()
+            raise
+
+    def in_loop(self) -> bool:
+        """True when called from the loop's own thread."""
+        return threading.current_thread() is self._thread
+
+    def iterate(self, make_stream: Callable[[], AsyncIterator[T]]) -> Iterator[T]:
+        """Iterate an async stream, created on the loop, from synchronous code."""
+        channel: queue.Queue[tuple[str, Any]] = queue.Queue()
+        finished = threading.Event()
+        future = asyncio.run_coroutine_threadsafe(
+            _produce(make_stream, channel.put, finished.set), self.loop
+        )
+        try:
+            while True:
+                kind, value = channel.get()
+                if kind == _ITEM:
+                    yield value
+                elif kind == _ERROR:
+                    raise value
+                else:
+                    return
+        finally:
+            if not future.done():
+                future.cancel()
+            finished.wait(_CLEANUP_TIMEOUT_S)
+
+    async def aiterate(self, make_stream: Callable[[], AsyncIterator[T]]) -> AsyncIterator[T]:
+        """Iterate an async stream, created on the engine loop, from another event loop."""
+        if self.in_loop():
+            async with contextlib.aclosing(make_stream()) as stream:
+                async for item in stream:
+                    yield item
+            return
+        consumer_loop = asyncio.get_running_loop()
+        channel: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        finished = asyncio.Event()
+
+        def post(message: tuple[str, Any]) -> None:
+            consumer_loop.call_soon_threadsafe(channel.put_nowait, message)
+
+        def mark_finished() -> None:
+            with contextlib.suppress(RuntimeError):  # the consumer loop may already be closed
+                consumer_loop.call_soon_threadsafe(finished.set)
+
+        future = asyncio.run_coroutine_threadsafe(_produce(make_stream, post, mark_finished), self.loop)
+        try:
+            while True:
+                kind, value = await channel.get()
+                if kind == _ITEM:
+                    yield value
+                elif kind == _ERROR:
+                    raise value
+                else:
+                    return
+        finally:
+            if not future.done():
+                future.cancel()
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(finished.wait(), _CLEANUP_TIMEOUT_S)
+
+    def close(self) -> None:
+        """Stop the loop and join its thread."""
+        if self.loop.is_closed():
+            return
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=10)
+        if not self._thread.is_alive():
+            self.loop.close()
+
+
+async def _as_coroutine(awaitable: Awaitable[T]) -> T:
+    return await awaitable
+
+
+async def _produce(
+    make_stream: Callable[[], AsyncIterator[T]],
+    post: Callable[[tuple[str, Any]], None],
+    mark_finished: Callable[[], None],
+) -> None:
+    try:
+        async with contextlib.aclosing(make_stream()) as stream:
+            async for item in stream:
+                post((_ITEM, item))
+        post((_END, None))
+    except asyncio.CancelledError:
+        raise
+    except BaseException as error:  # delivered to the consumer, which re-raises it
+        post((_ERROR, error))
+    finally:
+        mark_finished()
