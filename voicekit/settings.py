@@ -51,6 +51,7 @@ class Settings:
     voice: str = ""  # default voice; empty means the backend's default
     piper_voices_dir: str = ""  # folder of extra Piper voices (NAME.onnx + NAME.onnx.json)
     piper_hub_voices: tuple[str, ...] = ()  # Piper voices to fetch from the hub, e.g. en_US-lessac-medium
+    tts_url: str = ""  # base URL of a `vllm serve` speech server (used when chat_engine is http)
     snac_model: str = "hubertsiuzdak/snac_24khz"
     # pipeline
     mode: str = "sequential"  # sequential | overlap

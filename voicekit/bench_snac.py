@@ -1,0 +1,148 @@
+"""Benchmark: streamed SNAC decoding (`StreamingDecoder`) against one one-shot decode of the same codes.
+
+Random codes and a random-weight SNAC 24 kHz (noise off, seeded), so it needs no download. Frames are
+pushed one at a time, as an engine would deliver them. Timings are the best of ``repeats`` runs, one-shot
+and stream interleaved so that load from other processes hits both alike.
+
+    python -m voicekit.bench_snac --frames 48 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from voicekit.tts.orpheus_codes import SAMPLES_PER_FRAME
+
+
+def snr_db(signal: np.ndarray, reference: np.ndarray) -> float:
+    """SNR of ``signal`` against ``reference`` in dB (capped at 200 dB for identical arrays)."""
+    noise = float(np.sum((signal.astype(np.float64) - reference) ** 2))
+    power = float(np.sum(reference.astype(np.float64) ** 2))
+    if noise == 0.0:
+        return 200.0
+    return min(200.0, 10.0 * np.log10(power / noise))
+
+
+def _stream(model: Any, frames: np.ndarray, **options: int) -> tuple[np.ndarray, int | None]:
+    from voicekit.tts.snac_decoder import StreamingDecoder
+
+    decoder = StreamingDecoder(model, **options)
+    chunks = [chunk for frame in frames for chunk in decoder.push([frame])]
+    chunks.append(decoder.flush())
+    return np.concatenate(chunks), decoder.first_audio_frames
+
+
+def _upstream_window(model: Any, frames: np.ndarray) -> np.ndarray:
+    """Upstream's decoder: re-decode the last 4 frames for every new frame, keep the second one."""
+    from voicekit.tts.snac_decoder import decode_frames
+
+    parts = [
+        decode_frames(model, frames[i - 4 : i])[SAMPLES_PER_FRAME : 2 * SAMPLES_PER_FRAME]
+        for i in range(4, len(frames) + 1)
+    ]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+
+
+_CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def _timed(fn: Any, clock: str = "wall") -> tuple[float, Any]:
+    now = _CLOCKS[clock]
+    start = now()
+    result = fn()
+    return now() - start, result
+
+
+def run_snac_bench(
+    frames: int = 48,
+    device: str | None = None,
+    repeats: int = 3,
+    *,
+    seed: int = 0,
+    upstream_window: bool = False,
+    clock: str = "wall",
+    **stream_options: int,
+) -> dict[str, Any]:
+    """Time one-shot vs streamed decoding of ``frames`` random frames; return the JSON-ready results.
+
+    Fields: frames, oneshot_s, stream_s, ratio (stream / one-shot), max_abs_diff, snr_db (stream vs
+    one-shot), samples (== frames * 2048), first_audio_frames, device. ``upstream_window=True`` adds
+    upstream_s / upstream_ratio for the 4-frame sliding window decoder upstream uses. ``clock="cpu"``
+    times with process CPU time (steadier on a loaded machine) and adds ``"clock": "cpu"``.
+    ``stream_options`` go to `StreamingDecoder` (first_chunk, max_chunk, growth, left_context, lookahead).
+    """
+    import torch
+
+    from voicekit.tts.snac_decoder import build_snac, decode_frames, default_device
+
+    if frames < 1 or repeats < 1 or clock not in _CLOCKS:
+        raise ValueError(f"frames and repeats must be >= 1 and clock one of {sorted(_CLOCKS)}")
+    device = device or default_device()
+    torch.manual_seed(seed)
+    model = build_snac(device=device, weights=None, noise=False)
+    codes = np.random.default_rng(seed).integers(0, 4096, size=(frames, 7))
+    decode_frames(model, codes[: min(frames, 4)])  # warm-up: first-call allocations, kernel selection
+
+    oneshot_s = stream_s = upstream_s = float("inf")
+    for _ in range(repeats):
+        t, oneshot = _timed(lambda: decode_frames(model, codes), clock)
+        oneshot_s = min(oneshot_s, t)
+        t, (streamed, first_audio) = _timed(lambda: _stream(model, codes, **stream_options), clock)
+        stream_s = min(stream_s, t)
+        if upstream_window:
+            upstream_s = min(upstream_s, _timed(lambda: _upstream_window(model, codes), clock)[0])
+
+    result: dict[str, Any] = {
+        "frames": frames,
+        "oneshot_s": round(oneshot_s, 4),
+        "stream_s": round(stream_s, 4),
+        "ratio": round(stream_s / oneshot_s, 3),
+        "max_abs_diff": float(np.max(np.abs(streamed - oneshot))),
+        "snr_db": round(snr_db(streamed, oneshot), 2),
+        "samples": int(streamed.size),
+        "first_audio_frames": first_audio,
+        "device": str(device),
+    }
+    if clock != "wall":
+        result["clock"] = clock
+    if upstream_window:
+        result["upstream_s"] = round(upstream_s, 4)
+        result["upstream_ratio"] = round(upstream_s / oneshot_s, 3)
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI: run the benchmark, print its JSON, and write it to ``--json FILE`` when given."""
+    parser = argparse.ArgumentParser(prog="voicekit bench snac", description=__doc__.splitlines()[0])
+    parser.add_argument("--frames", type=int, default=48)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--upstream-window", action="store_true", help="also time upstream's 4-frame window")
+    parser.add_argument("--clock", choices=sorted(_CLOCKS), default="wall", help="timer (default: wall)")
+    parser.add_argument("--json", metavar="FILE", default=None, help="write the results to FILE")
+    args = parser.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    result = run_snac_bench(
+        args.frames, args.device, args.repeats, upstream_window=args.upstream_window, clock=args.clock
+    )
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as fh:
+            fh.write(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""Orpheus speech backend: Orpheus 3B on an engine (vLLM in-process or `vllm serve`) + streaming SNAC decoding.
+
+For each sentence: prompt ids built from the tokenizer's ids of "voice: text" (never decoded and
+re-tokenised), generation stopped at end-of-speech with `max_tokens` sized from the text, every token id
+of every delta parsed into 7-code frames, frames decoded by `StreamingDecoder` as they arrive (first audio
+after 3 frames, the tail flushed at the end). A sentence that yields no frame is a `NoAudioError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from voicekit.engines.base import Engine, SamplingSettings, new_request_id
+from voicekit.errors import NoAudioError
+from voicekit.tts.base import resolve_voice
+from voicekit.tts.orpheus_codes import (
+    DEFAULT_VOICE,
+    EMOTION_TAGS,
+    END_OF_SPEECH_ID,
+    SAMPLE_RATE,
+    VOICES,
+    CodeParser,
+    build_prompt_ids,
+    max_tokens_for_text,
+    prompt_text,
+)
+
+log = logging.getLogger("voicekit.orpheus")
+
+Tokenize = Callable[[str], Sequence[int]]
+
+
+@dataclass(frozen=True)
+class OrpheusSampling:
+    """Sampling defaults from upstream Orpheus code (repetition_penalty >= 1.1 is required for stable speech)."""
+
+    temperature: float = 0.6
+    top_p: float = 0.9
+    top_k: int = 0  # 0: no top-k cut
+    repetition_penalty: float = 1.1
+
+
+class OrpheusBackend:
+    """Speech backend over an engine running an Orpheus model and a SNAC model."""
+
+    name = "orpheus"
+    sample_rate = SAMPLE_RATE
+    tags: tuple[str, ...] = EMOTION_TAGS
+
+    def __init__(self, engine: Engine, tokenize: Tokenize, snac: Any, *, voices: Sequence[str] = VOICES,
+                 default_voice: str | None = None, sampling: OrpheusSampling | None = None,
+                 decoder_options: dict[str, Any] | None = None) -> None:
+        self.engine = engine
+        self._tokenize = tokenize
+        self.snac = snac
+        self._voices = list(voices)
+        self.default_voice = resolve_voice(default_voice, self._voices, DEFAULT_VOICE)
+        self.sampling = sampling or OrpheusSampling()
+        self._decoder_options = decoder_options or {}
+        # One SNAC model serves every stream; torch modules are not safe to run from two threads at once.
+        self._snac_lock = threading.Lock()
+
+    @property
+    def voices(self) -> list[str]:
+        """The Orpheus voices."""
+        return list(self._voices)
+
+    def resolve(self, voice: str | None) -> str:
+        """Canonical voice name; raises UnknownVoiceError listing the voices."""
+        return resolve_voice(voice, self._voices, self.default_voice)
+
+    def prompt_ids(self, text: str, voice: str) -> list[int]:
+        """Token ids of the Orpheus prompt for `text` spoken by `voice`."""
+        return build_prompt_ids(list(self._tokenize(prompt_text(voice, text))))
+
+    def sampling_for(self, text: str) -> SamplingSettings:
+        """Engine sampling for one text: stop at end-of-speech, budget sized from the text."""
+        return SamplingSettings(temperature=self.sampling.temperature, top_p=self.sampling.top_p,
+                                top_k=self.sampling.top_k, repetition_penalty=self.sampling.repetition_penalty,
+                                max_tokens=max_tokens_for_text(text), stop_token_ids=(END_OF_SPEECH_ID,))
+
+    async def synthesize(self, text: str, voice: str) -> AsyncIterator[np.ndarray]:
+        """Stream 24 kHz float32 chunks of `text` in `voice`."""
+        from voicekit.tts.snac_decoder import StreamingDecoder
+
+        name = self.resolve(voice)
+        parser = CodeParser()
+        decoder = StreamingDecoder(self.snac, **self._decoder_options)
+        stream = self.engine.generate(self.prompt_ids(text, name), self.sampling_for(text), new_request_id("orpheus"))
+        try:
+            async for delta in stream:
+                frames = parser.feed(delta.token_ids)  # every id of the delta, never only the last
+                if frames:
+                    for chunk in await asyncio.to_thread(self._locked, decoder.push, frames):
+                        yield chunk
+                if parser.stopped:
+                    break
+        finally:
+            with contextlib.suppress(Exception):
+                await stream.aclose()  # type: ignore[attr-defined]
+        stats = parser.finish()
+        tail = await asyncio.to_thread(self._locked, decoder.flush)
+        if len(tail):
+            yield tail
+        if decoder.frames_received == 0:
+            raise NoAudioError(f"Orpheus produced no audio for {text[:60]!r} (voice {name}): {stats}")
+        if stats.rejected_ids or stats.partial_tokens:
+            log.warning("orpheus stream for voice %s: %s", name, stats)
+
+    def _locked(self, method: Callable[..., Any], *args: Any) -> Any:
+        with self._snac_lock:
+            return method(*args)
+
+    async def close(self) -> None:
+        """Close the engine behind this backend."""
+        await self.engine.close()
+
+
+def build_orpheus_backend(settings: Any) -> OrpheusBackend:
+    """The gpu preset's speech side: Orpheus on vLLM (or `vllm serve` over HTTP) and SNAC on the GPU."""
+    from voicekit.tts.snac_decoder import build_snac
+
+    if settings.tts_url:
+        from voicekit.engines.http_engine import HTTPEngine
+
+        engine: Any = HTTPEngine(settings.tts_url, settings.tts_model)
+        tokenize = _hub_tokenizer(settings.tts_model, settings.hf_token)
+    else:
+        from voicekit.engines.vllm_engine import VLLMEngine
+
+        engine = VLLMEngine(settings.tts_model, gpu_memory_utilization=settings.tts_memory_share,
+                            max_model_len=settings.max_model_len, dtype=settings.dtype)
+
+        def tokenize(text: str) -> list[int]:
+            return list(engine.tokenizer(text).input_ids)
+
+    snac = build_snac(device=None, weights=settings.snac_model)
+    return OrpheusBackend(engine, tokenize, snac, default_voice=settings.voice or None)
+
+
+def _hub_tokenizer(model: str, token: str) -> Tokenize:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model, token=token or None)
+    return lambda text: tokenizer(text).input_ids
