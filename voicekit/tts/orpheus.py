@@ -67,6 +67,7 @@ class OrpheusBackend:
         self._decoder_options = decoder_options or {}
         # One SNAC model serves every stream; torch modules are not safe to run from two threads at once.
         self._snac_lock = threading.Lock()
+        self.last_stats: Any = None  # ParseStats of the latest finished sentence (for logs and tests)
 
     @property
     def voices(self) -> list[str]:
@@ -106,7 +107,7 @@ class OrpheusBackend:
         finally:
             with contextlib.suppress(Exception):
                 await stream.aclose()  # type: ignore[attr-defined]
-        stats = parser.finish()
+        stats = self.last_stats = parser.finish()
         tail = await asyncio.to_thread(self._locked, decoder.flush)
         if len(tail):
             yield tail

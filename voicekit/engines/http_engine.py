@@ -1,0 +1,284 @@
+"""Engine for an OpenAI-compatible `vllm serve` process, over HTTP.
+
+One `vllm serve` process per model is what vLLM's maintainers recommend for several models; this engine
+talks to one of them:
+
+* Generation streams `POST /v1/completions` with `stream=true` and vLLM's `return_token_ids=true`, so each
+  server-sent chunk carries the ids of exactly the tokens it adds (`choices[0].token_ids`), all of them.
+* A prompt is text or a list of token ids (vLLM's completions endpoint takes a list of ints as `prompt`,
+  so Orpheus id prompts are never re-tokenised).
+* Abort = close the HTTP stream: vLLM aborts a request whose client disconnects. Each request's stream
+  is read by its own task; `abort(id)` cancels that task, and closing the `generate()` iterator does too.
+* `render_chat` asks the server to apply the model's chat template: `POST /tokenize` with `messages` and
+  `add_generation_prompt=true` returns the prompt as ids.
+
+Uses `httpx` (imported lazily: voicekit runs without it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
+
+from voicekit.engines.base import ChatMessage, Delta, Prompt, SamplingSettings, new_request_id
+from voicekit.engines.vllm_engine import fold_system_message
+from voicekit.errors import ModelUnavailableError, VoicekitError
+
+_END = object()
+
+
+def _import_httpx() -> Any:
+    try:
+        import httpx
+    except ImportError as error:  # pragma: no cover - depends on the environment
+        raise ModelUnavailableError("the HTTP engine needs httpx (pip install httpx)") from error
+    return httpx
+
+
+class EngineHTTPError(VoicekitError, RuntimeError):
+    """The vLLM server answered with an error (bad request, prompt too long, server failure)."""
+
+
+def completion_body(
+    model: str,
+    prompt: Prompt,
+    sampling: SamplingSettings,
+    request_id: str,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The JSON body of a streamed vLLM completion for `prompt` with `sampling`."""
+    body: dict[str, Any] = {
+        "model": model,
+        "prompt": prompt if isinstance(prompt, str) else [int(t) for t in prompt],
+        "stream": True,
+        "return_token_ids": True,
+        "request_id": request_id,
+        "max_tokens": int(sampling.max_tokens),
+        "temperature": float(sampling.temperature),
+        "top_p": float(sampling.top_p),
+        "repetition_penalty": float(sampling.repetition_penalty),
+    }
+    if sampling.top_k and sampling.top_k > 0:
+        body["top_k"] = int(sampling.top_k)
+    if sampling.stop_token_ids:
+        body["stop_token_ids"] = [int(t) for t in sampling.stop_token_ids]
+    if sampling.stop:
+        body["stop"] = list(sampling.stop)
+    if sampling.seed is not None:
+        body["seed"] = int(sampling.seed)
+    if extra:
+        body.update(extra)
+    return body
+
+
+class HTTPEngine:
+    """A voicekit `Engine` backed by a `vllm serve` process (OpenAI-compatible API).
+
+    `sampling_overrides` is merged into every completion body (any vLLM completion field, for example
+    `{"ignore_eos": True}`).
+    """
+
+    name = "http"
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        api_key: str | None = None,
+        *,
+        timeout_s: float = 300.0,
+        connect_timeout_s: float = 10.0,
+        sampling_overrides: Mapping[str, Any] | None = None,
+    ) -> None:
+        self._httpx = _import_httpx()
+        self.base_url = base_url.rstrip("/")
+        if self.base_url.endswith("/v1"):
+            self.base_url = self.base_url[: -len("/v1")]
+        self.model = model
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._timeout = self._httpx.Timeout(timeout_s, connect=connect_timeout_s)
+        self._sampling_overrides = dict(sampling_overrides or {})
+        self._client: Any = None  # created on the loop that first uses it
+        self._readers: dict[str, asyncio.Task[None]] = {}
+        self._closed = False
+
+    def _async_client(self) -> Any:
+        if self._client is None:
+            self._client = self._httpx.AsyncClient(base_url=self.base_url, headers=self._headers, timeout=self._timeout)
+        return self._client
+
+    # -- Engine protocol -------------------------------------------------------------------------------
+
+    async def generate(
+        self, prompt: Prompt, sampling: SamplingSettings, request_id: str | None = None
+    ) -> AsyncIterator[Delta]:
+        """Stream one completion; closing this iterator closes the HTTP stream, which aborts it."""
+        if self._closed:
+            raise RuntimeError("the HTTP engine is closed")
+        request_id = request_id or new_request_id("http")
+        if request_id in self._readers:
+            raise ValueError(f"request id {request_id!r} is already running")
+        body = completion_body(self.model, prompt, sampling, request_id, self._sampling_overrides)
+        channel: asyncio.Queue[Any] = asyncio.Queue()
+        reader = asyncio.create_task(self._read_stream(body, channel), name=f"voicekit-http-{request_id}")
+        self._readers[request_id] = reader
+        finished = False
+        try:
+            while True:
+                item = await channel.get()
+                if item is _END:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                finished = item.finished
+                yield item
+                if finished:
+                    break
+            if not finished:
+                # The stream ended without a finish reason: it was closed by abort() or by the server.
+                yield Delta(finished=True, finish_reason="abort")
+        finally:
+            self._readers.pop(request_id, None)
+            if not reader.done():
+                reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
+
+    async def _read_stream(self, body: dict[str, Any], channel: asyncio.Queue[Any]) -> None:
+        client = self._async_client()
+        try:
+            async with client.stream("POST", "/v1/completions", json=body) as response:
+                if response.status_code != 200:
+                    detail = (await response.aread()).decode("utf-8", "replace")
+                    raise EngineHTTPError(
+                        f"vLLM server at {self.base_url} refused the completion "
+                        f"({response.status_code}): {_error_message(detail)}"
+                    )
+                async for line in response.aiter_lines():
+                    delta = _parse_sse_line(line)
+                    if delta is None:
+                        continue
+                    if delta is _END:
+                        break
+                    channel.put_nowait(delta)
+                    if delta.finished:
+                        break
+            channel.put_nowait(_END)
+        except asyncio.CancelledError:
+            channel.put_nowait(_END)  # aborted: leaving the `async with` closed the connection
+            raise
+        except EngineHTTPError as error:
+            channel.put_nowait(error)
+        except self._httpx.HTTPError as error:
+            channel.put_nowait(
+                EngineHTTPError(f"lost the vLLM server at {self.base_url}: {type(error).__name__}: {error}")
+            )
+        except Exception as error:
+            channel.put_nowait(error)
+
+    async def abort(self, request_id: str) -> None:
+        """Close the request's HTTP stream (vLLM aborts on disconnect); its stream ends with an abort delta."""
+        reader = self._readers.get(request_id)
+        if reader is not None and not reader.done():
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
+
+    def active_requests(self) -> set[str]:
+        return {rid for rid, task in self._readers.items() if not task.done()}
+
+    def render_chat(self, messages: Sequence[ChatMessage]) -> list[int]:
+        """Apply the served model's chat template (server side, `POST /tokenize`) and return ids.
+
+        This is a short blocking call; on an event loop prefer `await render_chat_async(...)`.
+        A system message is folded into the first user turn when the template refuses the system role.
+        """
+        with self._httpx.Client(base_url=self.base_url, headers=self._headers, timeout=self._timeout) as client:
+            return self._tokenize_chat(messages, lambda body: client.post("/tokenize", json=body))
+
+    async def render_chat_async(self, messages: Sequence[ChatMessage]) -> list[int]:
+        client = self._async_client()
+        dicts = [{"role": m.role, "content": m.content} for m in messages]
+        response = await client.post("/tokenize", json=self._tokenize_body(dicts))
+        if response.status_code != 200 and _refuses_system(dicts, response.text):
+            response = await client.post("/tokenize", json=self._tokenize_body(fold_system_message(dicts)))
+        return self._tokens_from(response)
+
+    async def health(self) -> bool:
+        """True when `GET /health` answers 200."""
+        try:
+            response = await self._async_client().get("/health")
+        except self._httpx.HTTPError:
+            return False
+        return response.status_code == 200
+
+    async def close(self) -> None:
+        """Abort running requests and close the HTTP client (the server keeps running)."""
+        self._closed = True
+        for request_id in list(self._readers):
+            await self.abort(request_id)
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    # -- helpers -----------------------------------------------------------------------------------------
+
+    def _tokenize_body(self, messages: list[dict[str, str]]) -> dict[str, Any]:
+        return {"model": self.model, "messages": messages, "add_generation_prompt": True}
+
+    def _tokenize_chat(self, messages: Sequence[ChatMessage], post: Any) -> list[int]:
+        dicts = [{"role": m.role, "content": m.content} for m in messages]
+        response = post(self._tokenize_body(dicts))
+        if response.status_code != 200 and _refuses_system(dicts, response.text):
+            response = post(self._tokenize_body(fold_system_message(dicts)))
+        return self._tokens_from(response)
+
+    def _tokens_from(self, response: Any) -> list[int]:
+        if response.status_code != 200:
+            raise EngineHTTPError(
+                f"vLLM server at {self.base_url} could not apply the chat template "
+                f"({response.status_code}): {_error_message(response.text)}"
+            )
+        return [int(t) for t in response.json()["tokens"]]
+
+
+def _parse_sse_line(line: str) -> Any:
+    """One server-sent-events line -> a Delta, `_END` for `[DONE]`, or None for anything else."""
+    line = line.strip()
+    if not line.startswith("data:"):
+        return None
+    data = line[len("data:") :].strip()
+    if data == "[DONE]":
+        return _END
+    payload = json.loads(data)
+    if "error" in payload:
+        raise EngineHTTPError(f"vLLM server error: {_error_message(json.dumps(payload))}")
+    choices = payload.get("choices") or []
+    if not choices:
+        return None  # e.g. a usage-only chunk
+    choice = choices[0]
+    reason = choice.get("finish_reason")
+    return Delta(
+        text=choice.get("text") or "",
+        token_ids=[int(t) for t in choice.get("token_ids") or []],
+        finished=reason is not None,
+        finish_reason=reason,
+    )
+
+
+def _error_message(detail: str) -> str:
+    try:
+        payload = json.loads(detail)
+    except ValueError:
+        return detail.strip()[:500]
+    error = payload.get("error", payload) if isinstance(payload, dict) else payload
+    if isinstance(error, dict):
+        return str(error.get("message") or error.get("detail") or error)[:500]
+    return str(error)[:500]
+
+
+def _refuses_system(messages: list[dict[str, str]], detail: str) -> bool:
+    return bool(messages) and messages[0]["role"] == "system" and "system" in detail.lower()
