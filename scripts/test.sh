@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
-# Install everything the tests need, then run them. This is the README's test command.
+# Install everything the tests need, then run them: the README's test command, and what CI runs.
+#   - Python packages of the kit and the test tools (requirements-dev.txt)
+#   - Debian's chromium for the browser test (tests/install_browser.sh; needs root, else that test skips)
+#   - the vLLM CPU build in its own venv, .venv-vllm (scripts/vllm_env.sh; it conflicts with the main env)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python -m pip install -r requirements-dev.txt
+python -m pip install -q -r requirements-dev.txt
+sh tests/install_browser.sh
+bash scripts/vllm_env.sh
 python -m ruff check .
 python -m pytest "$@"
