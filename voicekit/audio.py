@@ -280,10 +280,7 @@ def _sinc_table(up: int, ratio: float, zero_crossings: int = 16, beta: float = 8
 def duration_s(samples_or_count: np.ndarray | int, sample_rate: int) -> float:
     """Duration in seconds of a sample array (its length) or of a sample count."""
     _check_rate(sample_rate)
-    if isinstance(samples_or_count, (int, np.integer)):
-        count = int(samples_or_count)
-    else:
-        count = len(samples_or_count)
+    count = int(samples_or_count) if isinstance(samples_or_count, (int, np.integer)) else len(samples_or_count)
     return count / sample_rate
 
 
