@@ -1,0 +1,323 @@
+"""The HTTP API: `POST /chat`, OpenAI-compatible `POST /v1/audio/speech`, `GET /v1/audio/voices`, `GET /health`.
+
+`create_app(kit)` returns a FastAPI app (no Gradio here; `app.py` mounts the page beside it). Audio streams
+as it is made: every route calls `kit.achat` / `kit.asay` (input is checked at call time, so a bad request
+gets a 4xx JSON error before any audio is promised) and closes the reply in `finally`, so a client that
+disconnects mid-stream aborts its engine requests. Errors use OpenAI's shape:
+`{"error": {"message", "type", "param", "code"}}`. docs/API.md documents every route.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+import anyio
+import numpy as np
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Receive, Scope, Send
+
+from voicekit.errors import VoicekitError
+from voicekit.server_audio import FORMATS, AudioFormat, encode_stream
+from voicekit.server_schema import (
+    SPEECH_MODELS,
+    ApiError,
+    ChatRequest,
+    SpeechRequest,
+    VoiceId,
+    check_authorization,
+    check_speech_options,
+    error_body,
+    validation_error,
+    voicekit_error,
+)
+
+log = logging.getLogger("voicekit.server")
+
+FINISHED_KEPT = 64
+MAX_TEXT_HEADER = 4096
+
+
+# -- per-request bookkeeping ------------------------------------------------------------------------
+
+
+@dataclass
+class RequestRecord:
+    """One streaming request: what the server knows while it runs (tests read `reply.done`)."""
+
+    id: str
+    route: str
+    voice: str
+    started: float = field(default_factory=time.perf_counter)
+    reply: Any = None
+    bytes_sent: int = 0
+    outcome: str = "streaming"
+
+
+class ServerState:
+    """Requests in flight and totals, shared by the routes (on `app.state.voicekit`)."""
+
+    def __init__(self, kit: Any, api_key: str | None, password: str | None) -> None:
+        self.kit = kit
+        self.active: dict[str, RequestRecord] = {}
+        self.finished: OrderedDict[str, RequestRecord] = OrderedDict()  # the last FINISHED_KEPT, for GET /chat/{id}
+        self.served = 0
+        self._api_key, self._password = api_key, password
+
+    def finish(self, record: RequestRecord) -> None:
+        """Move a request from the active ones to the recently finished ones."""
+        self.active.pop(record.id, None)
+        self.finished[record.id] = record
+        while len(self.finished) > FINISHED_KEPT:
+            self.finished.popitem(last=False)
+        self.served += 1
+        _log_finished(record)
+
+    def find(self, request_id: str) -> RequestRecord | None:
+        """An active or recently finished request."""
+        return self.active.get(request_id) or self.finished.get(request_id)
+
+    def authorized(self, header: str | None) -> bool:
+        """Check an Authorization header against the configured API key / password (open when neither is set)."""
+        return check_authorization(header, self._api_key, self._password)
+
+
+class AudioStreamResponse(StreamingResponse):
+    """A StreamingResponse that always closes its body iterator, even when the client went away."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.body_iterator.aclose()  # type: ignore[attr-defined]
+
+
+# -- the app ----------------------------------------------------------------------------------------
+
+
+def create_app(kit: Any, *, api_key: str | None = None, password: str | None = None,
+               title: str = "voicekit") -> FastAPI:
+    """The API app for a loaded kit; `api_key` / `password` (VOICEKIT_API_KEY / VOICEKIT_PASSWORD) require auth."""
+    app = FastAPI(title=title, docs_url="/api/docs", redoc_url=None, openapi_url="/api/openapi.json")
+    state = ServerState(kit, api_key, password)
+    app.state.voicekit = state
+
+    async def request_id(request: Request) -> str:
+        rid = uuid.uuid4().hex[:12]
+        request.state.request_id = rid
+        return rid
+
+    async def authorize(request: Request, rid: str = Depends(request_id)) -> str:
+        if not state.authorized(request.headers.get("authorization")):
+            raise ApiError(401, "missing or wrong credentials: send 'Authorization: Bearer <API key or password>' "
+                                "or HTTP Basic auth",
+                           code="invalid_api_key", headers={"WWW-Authenticate": 'Bearer realm="voicekit"'})
+        return rid
+
+    @app.exception_handler(ApiError)
+    async def on_api_error(request: Request, error: ApiError) -> JSONResponse:
+        return _error_response(request, error)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_invalid(request: Request, error: RequestValidationError) -> JSONResponse:
+        return _error_response(request, validation_error(error))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        code = "not_found" if error.status_code == 404 else None
+        return _error_response(request, ApiError(error.status_code, str(error.detail), code=code,
+                                                 headers=dict(error.headers or {})))
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        engine = getattr(kit.chat_model, "engine", None)
+        return {"status": "ok", "preset": kit.description.get("preset", kit.settings.preset),
+                "active_requests": len(state.active),
+                "engine_requests": len(engine.active_requests()) if engine is not None else 0,
+                "served": state.served}
+
+    @app.get("/v1/audio/voices")
+    async def voices(rid: str = Depends(authorize)) -> dict[str, Any]:
+        return {"object": "list", "default": kit.default_voice, "sample_rate": kit.sample_rate,
+                "tags": kit.tags, "data": [{"id": name, "object": "voice"} for name in kit.voices]}
+
+    @app.post("/chat")
+    async def chat(body: ChatRequest, request: Request, rid: str = Depends(authorize)) -> Response:
+        options = {key: value for key, value in (("system_prompt", body.system_prompt),
+                                                 ("temperature", body.temperature), ("seed", body.seed),
+                                                 ("max_tokens", body.max_tokens))
+                   if value is not None}
+        try:
+            reply = kit.achat(body.message, voice=body.voice, history=body.history, mode=body.mode, **options)
+        except VoicekitError as error:
+            raise voicekit_error(error, "message") from None
+        record = RequestRecord(rid, "chat", kit.resolve_voice(body.voice), reply=reply)
+        return await _stream_reply(state, record, FORMATS["wav"], request)
+
+    @app.get("/chat/{request_id}")
+    async def chat_result(request_id: str, rid: str = Depends(authorize)) -> dict[str, Any]:
+        record = state.find(request_id)
+        if record is None or record.route != "chat":
+            raise ApiError(404, f"no recent chat request {request_id!r} (the last {FINISHED_KEPT} are kept)",
+                           param="request_id", code="not_found")
+        reply = record.reply
+        return {"id": record.id, "done": reply.done, "outcome": record.outcome, "voice": record.voice,
+                "text": reply.text, "sentences": reply.sentences, "history": reply.history,
+                "timings": reply.timings.as_dict()}
+
+    @app.post("/v1/audio/speech")
+    async def speech(body: SpeechRequest, request: Request, rid: str = Depends(authorize)) -> Response:
+        fmt = check_speech_options(body)
+        voice = body.voice.id if isinstance(body.voice, VoiceId) else body.voice
+        try:
+            reply = kit.asay(body.input, voice=voice)
+        except VoicekitError as error:
+            raise voicekit_error(error, "input") from None
+        record = RequestRecord(rid, "speech", kit.resolve_voice(voice), reply=reply)
+        return await _stream_reply(state, record, fmt, request)
+
+    @app.get("/v1/models")
+    async def models(rid: str = Depends(authorize)) -> dict[str, Any]:
+        return {"object": "list", "data": [{"id": name, "object": "model", "owned_by": "voicekit"}
+                                           for name in SPEECH_MODELS]}
+
+    @app.api_route("/v1/{rest:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH"], include_in_schema=False)
+    async def unknown_route(rest: str, rid: str = Depends(request_id)) -> None:
+        raise ApiError(404, f"no such route: /v1/{rest}; see /api/docs", code="not_found")
+
+    return app
+
+
+def _error_response(request: Request, error: ApiError) -> JSONResponse:
+    headers = dict(error.headers)
+    rid = getattr(request.state, "request_id", None)
+    if rid:
+        headers["X-Request-Id"] = rid
+    log.info("request %s %s %s -> %d %s", rid or "-", request.method, request.url.path, error.status,
+             error.code or error.kind)
+    return JSONResponse(error_body(error.message, error.kind, error.param, error.code), status_code=error.status,
+                        headers=headers)
+
+
+async def _stream_reply(state: ServerState, record: RequestRecord, fmt: AudioFormat,
+                        request: Request) -> Response:
+    """Wait for the first audio (so a failure before it is still a JSON error), then stream the rest.
+
+    A client that goes away before the first audio aborts the reply at once, like one that leaves mid-stream.
+    """
+    kit, reply = state.kit, record.reply
+    chunks = reply.__aiter__()
+    state.active[record.id] = record
+    log.info("request %s %s started: voice=%s format=%s", record.id, record.route, record.voice, fmt.name)
+    first_task = asyncio.ensure_future(_next_chunk(chunks))
+    watcher = asyncio.ensure_future(_wait_for_disconnect(request))
+    gone, first, error = True, None, None
+    try:
+        await asyncio.wait({first_task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        gone = not first_task.done()
+        if not gone:
+            try:
+                first = first_task.result()
+            except BaseException as exc:  # reported below, after cleaning up
+                error = exc
+    finally:
+        watcher.cancel()
+        if gone:
+            first_task.cancel()
+        with anyio.CancelScope(shield=True):
+            await asyncio.gather(first_task, watcher, return_exceptions=True)
+            if gone or error is not None:
+                await chunks.aclose()  # type: ignore[attr-defined]
+                await reply.aclose()
+        if gone or error is not None:
+            record.outcome = "disconnected" if gone else "failed"
+            state.finish(record)
+    if gone:
+        return Response(status_code=499)  # nobody is listening any more
+    if error is not None:
+        if not isinstance(error, Exception):
+            raise error
+        if isinstance(error, VoicekitError):
+            raise ApiError(500, str(error), kind="server_error", code="speech_failed")
+        log.error("request %s failed before its first audio", record.id, exc_info=error)
+        raise ApiError(500, f"the server failed to make audio ({type(error).__name__}); see its log",
+                       kind="server_error", code="internal_error")
+    headers = {"X-Request-Id": record.id, "X-Sample-Rate": str(kit.sample_rate), "X-Voice": record.voice,
+               "Cache-Control": "no-store"}
+    if fmt.name == "pcm":
+        headers["X-Audio-Format"] = "s16le; channels=1"
+    headers.update(_known_reply_headers(record))
+    return AudioStreamResponse(_body(state, record, fmt, chunks, first), media_type=fmt.media_type,
+                               headers=headers)
+
+
+def _known_reply_headers(record: RequestRecord) -> dict[str, str]:
+    """Reply text and timings that are already final when the first audio is out (chat, sequential mode)."""
+    timings = record.reply.timings
+    headers = {} if timings.ttfa_s is None else {"X-Time-To-First-Audio": f"{timings.ttfa_s:.3f}"}
+    if record.route == "chat" and timings.llm_s > 0:  # the chat model has finished writing
+        text = quote(record.reply.text, safe=" ,.!?'")
+        if len(text) <= MAX_TEXT_HEADER:
+            headers["X-Reply-Text"] = text
+        headers["X-LLM-Seconds"] = f"{timings.llm_s:.3f}"
+    return headers
+
+
+async def _next_chunk(chunks: AsyncIterator[Any]) -> Any:
+    return await anext(chunks, None)
+
+
+async def _wait_for_disconnect(request: Request) -> None:
+    """Return once the client has gone (the body is already read, so only a disconnect arrives)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _body(state: ServerState, record: RequestRecord, fmt: AudioFormat, chunks: AsyncIterator[Any],
+                first: Any) -> AsyncIterator[bytes]:
+    reply = record.reply
+
+    async def samples() -> AsyncIterator[np.ndarray]:
+        if first is not None:
+            yield first.samples
+        async for chunk in chunks:
+            yield chunk.samples
+
+    source = samples()
+    stream = encode_stream(source, fmt, state.kit.sample_rate)
+    try:
+        async for data in stream:
+            record.bytes_sent += len(data)
+            yield data
+        record.outcome = "done"
+    except GeneratorExit:
+        record.outcome = "disconnected"
+        raise
+    except BaseException as error:
+        cancelled = isinstance(error, anyio.get_cancelled_exc_class())
+        record.outcome = "disconnected" if cancelled else "failed"
+        if not cancelled:
+            log.exception("request %s failed mid-stream", record.id)
+        raise
+    finally:
+        with anyio.CancelScope(shield=True):  # close even when the disconnect cancelled this task
+            for closable in (stream, source, chunks, reply):
+                await closable.aclose()  # type: ignore[attr-defined]
+        state.finish(record)
+
+
+def _log_finished(record: RequestRecord) -> None:
+    timings = record.reply.timings.as_dict() if record.reply is not None else {}
+    log.info("request %s %s %s: voice=%s bytes=%d wall=%.2fs timings=%s", record.id, record.route, record.outcome,
+             record.voice, record.bytes_sent, time.perf_counter() - record.started, timings)
