@@ -20,7 +20,7 @@ from voicekit.kit import Kit  # noqa: E402
 @pytest.fixture(scope="session")
 def kit() -> Iterator[Kit]:
     """The cpu preset with its real bundled models, loaded once for the whole run."""
-    loaded = voicekit.load("cpu", n_threads=2)
+    loaded = voicekit.load("cpu")
     yield loaded
     loaded.close()
 

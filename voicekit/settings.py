@@ -44,7 +44,7 @@ class Settings:
     max_reply_tokens: int = 200
     history_turns: int = 8  # past user/assistant pairs sent with each message
     n_ctx: int = 2048  # llama.cpp context length
-    n_threads: int = 0  # llama.cpp threads; 0 means all cores
+    n_threads: int = 0  # llama.cpp threads; 0 means half the cores, 1 to 4
     # speech
     tts: str = "piper"  # piper | orpheus | qwen3
     tts_model: str = ""  # speech model hub id or path; empty means the backend's default

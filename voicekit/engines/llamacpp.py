@@ -36,7 +36,7 @@ class LlamaCppEngine:
             raise ModelUnavailableError(f"GGUF model not found: {path}")
         self.model = path.name
         self.n_ctx = n_ctx
-        self._llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=n_threads or os.cpu_count() or 1,
+        self._llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=n_threads or default_threads(),
                           n_gpu_layers=n_gpu_layers, verbose=False)
         self._add_bos = str(self._llm.metadata.get("tokenizer.ggml.add_bos_token", "true")).lower() == "true"
         self._template = self._llm.metadata.get("tokenizer.chat_template")
@@ -174,6 +174,14 @@ class LlamaCppEngine:
                 return
             post(Delta(text=piece, token_ids=[token]))
         post(Delta(finished=True, finish_reason="stop"))
+
+
+def default_threads() -> int:
+    """Half the cores, 1 to 4: small models are memory-bound, and the speech backend needs cores too.
+
+    Measured on 2 cores with SmolLM2-135M: 1 thread wrote replies ~30% faster than 2, in both modes.
+    """
+    return max(1, min(4, (os.cpu_count() or 1) // 2))
 
 
 def _find_stop(text: str, stops: Sequence[str]) -> int | None:
