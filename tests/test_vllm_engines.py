@@ -129,22 +129,24 @@ def orpheus_engine(kit_loop: EventLoopThread, models: dict[str, Path], chat_engi
     kit_loop.run(engine.close(), timeout=120)
 
 
-@pytest.fixture(scope="module")
-def server(models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+def _serve(path: Path, name: str, log_dir: Path, *extra: str):  # type: ignore[no-untyped-def]
     from voicekit.engines.vllm_serve import VLLMServer
 
-    log = tmp_path_factory.mktemp("serve") / "vllm-serve.log"
-    srv = VLLMServer(
-        str(models["chat"]),
-        served_model_name="tiny-chat",
+    return VLLMServer(
+        str(path),
+        served_model_name=name,
         gpu_memory_utilization=0.1,
         max_model_len=MAX_MODEL_LEN,
         enforce_eager=True,
-        extra_args=["--kv-cache-memory-bytes", str(KV_CACHE_BYTES), "--enable-log-requests"],
-        log_path=log,
+        extra_args=["--kv-cache-memory-bytes", str(KV_CACHE_BYTES), *extra],
+        log_path=log_dir / "vllm-serve.log",
         startup_timeout_s=600,
     )
-    with srv:
+
+
+@pytest.fixture(scope="module")
+def server(models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    with _serve(models["chat"], "tiny-chat", tmp_path_factory.mktemp("serve"), "--enable-log-requests") as srv:
         print(f"vllm serve started in {srv.start_seconds:.1f} s")
         yield srv
 
@@ -556,3 +558,43 @@ def test_server_that_dies_at_start_reports_its_log(tmp_path: Path) -> None:
     assert "exited with code" in message and str(tmp_path / "serve.log") in message
     assert "no-such-model" in message.split("last lines:", 1)[1], "the log tail names the bad model"
     assert not server.running
+
+
+@pytest.fixture(scope="module")
+def orpheus_server(models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory, server):  # type: ignore[no-untyped-def]
+    """A second `vllm serve`, the Orpheus-shaped model, started after the chat server as on one GPU."""
+    with _serve(models["orpheus"], "tiny-orpheus", tmp_path_factory.mktemp("serve-orpheus")) as srv:
+        yield srv
+
+
+@needs_vllm
+def test_two_vllm_servers_serve_concurrent_requests(kit_loop, models, server, orpheus_server) -> None:  # type: ignore[no-untyped-def]
+    """Overlap mode with both models as `vllm serve`: concurrent chat and speech requests, no crash, no leak."""
+    from transformers import AutoTokenizer
+
+    from voicekit.engines.http_engine import HTTPEngine
+
+    chat = HTTPEngine(server.base_url, server.served_model_name, sampling_overrides={"ignore_eos": True})
+    speech = HTTPEngine(orpheus_server.base_url, orpheus_server.served_model_name,
+                        sampling_overrides={"ignore_eos": True})
+    orpheus_prompt = tm.orpheus_prompt_ids(AutoTokenizer.from_pretrained(models["orpheus"]), "zoe", "hi there")
+
+    async def scenario() -> list[list[Delta]]:
+        chat_prompt = await chat.render_chat_async([ChatMessage("user", "tell me a story")])
+        jobs = []
+        for i in range(3):
+            jobs.append(_collect(chat, chat_prompt, SamplingSettings(max_tokens=20 + i, seed=i)))
+            jobs.append(_collect(speech, orpheus_prompt, SamplingSettings(repetition_penalty=1.1, max_tokens=30 + i,
+                                                                          seed=i)))
+        return await asyncio.gather(*jobs)
+
+    try:
+        results = kit_loop.run(scenario(), timeout=STEP_TIMEOUT_S)
+    finally:
+        kit_loop.run(chat.close(), timeout=60)
+        kit_loop.run(speech.close(), timeout=60)
+    for i in range(3):
+        _check_stream(results[2 * i], tokens=20 + i)
+        _check_stream(results[2 * i + 1], tokens=30 + i)
+    assert chat.active_requests() == set() and speech.active_requests() == set()
+    assert server.healthy() and orpheus_server.healthy()
