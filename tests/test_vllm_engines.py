@@ -598,3 +598,47 @@ def test_two_vllm_servers_serve_concurrent_requests(kit_loop, models, server, or
         _check_stream(results[2 * i + 1], tokens=30 + i)
     assert chat.active_requests() == set() and speech.active_requests() == set()
     assert server.healthy() and orpheus_server.healthy()
+
+
+@needs_vllm
+def test_gpu_preset_kit_talks_in_overlap_mode_with_two_engines(models, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """`voicekit.load("gpu")` on tiny models: chat and Orpheus engines in one process, concurrent overlap turns."""
+    import torch
+    from snac import SNAC
+
+    import voicekit
+    from voicekit.errors import NoAudioError
+    from voicekit.tts.orpheus_codes import SAMPLE_RATE, VOICES
+    from voicekit.tts.snac_decoder import SNAC_24KHZ_CONFIG
+
+    # A local SNAC folder in the hub's layout: the real loading code (SNAC.from_pretrained) reads it.
+    snac_dir = tmp_path / "snac"
+    snac_dir.mkdir()
+    (snac_dir / "config.json").write_text(__import__("json").dumps(SNAC_24KHZ_CONFIG))
+    torch.save(SNAC(**SNAC_24KHZ_CONFIG).state_dict(), snac_dir / "pytorch_model.bin")
+
+    kit = voicekit.load("gpu", chat_model=str(models["chat"]), tts_model=str(models["orpheus"]),
+                        snac_model=str(snac_dir), max_model_len=MAX_MODEL_LEN, kv_cache_bytes=KV_CACHE_BYTES,
+                        enforce_eager=True, max_reply_tokens=16, chat_memory_share=0.1, tts_memory_share=0.1)
+    try:
+        assert kit.voices == list(VOICES) and kit.sample_rate == SAMPLE_RATE and "<laugh>" in kit.tags
+
+        async def turn(seed: int) -> tuple[str, int]:
+            reply = kit.achat("Tell me a story. Make it short.", voice="zac", mode="overlap", seed=seed)
+            samples = 0
+            try:
+                async for chunk in reply:
+                    samples += len(chunk.samples)
+            except NoAudioError:  # random weights rarely write a whole valid frame; the error must be clear
+                pass
+            return reply.text, samples
+
+        async def both() -> list[tuple[str, int]]:
+            return await asyncio.gather(turn(1), turn(2))
+
+        results = asyncio.run(both())
+        assert all(samples % 2048 == 0 for _text, samples in results)
+        assert kit.chat_model.engine.active_requests() == set()
+        assert kit.tts.engine.active_requests() == set()
+    finally:
+        kit.close()

@@ -13,7 +13,7 @@ from voicekit.chat import ChatModel
 from voicekit.engines.loop import EventLoopThread
 from voicekit.errors import ModelUnavailableError, SettingsError
 from voicekit.kit import Kit, build_sampling
-from voicekit.settings import Settings
+from voicekit.settings import Settings, vllm_engine_options
 from voicekit.tts.base import SpeechBackend
 
 log = logging.getLogger("voicekit")
@@ -86,8 +86,7 @@ def build_chat_engine(settings: Settings) -> Any:
     if settings.chat_engine == "vllm":
         from voicekit.engines.vllm_engine import VLLMEngine  # type: ignore[import-not-found]
 
-        return VLLMEngine(settings.chat_model, gpu_memory_utilization=settings.chat_memory_share,
-                          max_model_len=settings.max_model_len, dtype=settings.dtype)
+        return VLLMEngine(settings.chat_model, **vllm_engine_options(settings, settings.chat_memory_share))
     from voicekit.engines.http_engine import HTTPEngine  # type: ignore[import-not-found]
 
     return HTTPEngine(settings.chat_url, settings.chat_model)

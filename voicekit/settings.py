@@ -62,6 +62,8 @@ class Settings:
     tts_memory_share: float = 0.40  # vLLM gpu_memory_utilization of the speech engine
     max_model_len: int = 4096
     dtype: str = "auto"  # auto picks bfloat16 where the GPU supports it, else float16
+    kv_cache_bytes: int = 0  # vLLM: a fixed KV cache per engine instead of the memory shares (0: use the shares)
+    enforce_eager: bool = False  # vLLM: skip CUDA graph capture (faster start, slower decoding)
     # environment
     hf_token: str = field(default="", repr=False)  # read from HF_TOKEN when unset; never logged
     cache_dir: str = ""  # Hugging Face cache; empty means HF_HOME or the hub default
@@ -118,6 +120,15 @@ PRESET_DEFAULTS: dict[str, dict[str, Any]] = {
         "voice": "tara",
     },
 }
+
+
+def vllm_engine_options(settings: Settings, memory_share: float) -> dict[str, Any]:
+    """Keyword arguments for a `VLLMEngine` from the settings."""
+    options: dict[str, Any] = {"gpu_memory_utilization": memory_share, "max_model_len": settings.max_model_len,
+                               "dtype": settings.dtype, "enforce_eager": settings.enforce_eager}
+    if settings.kv_cache_bytes > 0:
+        options["kv_cache_memory_bytes"] = settings.kv_cache_bytes
+    return options
 
 
 def auto_preset() -> tuple[str, str]:

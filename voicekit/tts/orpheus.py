@@ -136,9 +136,9 @@ def build_orpheus_backend(settings: Any) -> OrpheusBackend:
         tokenize = _hub_tokenizer(settings.tts_model, settings.hf_token)
     else:
         from voicekit.engines.vllm_engine import VLLMEngine
+        from voicekit.settings import vllm_engine_options
 
-        engine = VLLMEngine(settings.tts_model, gpu_memory_utilization=settings.tts_memory_share,
-                            max_model_len=settings.max_model_len, dtype=settings.dtype)
+        engine = VLLMEngine(settings.tts_model, **vllm_engine_options(settings, settings.tts_memory_share))
 
         def tokenize(text: str) -> list[int]:
             return list(engine.tokenizer(text).input_ids)
