@@ -65,9 +65,13 @@ def build_tts(settings: Settings) -> SpeechBackend:
         backend.preload()
         return backend
     if settings.tts == "orpheus":
-        from voicekit.tts.orpheus import build_orpheus_backend  # type: ignore[import-not-found]
+        from voicekit.tts.orpheus import build_orpheus_backend
 
         return build_orpheus_backend(settings)
+    if settings.tts == "qwen3":
+        from voicekit.tts.qwen3 import build_qwen3_backend
+
+        return build_qwen3_backend(settings)
     raise SettingsError(f"speech backend {settings.tts!r} is not available in this version")
 
 

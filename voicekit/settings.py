@@ -51,7 +51,9 @@ class Settings:
     voice: str = ""  # default voice; empty means the backend's default
     piper_voices_dir: str = ""  # folder of extra Piper voices (NAME.onnx + NAME.onnx.json)
     piper_hub_voices: tuple[str, ...] = ()  # Piper voices to fetch from the hub, e.g. en_US-lessac-medium
-    tts_url: str = ""  # base URL of a `vllm serve` speech server (used when chat_engine is http)
+    tts_url: str = ""  # speech server URL: Orpheus on `vllm serve`, or Qwen3-TTS on vLLM-Omni
+    qwen3_language: str = ""  # Qwen3-TTS language (English, Chinese, ...); empty means Auto (detect)
+    qwen3_instruct: str = ""  # Qwen3-TTS style instruction, e.g. "Calm and warm." (1.7B models only)
     snac_model: str = "hubertsiuzdak/snac_24khz"
     # pipeline
     mode: str = "sequential"  # sequential | overlap
@@ -117,7 +119,6 @@ PRESET_DEFAULTS: dict[str, dict[str, Any]] = {
         "chat_model": "google/gemma-2-2b-it",
         "tts": "orpheus",
         "tts_model": "canopylabs/orpheus-3b-0.1-ft",
-        "voice": "tara",
     },
 }
 
