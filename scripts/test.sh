@@ -7,6 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m pip install -q -r requirements-dev.txt
 sh tests/install_browser.sh
+# shellcheck lints runpod/start.sh in tests/test_runpod.py (Debian package; root only, else that test skips)
+command -v shellcheck >/dev/null || { [ "$(id -u)" = 0 ] && apt-get install -y -qq shellcheck >/dev/null; } || true
 bash scripts/vllm_env.sh
 python -m ruff check .
 python -m pytest "$@"
