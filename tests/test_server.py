@@ -203,7 +203,10 @@ def test_disconnect_mid_stream_stops_the_reply(server: BackgroundServer, kit: An
     # The client closed the connection while the reply was held after its first chunk.
     wait_until(lambda: not state.active, what="the server to drop the request")
     assert record.outcome == "disconnected"
-    assert tts_gate.closed_early and len(tts_gate.started) < 4
+    # The speech stream is closed on the kit's loop, after the server has dropped the request (the
+    # disconnect cancels the server task, which cannot wait for that cleanup): wait for it, bounded.
+    wait_until(lambda: tts_gate.closed_early, what="the speech stream to be closed early")
+    assert len(tts_gate.started) < 4
     wait_until(lambda: no_work_left(kit, state), what="no engine request left running")
     if Path("/proc/self/stat").exists():
         wait_until(lambda: not ffmpeg_children(), what="the mp3 encoder to stop")
