@@ -160,12 +160,7 @@ class Kit:
 
     def resolve_voice(self, voice: str | None) -> str:
         """Canonical voice name (None: the default); raises UnknownVoiceError listing the voices."""
-        resolve = getattr(self.tts, "resolve", None)
-        if resolve is not None:
-            return resolve(voice)
-        from voicekit.tts.base import resolve_voice
-
-        return resolve_voice(voice, self.voices, self.default_voice)
+        return self.tts.resolve(voice)
 
     # -- say --------------------------------------------------------------------------------------------
 

@@ -59,14 +59,8 @@ class EventLoopThread:
             _produce(make_stream, channel.put, finished.set), self.loop
         )
         try:
-            while True:
-                kind, value = channel.get()
-                if kind == _ITEM:
-                    yield value
-                elif kind == _ERROR:
-                    raise value
-                else:
-                    return
+            while (message := channel.get())[0] != _END:
+                yield _item(message)
         finally:
             if not future.done():
                 future.cancel()
@@ -92,14 +86,8 @@ class EventLoopThread:
 
         future = asyncio.run_coroutine_threadsafe(_produce(make_stream, post, mark_finished), self.loop)
         try:
-            while True:
-                kind, value = await channel.get()
-                if kind == _ITEM:
-                    yield value
-                elif kind == _ERROR:
-                    raise value
-                else:
-                    return
+            while (message := await channel.get())[0] != _END:
+                yield _item(message)
         finally:
             if not future.done():
                 future.cancel()
@@ -114,6 +102,14 @@ class EventLoopThread:
         self._thread.join(timeout=10)
         if not self._thread.is_alive():
             self.loop.close()
+
+
+def _item(message: tuple[str, Any]) -> Any:
+    """The item a producer posted, or raise the error it posted instead."""
+    kind, value = message
+    if kind == _ERROR:
+        raise value
+    return value
 
 
 async def _as_coroutine(awaitable: Awaitable[T]) -> T:

@@ -31,6 +31,10 @@ class SpeechBackend(Protocol):
         """Names of the voices this backend can speak in."""
         ...
 
+    def resolve(self, voice: str | None) -> str:
+        """Canonical voice name (None: the default); raises UnknownVoiceError listing the voices."""
+        ...
+
     def synthesize(self, text: str, voice: str) -> AsyncIterator[np.ndarray]:
         """Stream float32 mono audio chunks for `text` spoken in `voice`."""
         ...
