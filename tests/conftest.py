@@ -29,3 +29,28 @@ def kit() -> Iterator[Kit]:
 def repo_root() -> Path:
     """The repository root."""
     return ROOT
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """Pin torch to 1 CPU thread for a module, restoring the setting after.
+
+    Small SNAC decodes on a shared 2-core box: 2 intra-op threads spin-wait on each other under load
+    (measured 3x slower than 1 thread here).
+    """
+    torch = pytest.importorskip("torch")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def random_snac() -> object:
+    """SNAC 24 kHz with seeded random weights and noise off, on the CPU (no download)."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("snac")
+    from voicekit.tts.snac_decoder import build_snac
+
+    torch.manual_seed(0)
+    return build_snac(device="cpu", weights=None, noise=False)

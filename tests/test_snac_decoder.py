@@ -26,20 +26,12 @@ NoiseBlock = pytest.importorskip("snac.layers").NoiseBlock
 MIN_SNR_DB = 60.0  # streamed vs one-shot; the defaults measure ~80-90 dB with random weights
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Any:
-    # Small decodes on a shared 2-core box: 2 intra-op threads spin-wait on each other under load
-    # (measured 3x slower than 1 thread here), so the suite pins 1 and restores the setting after.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
 
 
 @pytest.fixture(scope="module")
-def model() -> Any:
-    torch.manual_seed(0)
-    return build_snac(device="cpu", weights=None, noise=False)
+def model(random_snac: Any) -> Any:
+    return random_snac
 
 
 def random_frames(n: int, seed: int = 0) -> np.ndarray:

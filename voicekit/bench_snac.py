@@ -5,6 +5,7 @@ pushed one at a time, as an engine would deliver them. Timings are the best of `
 and stream interleaved so that load from other processes hits both alike.
 
     python -m voicekit.bench_snac --frames 48 --json out.json
+    python -m voicekit.bench_snac --streams 4 --json out.json   # also: 4 concurrent streams, batched or not
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -50,6 +52,56 @@ def _upstream_window(model: Any, frames: np.ndarray) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
 
 
+def _concurrent_streams(decode: Any, model: Any, codes: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Stream every code array in its own thread, all started together, through one ``decode``."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    start = threading.Barrier(len(codes))
+
+    def one(frames: np.ndarray) -> np.ndarray:
+        from voicekit.tts.snac_decoder import StreamingDecoder
+
+        decoder = StreamingDecoder(model, decode_window=decode)
+        start.wait()
+        chunks = [chunk for frame in frames for chunk in decoder.push([frame])]
+        return np.concatenate([*chunks, decoder.flush()])
+
+    with ThreadPoolExecutor(len(codes)) as pool:
+        return list(pool.map(one, codes))
+
+
+def run_streams_bench(model: Any, streams: int, frames: int, repeats: int, seed: int = 0) -> dict[str, Any]:
+    """Time ``streams`` concurrent streams through one `SnacBatcher`, with and without batching.
+
+    All streams start together and push one frame at a time as fast as they can, which lines up their
+    windows: the best case for batching. Fields: streams, unbatched_s, batched_s, batch_gain
+    (unbatched / batched), calls_unbatched, calls_batched, largest_batch, min_snr_db (batched streams vs
+    the same streams unbatched).
+    """
+    from voicekit.tts.snac_batcher import CUDA_BATCH_FRAMES, SnacBatcher
+
+    rng = np.random.default_rng(seed + 1)
+    codes = [rng.integers(0, 4096, size=(frames, 7)) for _ in range(streams)]
+    best = {"unbatched": float("inf"), "batched": float("inf")}
+    outputs: dict[str, list[np.ndarray]] = {}
+    batchers: dict[str, SnacBatcher] = {}
+    for _ in range(repeats):
+        for name, cap in (("unbatched", 0), ("batched", CUDA_BATCH_FRAMES)):
+            batcher = batchers[name] = SnacBatcher(model, max_batch_frames=cap)
+            t, outputs[name] = _timed(lambda b=batcher: _concurrent_streams(b.decode, model, codes))
+            best[name] = min(best[name], t)
+    return {
+        "streams": streams,
+        "unbatched_s": round(best["unbatched"], 4),
+        "batched_s": round(best["batched"], 4),
+        "batch_gain": round(best["unbatched"] / best["batched"], 3),
+        "calls_unbatched": batchers["unbatched"].stats.calls,
+        "calls_batched": batchers["batched"].stats.calls,
+        "largest_batch": batchers["batched"].stats.largest_batch,
+        "min_snr_db": round(min(map(snr_db, outputs["batched"], outputs["unbatched"])), 2),
+    }
+
+
 _CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
@@ -68,6 +120,7 @@ def run_snac_bench(
     seed: int = 0,
     upstream_window: bool = False,
     clock: str = "wall",
+    streams: int = 1,
     **stream_options: int,
 ) -> dict[str, Any]:
     """Time one-shot vs streamed decoding of ``frames`` random frames; return the JSON-ready results.
@@ -77,6 +130,7 @@ def run_snac_bench(
     upstream_s / upstream_ratio for the 4-frame sliding window decoder upstream uses. ``clock="cpu"``
     times with process CPU time (steadier on a loaded machine) and adds ``"clock": "cpu"``.
     ``stream_options`` go to `StreamingDecoder` (first_chunk, max_chunk, growth, left_context, lookahead).
+    ``streams > 1`` adds ``"concurrent"``: that many streams at once, batched and not (`run_streams_bench`).
     """
     import torch
 
@@ -115,6 +169,8 @@ def run_snac_bench(
     if upstream_window:
         result["upstream_s"] = round(upstream_s, 4)
         result["upstream_ratio"] = round(upstream_s / oneshot_s, 3)
+    if streams > 1:
+        result["concurrent"] = run_streams_bench(model, streams, frames, repeats, seed)
     return result
 
 
@@ -126,6 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--upstream-window", action="store_true", help="also time upstream's 4-frame window")
+    parser.add_argument("--streams", type=int, default=1, help="also time N concurrent streams, batched or not")
     parser.add_argument("--clock", choices=sorted(_CLOCKS), default="wall", help="timer (default: wall)")
     parser.add_argument("--json", metavar="FILE", default=None, help="write the results to FILE")
     args = parser.parse_args(argv)
@@ -134,7 +191,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         torch.set_num_threads(args.threads)
     result = run_snac_bench(
-        args.frames, args.device, args.repeats, upstream_window=args.upstream_window, clock=args.clock
+        args.frames, args.device, args.repeats, upstream_window=args.upstream_window, clock=args.clock,
+        streams=args.streams,
     )
     text = json.dumps(result, indent=2)
     print(text)

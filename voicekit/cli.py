@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--preset", help="auto (default), cpu or gpu")
     bench.add_argument("--repeats", type=int, default=3, help="runs per case (default 3)")
     bench.add_argument("--quick", action="store_true", help="fewer cases, for a smoke test")
+    bench.add_argument("--frames", type=int, default=48, help="snac: frames to decode (default 48)")
+    bench.add_argument("--device", help="snac: cpu or cuda (default: cuda when available)")
+    bench.add_argument("--streams", type=int, default=1, help="snac: also N concurrent streams, batched or not")
     bench.set_defaults(run=run_bench)
     return parser
 
@@ -149,7 +152,7 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.what == "snac":
         from voicekit.bench_snac import run_snac_bench
 
-        results: Any = run_snac_bench()
+        results: Any = run_snac_bench(args.frames, args.device, args.repeats, streams=args.streams)
     else:
         from voicekit.bench import run_pipeline_bench
 

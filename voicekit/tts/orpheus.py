@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +31,7 @@ from voicekit.tts.orpheus_codes import (
     max_tokens_for_text,
     prompt_text,
 )
+from voicekit.tts.snac_batcher import SnacBatcher
 
 log = logging.getLogger("voicekit.orpheus")
 
@@ -57,7 +57,7 @@ class OrpheusBackend:
 
     def __init__(self, engine: Engine, tokenize: Tokenize, snac: Any, *, voices: Sequence[str] = VOICES,
                  default_voice: str | None = None, sampling: OrpheusSampling | None = None,
-                 decoder_options: dict[str, Any] | None = None) -> None:
+                 decoder_options: dict[str, Any] | None = None, snac_batch_frames: int | None = None) -> None:
         self.engine = engine
         self._tokenize = tokenize
         self.snac = snac
@@ -65,8 +65,9 @@ class OrpheusBackend:
         self.default_voice = resolve_voice(default_voice, self._voices, DEFAULT_VOICE)
         self.sampling = sampling or OrpheusSampling()
         self._decoder_options = decoder_options or {}
-        # One SNAC model serves every stream; torch modules are not safe to run from two threads at once.
-        self._snac_lock = threading.Lock()
+        # One SNAC model serves every stream: the batcher runs one call at a time (torch modules are not
+        # safe to run from two threads at once) and batches windows of concurrent streams on a GPU.
+        self.snac_batcher = SnacBatcher(snac, snac_batch_frames)
         self.last_stats: Any = None  # ParseStats of the latest finished sentence (for logs and tests)
 
     @property
@@ -94,13 +95,13 @@ class OrpheusBackend:
 
         name = self.resolve(voice)
         parser = CodeParser()
-        decoder = StreamingDecoder(self.snac, **self._decoder_options)
+        decoder = StreamingDecoder(self.snac, decode_window=self.snac_batcher.decode, **self._decoder_options)
         stream = self.engine.generate(self.prompt_ids(text, name), self.sampling_for(text), new_request_id("orpheus"))
         try:
             async for delta in stream:
                 frames = parser.feed(delta.token_ids)  # every id of the delta, never only the last
                 if frames:
-                    for chunk in await asyncio.to_thread(self._locked, decoder.push, frames):
+                    for chunk in await asyncio.to_thread(decoder.push, frames):
                         yield chunk
                 if parser.stopped:
                     break
@@ -108,17 +109,13 @@ class OrpheusBackend:
             with contextlib.suppress(Exception):
                 await stream.aclose()  # type: ignore[attr-defined]
         stats = self.last_stats = parser.finish()
-        tail = await asyncio.to_thread(self._locked, decoder.flush)
+        tail = await asyncio.to_thread(decoder.flush)
         if len(tail):
             yield tail
         if decoder.frames_received == 0:
             raise NoAudioError(f"Orpheus produced no audio for {text[:60]!r} (voice {name}): {stats}")
         if stats.rejected_ids or stats.partial_tokens:
             log.warning("orpheus stream for voice %s: %s", name, stats)
-
-    def _locked(self, method: Callable[..., Any], *args: Any) -> Any:
-        with self._snac_lock:
-            return method(*args)
 
     async def close(self) -> None:
         """Close the engine behind this backend."""

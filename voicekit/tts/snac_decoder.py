@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import pickle
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -165,6 +165,9 @@ class StreamingDecoder:
       Each chunk is about as long as all the audio sent before it, so playback has time to cover it.
     * A backlog (frames that arrived faster than they were decoded) is decoded in one call, up to
       ``max_chunk`` frames.
+
+    ``decode_window`` decodes one window of frames (default: `decode_frames` on ``model``); streams that
+    share a model pass `SnacBatcher.decode`, which serialises and batches their calls.
     """
 
     def __init__(
@@ -176,10 +179,12 @@ class StreamingDecoder:
         growth: float = 2.0,
         left_context: int = 2,
         lookahead: int = 2,
+        decode_window: Callable[[np.ndarray], np.ndarray] | None = None,
     ) -> None:
         if first_chunk < 1 or max_chunk < first_chunk or growth < 1 or left_context < 0 or lookahead < 0:
             raise ValueError("need 1 <= first_chunk <= max_chunk, growth >= 1, context >= 0")
         self.model = model
+        self._decode_window = decode_window or (lambda frames: decode_frames(model, frames))
         self.first_chunk, self.max_chunk, self.growth = first_chunk, max_chunk, growth
         self.left_context, self.lookahead = left_context, lookahead
         self._frames = np.zeros((0, FRAME_TOKENS), dtype=np.int64)  # kept frames, from index _base on
@@ -231,7 +236,7 @@ class StreamingDecoder:
         start = self._emitted
         left = min(self.left_context, start)
         lo, hi = start - left - self._base, start + size + lookahead - self._base
-        audio = decode_frames(self.model, self._frames[lo:hi])
+        audio = self._decode_window(self._frames[lo:hi])
         self.decode_calls += 1
         self.decoded_frames += hi - lo
         self._emitted += size
