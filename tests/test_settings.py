@@ -7,7 +7,7 @@ from dataclasses import fields
 import pytest
 
 from voicekit.errors import SettingsError
-from voicekit.settings import Settings, choose_preset
+from voicekit.settings import Settings, choose_preset, cuda_capability, pick_dtype, vllm_engine_options
 
 
 def test_cpu_preset_defaults() -> None:
@@ -73,3 +73,26 @@ def test_every_setting_is_documented(repo_root) -> None:
     doc = (repo_root / "docs" / "CONFIGURATION.md").read_text(encoding="utf-8")
     for setting in fields(Settings):
         assert f"VOICEKIT_{setting.name.upper()}" in doc, f"{setting.name} is missing from docs/CONFIGURATION.md"
+
+
+@pytest.mark.parametrize(("requested", "capability", "expected"), [
+    ("auto", (9, 0), "bfloat16"),  # H100
+    ("auto", (8, 6), "bfloat16"),  # RTX 3090 / A5000
+    ("auto", (8, 0), "bfloat16"),  # A100: the first with bf16
+    ("auto", (7, 5), "float16"),  # T4
+    ("auto", (7, 0), "float16"),  # V100
+    ("auto", None, "auto"),  # no GPU: vLLM's CPU build decides
+    ("float16", (9, 0), "float16"),  # an explicit choice is kept
+    ("float32", None, "float32"),
+])
+def test_dtype_by_gpu_capability(requested: str, capability: tuple[int, int] | None, expected: str) -> None:
+    assert pick_dtype(requested, capability) == expected
+
+
+def test_vllm_options_without_a_gpu_leave_auto_to_vllm() -> None:
+    if cuda_capability() is not None:
+        pytest.skip("this machine has a GPU")
+    settings = Settings.resolve("gpu", env={}, kv_cache_bytes=64 << 20)
+    options = vllm_engine_options(settings, 0.25)
+    assert options == {"gpu_memory_utilization": 0.25, "max_model_len": 4096, "dtype": "auto",
+                       "enforce_eager": False, "kv_cache_memory_bytes": 64 << 20}

@@ -125,11 +125,37 @@ PRESET_DEFAULTS: dict[str, dict[str, Any]] = {
 
 def vllm_engine_options(settings: Settings, memory_share: float) -> dict[str, Any]:
     """Keyword arguments for a `VLLMEngine` from the settings."""
+    dtype = pick_dtype(settings.dtype, cuda_capability())
     options: dict[str, Any] = {"gpu_memory_utilization": memory_share, "max_model_len": settings.max_model_len,
-                               "dtype": settings.dtype, "enforce_eager": settings.enforce_eager}
+                               "dtype": dtype, "enforce_eager": settings.enforce_eager}
     if settings.kv_cache_bytes > 0:
         options["kv_cache_memory_bytes"] = settings.kv_cache_bytes
     return options
+
+
+def pick_dtype(requested: str, capability: tuple[int, int] | None) -> str:
+    """The vLLM dtype: ``auto`` on a GPU becomes bfloat16 from compute capability 8.0 (Ampere) on, float16 below.
+
+    Gemma 2 and Orpheus ship bf16 weights, and GPUs before Ampere (T4, V100) have no bf16 arithmetic; naming
+    the dtype here keeps that choice ours and visible. Without a GPU (``capability`` None) ``auto`` is left
+    to vLLM, and an explicit dtype is always kept.
+    """
+    if requested != "auto" or capability is None:
+        return requested
+    return "bfloat16" if capability >= (8, 0) else "float16"
+
+
+def cuda_capability() -> tuple[int, int] | None:
+    """Compute capability of CUDA device 0, or None when torch or a GPU is missing."""
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            return None
+        major, minor = torch.cuda.get_device_capability(0)
+    except Exception:  # no torch, or a broken driver: no GPU dtype to pick (doctor explains GPU problems)
+        return None
+    return int(major), int(minor)
 
 
 def auto_preset() -> tuple[str, str]:
