@@ -1,6 +1,6 @@
 """The gpu preset's Hugging Face models on a pod: `check` access (gated repos), `download` with progress.
 
-    python runpod/models.py check      # model_info() on each repo: says which one is not accessible and why
+    python runpod/models.py check      # the hub's auth check on each repo: says which one is not accessible and why
     python runpod/models.py download   # snapshot_download() into HF_HOME (on the volume), with progress bars
 
 The repos are the gpu preset's chat, speech and SNAC models (VOICEKIT_CHAT_MODEL, VOICEKIT_TTS_MODEL and
@@ -11,54 +11,35 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-IGNORE = ["original/*", "*.gguf", "*.pth", "*.onnx"]  # duplicate weight formats vLLM / SNAC do not read
+sys.path.insert(0, str(ROOT))
+
+from voicekit import hub  # noqa: E402  (the repo root first: this script runs from a checkout)
+from voicekit.settings import Settings  # noqa: E402
 
 
 def gpu_models(env: Mapping[str, str] | None = None) -> list[str]:
     """Hub repos the gpu preset loads (local paths left out)."""
-    sys.path.insert(0, str(ROOT))
-    from voicekit.settings import Settings
-
     settings = Settings.resolve("gpu", env=os.environ if env is None else env)
     repos = [settings.chat_model, settings.tts_model]
     if settings.tts == "orpheus":
         repos.append(settings.snac_model)
-    return [repo for repo in dict.fromkeys(repos) if repo and not Path(repo).exists()]
+    return [repo for repo in dict.fromkeys(repos) if repo and not hub.is_local(repo)]
 
 
-def check(repos: Sequence[str], token: str, model_info: Callable[..., Any] | None = None) -> list[str]:
-    """One message per repo the token cannot read (empty: all accessible)."""
-    if model_info is None:
-        from huggingface_hub import model_info
-    problems = []
-    for repo in repos:
-        try:
-            model_info(repo, token=token)
-        except Exception as error:  # GatedRepoError, RepositoryNotFoundError, HTTP 401/403, network
-            name = type(error).__name__
-            if "Gated" in name or "403" in str(error):
-                why = f"gated: accept its licence at https://huggingface.co/{repo} with the token's account"
-            elif "NotFound" in name or "401" in str(error):
-                why = "not found or the token is invalid (check HF_TOKEN and the repo id)"
-            else:
-                why = f"{name}: {str(error).splitlines()[0] if str(error) else ''}"
-            problems.append(f"model {repo} is not accessible: {why}")
-    return problems
+def check(repos: Sequence[str], token: str, endpoint: str | None = None) -> list[str]:
+    """One message per repo the token cannot download (empty: all accessible)."""
+    return [problem for repo in repos if (problem := hub.check_access(repo, token, endpoint=endpoint))]
 
 
-def download(repos: Sequence[str], token: str, snapshot_download: Callable[..., Any] | None = None) -> None:
+def download(repos: Sequence[str], token: str, endpoint: str | None = None) -> None:
     """Fetch each repo into the HF cache (already cached files are skipped)."""
-    if snapshot_download is None:
-        from huggingface_hub import snapshot_download
     for repo in repos:
         print(f"downloading {repo} ...", flush=True)
-        path = snapshot_download(repo, token=token, ignore_patterns=IGNORE)
-        print(f"  {repo}: {path}", flush=True)
+        print(f"  {repo}: {hub.fetch_model(repo, token, endpoint=endpoint)}", flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -78,7 +59,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not problems:
             print(f"all models accessible: {', '.join(repos)}")
         return 1 if problems else 0
-    download(repos, token)
+    try:
+        download(repos, token)
+    except hub.ModelUnavailableError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -230,25 +230,52 @@ def test_start_rejects_unknown_option_and_mode(tmp_path: Path) -> None:
 
 # ---- models.py -------------------------------------------------------------------------------------------
 
-def test_models_check_names_the_inaccessible_model() -> None:
+def test_models_lists_the_gpu_preset_repos() -> None:
     models = _load("models")
     assert models.gpu_models({}) == ["google/gemma-2-2b-it", "canopylabs/orpheus-3b-0.1-ft",
                                      "hubertsiuzdak/snac_24khz"]
     assert models.gpu_models({"VOICEKIT_CHAT_MODEL": "me/chat"})[0] == "me/chat"
 
-    class GatedRepoError(Exception):
-        pass
 
-    seen = []
+def test_models_check_and_download_against_a_stand_in_hub(tmp_path: Path) -> None:
+    from stand_in_hub import StandInHub
 
-    def model_info(repo: str, token: str) -> None:
-        seen.append((repo, token))
-        if repo.startswith("canopylabs"):
-            raise GatedRepoError("403 Client Error: access to this model is restricted")
+    hub = StandInHub(repos={"acme/chat": {"config.json": b"{}", "model.safetensors": b"c" * 64},
+                            "acme/speech": {"config.json": b"{}", "model.safetensors": b"s" * 64},
+                            "acme/snac": {"config.json": b"{}", "pytorch_model.bin": b"n" * 64}},
+                     gated={"acme/speech": "hf_accepted"})
+    env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf"), "HF_TOKEN": "hf_other",
+           "VOICEKIT_CHAT_MODEL": "acme/chat", "VOICEKIT_TTS_MODEL": "acme/speech", "VOICEKIT_SNAC_MODEL": "acme/snac"}
+    env.pop("HF_HUB_CACHE", None)
 
-    problems = models.check(["google/gemma-2-2b-it", "canopylabs/orpheus-3b-0.1-ft"], "hf_x", model_info=model_info)
-    assert seen == [("google/gemma-2-2b-it", "hf_x"), ("canopylabs/orpheus-3b-0.1-ft", "hf_x")]
-    assert len(problems) == 1 and "canopylabs/orpheus-3b-0.1-ft" in problems[0] and "licence" in problems[0]
+    def models_py(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, str(ROOT / "runpod" / "models.py"), *args], env={**env, **extra},
+                              capture_output=True, text=True, timeout=120)
+
+    try:
+        checked = models_py("check")
+        assert checked.returncode == 1
+        assert checked.stderr.strip() == ("model acme/speech is gated: accept its licence at "
+                                          "https://huggingface.co/acme/speech with your account, then set HF_TOKEN "
+                                          "to a token of that account")
+        assert [r.path for r in hub.requests] == [f"/api/models/acme/{name}/auth-check"
+                                                  for name in ("chat", "speech", "snac")]
+        assert {r.authorization for r in hub.requests} == {"Bearer hf_other"}
+        failed = models_py("download")
+        assert failed.returncode == 1
+        assert failed.stderr.strip().splitlines()[-1].startswith("error: model acme/speech is gated")
+        assert "Traceback" not in failed.stderr and "hf_other" not in failed.stdout + failed.stderr
+
+        done = models_py("download", HF_TOKEN="hf_accepted")
+        assert done.returncode == 0, done.stderr
+        cache = tmp_path / "hf" / "hub"
+        files = sorted(f"{p.parts[-4]}/{p.name}" for p in cache.glob("*/snapshots/*/*"))
+        assert files == ["models--acme--chat/config.json", "models--acme--chat/model.safetensors",
+                         "models--acme--snac/config.json", "models--acme--snac/pytorch_model.bin",
+                         "models--acme--speech/config.json", "models--acme--speech/model.safetensors"]
+        assert models_py("check", HF_TOKEN="hf_accepted").returncode == 0
+    finally:
+        hub.close()
 
 
 # ---- deploy.py against a stand-in RunPod API -------------------------------------------------------------

@@ -97,6 +97,7 @@ class VLLMEngine:
         tokenizer: str | None = None,
         enforce_eager: bool = False,
         sampling_overrides: Mapping[str, Any] | None = None,
+        label: str | None = None,
         **engine_kwargs: Any,
     ) -> None:
         _import_vllm()
@@ -105,7 +106,7 @@ class VLLMEngine:
 
         if not 0.0 < gpu_memory_utilization <= 1.0:
             raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization}")
-        self.model = model
+        self.model = label or model  # e.g. the hub id of a model loaded from its cache folder
         self.max_model_len = max_model_len
         self._sampling_overrides = dict(sampling_overrides or {})
         self._active: set[str] = set()

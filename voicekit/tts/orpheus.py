@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 
 from voicekit.engines.base import Engine, SamplingSettings, new_request_id
-from voicekit.errors import NoAudioError
+from voicekit.errors import ModelUnavailableError, NoAudioError
+from voicekit.hub import explain, fetch_model
 from voicekit.tts.base import resolve_voice
 from voicekit.tts.orpheus_codes import (
     DEFAULT_VOICE,
@@ -135,17 +136,21 @@ def build_orpheus_backend(settings: Any) -> OrpheusBackend:
         from voicekit.engines.vllm_engine import VLLMEngine
         from voicekit.settings import vllm_engine_options
 
-        engine = VLLMEngine(settings.tts_model, **vllm_engine_options(settings, settings.tts_memory_share))
+        engine = VLLMEngine(fetch_model(settings.tts_model, settings.hf_token), label=settings.tts_model,
+                            **vllm_engine_options(settings, settings.tts_memory_share))
 
         def tokenize(text: str) -> list[int]:
             return list(engine.tokenizer(text).input_ids)
 
-    snac = build_snac(device=None, weights=settings.snac_model)
+    snac = build_snac(device=None, weights=settings.snac_model, token=settings.hf_token)
     return OrpheusBackend(engine, tokenize, snac, default_voice=settings.voice or None)
 
 
 def _hub_tokenizer(model: str, token: str) -> Tokenize:
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(model, token=token or None)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model, token=token or None)
+    except Exception as error:  # gated, missing or offline: say which model and what to do
+        raise ModelUnavailableError(f"tokenizer of {explain(model, error)}") from error
     return lambda text: tokenizer(text).input_ids

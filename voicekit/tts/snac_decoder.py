@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from voicekit.errors import ModelUnavailableError
+from voicekit.hub import fetch_model
 from voicekit.tts.orpheus_codes import CODEBOOK_SIZE, FRAME_TOKENS, SAMPLES_PER_FRAME, frames_to_codes
 
 if TYPE_CHECKING:
@@ -60,16 +61,14 @@ def _import_snac() -> type[SNAC]:
     return SNAC
 
 
-def _load_pretrained(snac_cls: type[SNAC], weights: str) -> SNAC:
-    from huggingface_hub.errors import EntryNotFoundError
-
+def _load_pretrained(snac_cls: type[SNAC], weights: str, token: str | None) -> SNAC:
+    folder = fetch_model(weights, token)  # a hub id is downloaded (clear errors); a local folder is used as is
     try:
-        # hf_hub_download inside honours HF_TOKEN / HF_HOME / HF_HUB_OFFLINE; a local folder works too.
-        return snac_cls.from_pretrained(weights)
-    except (OSError, EntryNotFoundError, ValueError, RuntimeError, pickle.UnpicklingError) as exc:
+        return snac_cls.from_pretrained(folder)
+    except (OSError, ValueError, RuntimeError, pickle.UnpicklingError) as exc:
         raise ModelUnavailableError(
-            f"could not load SNAC weights {weights!r}: {exc}. Check the network (or HF_HUB_OFFLINE and "
-            "the cache in HF_HOME), or give a local folder with config.json and pytorch_model.bin"
+            f"could not load SNAC weights {weights!r}: {exc}. A local folder needs the hub's layout: "
+            "config.json and pytorch_model.bin"
         ) from exc
 
 
@@ -108,7 +107,8 @@ def fold_weight_norm(model: torch.nn.Module) -> int:
     return folded
 
 
-def build_snac(device: str | None = "cpu", weights: str | None = DEFAULT_WEIGHTS, noise: bool = False) -> SNAC:
+def build_snac(device: str | None = "cpu", weights: str | None = DEFAULT_WEIGHTS, noise: bool = False,
+               token: str | None = None) -> SNAC:
     """Load SNAC 24 kHz for inference (float32, eval, weight norm folded) on ``device``.
 
     ``weights`` is a hub id or a local folder (``SNAC.from_pretrained``); None builds the same network
@@ -117,7 +117,7 @@ def build_snac(device: str | None = "cpu", weights: str | None = DEFAULT_WEIGHTS
     Raises `ModelUnavailableError` when the weights cannot be found or fetched.
     """
     snac_cls = _import_snac()
-    model = snac_cls(**SNAC_24KHZ_CONFIG) if weights is None else _load_pretrained(snac_cls, str(weights))
+    model = snac_cls(**SNAC_24KHZ_CONFIG) if weights is None else _load_pretrained(snac_cls, str(weights), token)
     if not noise:
         disable_noise(model)
     fold_weight_norm(model)
