@@ -9,11 +9,10 @@ check exactly what voicekit sends.
 from __future__ import annotations
 
 import hashlib
-import json
-import threading
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from http.server import BaseHTTPRequestHandler
+
+from stand_in import send_bytes, send_json, serve
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -44,9 +43,7 @@ class StandInHub:
             def do_HEAD(self) -> None:
                 hub.answer(self, body=False)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server, self.url = serve(Handler)
 
     def close(self) -> None:
         self.server.shutdown()
@@ -62,26 +59,26 @@ class StandInHub:
         self.requests.append(Request(handler.command, path, handler.headers.get("Authorization")))
         repo, route = self._split(path)
         if repo not in self.repos:  # the hub answers 401 here, as for a private repo
-            self._send(handler, 401, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"}, body)
+            send_json(handler, 401, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"}, body)
             return
         wanted, given = self.gated.get(repo), handler.headers.get("Authorization")
         if wanted is not None and given != f"Bearer {wanted}":
-            self._send(handler, 401 if given is None else 403, {"error": f"Access to model {repo} is restricted."},
+            send_json(handler, 401 if given is None else 403, {"error": f"Access to model {repo} is restricted."},
                        {"X-Error-Code": "GatedRepo"}, body)
             return
         if route == "auth-check":
-            self._send(handler, 200, {}, {}, body)
+            send_json(handler, 200, {}, {}, body)
         elif route.startswith("revision/"):
             siblings = [{"rfilename": name} for name in sorted(self.repos[repo])]
-            self._send(handler, 200, {"id": repo, "sha": COMMIT, "siblings": siblings}, {}, body)
+            send_json(handler, 200, {"id": repo, "sha": COMMIT, "siblings": siblings}, {}, body)
         elif route.startswith("tree/"):
             tree = [{"type": "file", "path": name, "size": len(data), "oid": hashlib.sha1(data).hexdigest()}
                     for name, data in sorted(self.repos[repo].items())]
-            self._send_json_list(handler, tree, body)
+            send_json(handler, 200, tree, body=body)
         elif route.startswith("file/"):
             self._send_file(handler, repo, route.removeprefix("file/"), body)
         else:
-            self._send(handler, 404, {"error": "no such route"}, {}, body)
+            send_json(handler, 404, {"error": "no such route"}, {}, body)
 
     @staticmethod
     def _split(path: str) -> tuple[str, str]:
@@ -96,27 +93,8 @@ class StandInHub:
     def _send_file(self, handler: BaseHTTPRequestHandler, repo: str, name: str, body: bool) -> None:
         data = self.repos[repo].get(name)
         if data is None:
-            self._send(handler, 404, {"error": "Entry not found"}, {"X-Error-Code": "EntryNotFound"}, body)
+            send_json(handler, 404, {"error": "Entry not found"}, {"X-Error-Code": "EntryNotFound"}, body)
             return
         etag = hashlib.sha256(data).hexdigest()
         headers = {"X-Repo-Commit": COMMIT, "ETag": f'"{etag}"', "Content-Type": "application/octet-stream"}
-        self._send_bytes(handler, 200, data, headers, body)
-
-    def _send(self, handler: BaseHTTPRequestHandler, status: int, payload: dict[str, Any],
-              headers: dict[str, str], body: bool) -> None:
-        self._send_bytes(handler, status, json.dumps(payload).encode(),
-                         {"Content-Type": "application/json", **headers}, body)
-
-    def _send_json_list(self, handler: BaseHTTPRequestHandler, items: list[dict[str, Any]], body: bool) -> None:
-        self._send_bytes(handler, 200, json.dumps(items).encode(), {"Content-Type": "application/json"}, body)
-
-    @staticmethod
-    def _send_bytes(handler: BaseHTTPRequestHandler, status: int, data: bytes, headers: dict[str, str],
-                    body: bool) -> None:
-        handler.send_response(status)
-        for key, value in headers.items():
-            handler.send_header(key, value)
-        handler.send_header("Content-Length", str(len(data)))
-        handler.end_headers()
-        if body:
-            handler.wfile.write(data)
+        send_bytes(handler, 200, data, headers, body)
