@@ -73,3 +73,10 @@ def test_every_setting_is_documented(repo_root) -> None:
     doc = (repo_root / "docs" / "CONFIGURATION.md").read_text(encoding="utf-8")
     for setting in fields(Settings):
         assert f"VOICEKIT_{setting.name.upper()}" in doc, f"{setting.name} is missing from docs/CONFIGURATION.md"
+
+
+def test_n_gpu_layers_defaults_to_all_and_rejects_nonsense() -> None:
+    assert Settings.resolve("cpu", env={}).n_gpu_layers == -1
+    assert Settings.resolve("cpu", env={"VOICEKIT_N_GPU_LAYERS": "0"}).n_gpu_layers == 0
+    with pytest.raises(SettingsError, match="n_gpu_layers must be -1"):
+        Settings.resolve("cpu", env={}, n_gpu_layers=-2)

@@ -45,6 +45,7 @@ class Settings:
     history_turns: int = 8  # past user/assistant pairs sent with each message
     n_ctx: int = 2048  # llama.cpp context length
     n_threads: int = 0  # llama.cpp threads; 0 means half the cores, 1 to 4
+    n_gpu_layers: int = -1  # llama.cpp layers offloaded to the GPU: -1 all, 0 none; a CPU-only build always uses 0
     # speech
     tts: str = "piper"  # piper | orpheus | qwen3
     tts_model: str = ""  # speech model hub id or path; empty means the backend's default
@@ -81,6 +82,8 @@ class Settings:
         for name in ("max_reply_tokens", "max_text_chars", "n_ctx"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name} must be positive, not {getattr(self, name)}")
+        if self.n_gpu_layers < -1:
+            raise SettingsError(f"n_gpu_layers must be -1 (all), 0 (none) or a layer count, not {self.n_gpu_layers}")
         if not 0.0 <= self.temperature <= 2.0:
             raise SettingsError(f"temperature must be between 0 and 2, not {self.temperature}")
         return self
