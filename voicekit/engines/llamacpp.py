@@ -28,7 +28,8 @@ class LlamaCppEngine:
     name = "llamacpp"
 
     def __init__(self, model_path: str | Path, n_ctx: int = 2048, n_threads: int | None = None,
-                 n_gpu_layers: int = 0) -> None:
+                 n_gpu_layers: int = -1) -> None:
+        """`n_gpu_layers`: layers to offload (-1 all, 0 none); a build that cannot offload always uses 0."""
         from llama_cpp import Llama  # heavy import, only when the engine is built
 
         path = Path(model_path)
@@ -36,8 +37,9 @@ class LlamaCppEngine:
             raise ModelUnavailableError(f"GGUF model not found: {path}")
         self.model = path.name
         self.n_ctx = n_ctx
+        self.n_gpu_layers = offload_layers(n_gpu_layers)
         self._llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=n_threads or default_threads(),
-                          n_gpu_layers=n_gpu_layers, verbose=False)
+                          n_gpu_layers=self.n_gpu_layers, verbose=False)
         self._add_bos = str(self._llm.metadata.get("tokenizer.ggml.add_bos_token", "true")).lower() == "true"
         self._template = self._llm.metadata.get("tokenizer.chat_template")
         self._lock = asyncio.Lock()
@@ -55,6 +57,13 @@ class LlamaCppEngine:
                                         bos_token=self._token_text(self._llm.token_bos()))
         rendered = formatter(messages=[{"role": m.role, "content": m.content} for m in messages])
         return rendered.prompt
+
+    def tokenize(self, text: str) -> list[int]:
+        """Ids of plain `text` (special-token texts stay text), with the BOS the GGUF asks for.
+
+        Orpheus builds its prompt ids from these, exactly as from the Hugging Face tokenizer.
+        """
+        return self._llm.tokenize(text.encode("utf-8"), add_bos=self._add_bos, special=False)
 
     def count_tokens(self, text: str) -> int:
         """Number of tokens `text` takes (for fitting chat history into the context)."""
@@ -182,6 +191,13 @@ def default_threads() -> int:
     Measured on 2 cores with SmolLM2-135M: 1 thread wrote replies ~30% faster than 2, in both modes.
     """
     return max(1, min(4, (os.cpu_count() or 1) // 2))
+
+
+def offload_layers(requested: int) -> int:
+    """Layers to put on the GPU: `requested` (-1: all) when this llama.cpp build can offload (Metal, CUDA), else 0."""
+    import llama_cpp
+
+    return requested if llama_cpp.llama_supports_gpu_offload() else 0
 
 
 def _find_stop(text: str, stops: Sequence[str]) -> int | None:

@@ -124,14 +124,25 @@ class OrpheusBackend:
 
 
 def build_orpheus_backend(settings: Any) -> OrpheusBackend:
-    """The gpu preset's speech side: Orpheus on vLLM (or `vllm serve` over HTTP) and SNAC on the GPU."""
+    """Orpheus on the engine the settings pick, with SNAC (on the GPU when there is one).
+
+    `tts_url`: `vllm serve` over HTTP; a GGUF `tts_model` (or the cpu preset with no model named): llama.cpp,
+    see orpheus_gguf.py; otherwise vLLM in this process.
+    """
+    from voicekit.tts.orpheus_gguf import LLAMACPP_TOP_K, build_llamacpp_engine, orpheus_gguf_spec
     from voicekit.tts.snac_decoder import build_snac
 
+    sampling = None
+    gguf = orpheus_gguf_spec(settings)
     if settings.tts_url:
         from voicekit.engines.http_engine import HTTPEngine
 
         engine: Any = HTTPEngine(settings.tts_url, settings.tts_model)
         tokenize = _hub_tokenizer(settings.tts_model, settings.hf_token)
+    elif gguf is not None:
+        engine = build_llamacpp_engine(settings, gguf)
+        tokenize = engine.tokenize
+        sampling = OrpheusSampling(top_k=LLAMACPP_TOP_K)
     else:
         from voicekit.engines.vllm_engine import VLLMEngine
         from voicekit.settings import vllm_engine_options
@@ -143,7 +154,7 @@ def build_orpheus_backend(settings: Any) -> OrpheusBackend:
             return list(engine.tokenizer(text).input_ids)
 
     snac = build_snac(device=None, weights=settings.snac_model, token=settings.hf_token)
-    return OrpheusBackend(engine, tokenize, snac, default_voice=settings.voice or None)
+    return OrpheusBackend(engine, tokenize, snac, default_voice=settings.voice or None, sampling=sampling)
 
 
 def _hub_tokenizer(model: str, token: str) -> Tokenize:
