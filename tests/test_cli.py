@@ -76,6 +76,7 @@ def test_doctor_runs_and_names_the_preset(tmp_path: Path) -> None:
     result = voicekit_cli("doctor", cwd=tmp_path)
     assert result.returncode == 0
     assert "auto preset cpu" in result.stdout and "python" in result.stdout
+    assert "llama.cpp   0.3.36 (GPU offload: no, CPU build)" in result.stdout
 
 
 def test_doctor_explains_gpu_seen_by_nvidia_smi_but_not_torch() -> None:
@@ -87,3 +88,5 @@ def test_doctor_explains_gpu_seen_by_nvidia_smi_but_not_torch() -> None:
     elif not report.torch_sees_cuda:
         assert "nvidia-smi sees a GPU but torch" in text
     assert report.preset == "cpu"
+    assert report.llama_cpp == ("0.3.36", False)
+    assert "llama-cpp-python is a CPU-only build" in text and "-DGGML_CUDA=on" in text

@@ -25,6 +25,7 @@ class Report:
     torch_sees_cuda: bool
     nvidia_smi: list[str] | None  # one line per GPU, None when nvidia-smi is missing or fails
     vllm: str | None
+    llama_cpp: tuple[str, bool] | None  # (version, can offload layers to a GPU), None when not installed
     preset: str
     reason: str
     advice: list[str] = field(default_factory=list)
@@ -63,6 +64,14 @@ def _vllm_version() -> str | None:
     return getattr(vllm, "__version__", "unknown")
 
 
+def _llama_cpp_facts() -> tuple[str, bool] | None:
+    try:
+        import llama_cpp
+    except Exception:  # a missing or broken build: nothing llama.cpp can run
+        return None
+    return getattr(llama_cpp, "__version__", "unknown"), bool(llama_cpp.llama_supports_gpu_offload())
+
+
 def diagnose(gpus: list[str] | bool | None = False) -> Report:
     """Collect the facts (pass `gpus` to stand in for nvidia-smi's answer in tests)."""
     torch_version, cuda_build, sees_cuda = _torch_facts()
@@ -71,7 +80,7 @@ def diagnose(gpus: list[str] | bool | None = False) -> Report:
     report = Report(
         python=f"{platform.python_version()} ({sys.executable})", torch=torch_version,
         torch_cuda_build=cuda_build, torch_sees_cuda=sees_cuda, nvidia_smi=smi or None,  # type: ignore[arg-type]
-        vllm=vllm_version, preset="cpu", reason="",
+        vllm=vllm_version, llama_cpp=_llama_cpp_facts(), preset="cpu", reason="",
     )
     report.preset, report.reason = choose_preset(torch_version, sees_cuda, vllm_version is not None)
     report.advice = _advice(report)
@@ -97,9 +106,22 @@ def _advice(report: Report) -> list[str]:
             )
     if report.torch_sees_cuda and report.vllm is None:
         advice.append("the GPU works but vLLM is missing: pip install -r requirements-gpu.txt for the gpu preset")
+    if report.nvidia_smi and report.llama_cpp and not report.llama_cpp[1]:
+        advice.append(
+            "llama-cpp-python is a CPU-only build, so GGUF models (the cpu preset's chat model, Orpheus GGUF) "
+            "ignore the GPU: CMAKE_ARGS=\"-DGGML_CUDA=on\" pip install --force-reinstall --no-cache-dir "
+            "llama-cpp-python builds one with CUDA"
+        )
     if not report.nvidia_smi and report.preset == "cpu":
         advice.append("no NVIDIA GPU found: the cpu preset (SmolLM2 + Piper) runs everything on this machine")
     return advice
+
+
+def _llama_cpp_line(facts: tuple[str, bool] | None) -> str:
+    if facts is None:
+        return "not installed"
+    version, offload = facts
+    return f"{version} (GPU offload: {'yes, Metal or CUDA build' if offload else 'no, CPU build'})"
 
 
 def format_report(report: Report) -> str:
@@ -114,6 +136,7 @@ def format_report(report: Report) -> str:
         f"torch       {torch_line}",
         f"nvidia-smi  {gpus}",
         f"vllm        {report.vllm or 'not installed'}",
+        f"llama.cpp   {_llama_cpp_line(report.llama_cpp)}",
         f"auto preset {report.preset}: {report.reason}",
     ]
     lines += [f"advice      {line}" for line in report.advice]
