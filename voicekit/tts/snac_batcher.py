@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from voicekit.tts.orpheus_codes import frames_to_codes
+from voicekit.tts.snac_decoder import decode_code_rows, model_device
 
 if TYPE_CHECKING:
     from snac import SNAC
@@ -35,23 +36,15 @@ CUDA_BATCH_FRAMES = 4 * 36
 
 def default_batch_frames(model: Any) -> int:
     """``CUDA_BATCH_FRAMES`` for a model on a GPU, 0 (no batching) on a CPU, where it does not pay."""
-    device = next(model.parameters()).device
-    return CUDA_BATCH_FRAMES if device.type == "cuda" else 0
+    return CUDA_BATCH_FRAMES if model_device(model).type == "cuda" else 0
 
 
 def decode_batch(model: SNAC, windows: Sequence[np.ndarray]) -> list[np.ndarray]:
     """Decode windows of equal frame count in one SNAC call; return one float32 array per window."""
-    import torch
-
     if len({len(window) for window in windows}) != 1:
         raise ValueError("a batch needs windows of one length")
-    device = next(model.parameters()).device
     per_window = [frames_to_codes(window) for window in windows]
-    codes = [torch.as_tensor(np.stack([c[level] for c in per_window]), device=device) for level in range(3)]
-    with torch.inference_mode():
-        audio = model.decode(codes)
-    rows = audio.reshape(len(windows), -1).float().cpu().numpy()
-    return list(rows)
+    return list(decode_code_rows(model, *(np.stack([codes[level] for codes in per_window]) for level in range(3))))
 
 
 @dataclass

@@ -125,19 +125,25 @@ def build_snac(device: str | None = "cpu", weights: str | None = DEFAULT_WEIGHTS
     return model.to(device or default_device())
 
 
-def _model_device(model: torch.nn.Module) -> torch.device:
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device a model's weights are on."""
     return next(model.parameters()).device
+
+
+def decode_code_rows(model: SNAC, c0: Any, c1: Any, c2: Any) -> np.ndarray:
+    """Decode rows of SNAC codes (shapes (B, n), (B, 2n), (B, 4n)) in one call: float32 of shape (B, n * 2048)."""
+    import torch
+
+    device = model_device(model)
+    codes = [torch.as_tensor(np.asarray(c, dtype=np.int64), device=device) for c in (c0, c1, c2)]
+    with torch.inference_mode():
+        audio = model.decode(codes)
+    return audio.reshape(codes[0].shape[0], -1).float().cpu().numpy()
 
 
 def decode_codes(model: SNAC, c0: Sequence[int], c1: Sequence[int], c2: Sequence[int]) -> np.ndarray:
     """One-shot decode of SNAC codes (lengths n, 2n, 4n) to float32 mono audio of n * 2048 samples."""
-    import torch
-
-    device = _model_device(model)
-    codes = [torch.as_tensor(np.asarray(c, dtype=np.int64), device=device).reshape(1, -1) for c in (c0, c1, c2)]
-    with torch.inference_mode():
-        audio = model.decode(codes)
-    return audio.reshape(-1).float().cpu().numpy()
+    return decode_code_rows(model, *(np.asarray(c, dtype=np.int64).reshape(1, -1) for c in (c0, c1, c2)))[0]
 
 
 def decode_frames(model: SNAC, frames: Sequence[Sequence[int]] | np.ndarray) -> np.ndarray:
