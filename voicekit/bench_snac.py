@@ -32,10 +32,11 @@ def snr_db(signal: np.ndarray, reference: np.ndarray) -> float:
     return min(200.0, 10.0 * np.log10(power / noise))
 
 
-def _stream(model: Any, frames: np.ndarray, **options: int) -> tuple[np.ndarray, int | None]:
+def _stream(model: Any, frames: np.ndarray, decode_window: Any = None, **options: int) -> tuple[np.ndarray, int | None]:
+    """Push ``frames`` one at a time, then flush: (the whole audio, frames in when the first audio left)."""
     from voicekit.tts.snac_decoder import StreamingDecoder
 
-    decoder = StreamingDecoder(model, **options)
+    decoder = StreamingDecoder(model, decode_window=decode_window, **options)
     chunks = [chunk for frame in frames for chunk in decoder.push([frame])]
     chunks.append(decoder.flush())
     return np.concatenate(chunks), decoder.first_audio_frames
@@ -59,12 +60,8 @@ def _concurrent_streams(decode: Any, model: Any, codes: Sequence[np.ndarray]) ->
     start = threading.Barrier(len(codes))
 
     def one(frames: np.ndarray) -> np.ndarray:
-        from voicekit.tts.snac_decoder import StreamingDecoder
-
-        decoder = StreamingDecoder(model, decode_window=decode)
         start.wait()
-        chunks = [chunk for frame in frames for chunk in decoder.push([frame])]
-        return np.concatenate([*chunks, decoder.flush()])
+        return _stream(model, frames, decode)[0]
 
     with ThreadPoolExecutor(len(codes)) as pool:
         return list(pool.map(one, codes))
