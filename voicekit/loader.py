@@ -12,7 +12,6 @@ from typing import Any
 from voicekit.chat import ChatModel
 from voicekit.engines.loop import EventLoopThread
 from voicekit.errors import ModelUnavailableError, SettingsError
-from voicekit.hub import fetch_model
 from voicekit.kit import Kit, build_sampling
 from voicekit.settings import Settings, vllm_engine_options
 from voicekit.tts.base import SpeechBackend
@@ -92,7 +91,7 @@ def build_chat_engine(settings: Settings) -> Any:
     if settings.chat_engine == "vllm":
         from voicekit.engines.vllm_engine import VLLMEngine  # type: ignore[import-not-found]
 
-        return VLLMEngine(fetch_model(settings.chat_model, settings.hf_token), label=settings.chat_model,
+        return VLLMEngine(settings.chat_model, hf_token=settings.hf_token,
                           **vllm_engine_options(settings, settings.chat_memory_share))
     from voicekit.engines.http_engine import HTTPEngine  # type: ignore[import-not-found]
 

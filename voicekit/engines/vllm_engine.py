@@ -31,6 +31,7 @@ from typing import Any
 
 from voicekit.engines.base import ChatMessage, Delta, Prompt, SamplingSettings, new_request_id
 from voicekit.errors import ModelUnavailableError
+from voicekit.hub import fetch_model
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +81,8 @@ class VLLMEngine:
     Construction starts the engine core process and loads the model (tens of seconds; the call blocks):
     from a running loop use `await VLLMEngine.start(...)`, which builds it in a worker thread.
 
+    `model` is a hub id or a local folder; a hub id is fetched first through `voicekit.hub` (progress bars, one
+    clear error for a gated or unknown model), with `hf_token` when given.
     `sampling_overrides` is merged into every request's `SamplingParams` (e.g. `{"ignore_eos": True}`);
     other keyword arguments go to `AsyncEngineArgs` (e.g. `kv_cache_memory_bytes`, `seed`,
     `max_num_seqs`).
@@ -97,23 +100,24 @@ class VLLMEngine:
         tokenizer: str | None = None,
         enforce_eager: bool = False,
         sampling_overrides: Mapping[str, Any] | None = None,
-        label: str | None = None,
+        hf_token: str | None = None,
         **engine_kwargs: Any,
     ) -> None:
+        source = fetch_model(model, hf_token)  # first: a gated or unknown model is the error a user must see
         _import_vllm()
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
         if not 0.0 < gpu_memory_utilization <= 1.0:
             raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization}")
-        self.model = label or model  # e.g. the hub id of a model loaded from its cache folder
+        self.model = model
         self.max_model_len = max_model_len
         self._sampling_overrides = dict(sampling_overrides or {})
         self._active: set[str] = set()
         self._closed = False
         engine_kwargs.setdefault("disable_log_stats", True)
         args = AsyncEngineArgs(
-            model=model,
+            model=source,
             tokenizer=tokenizer,
             dtype=dtype,
             max_model_len=max_model_len,

@@ -19,7 +19,7 @@ import numpy as np
 
 from voicekit.engines.base import Engine, SamplingSettings, new_request_id
 from voicekit.errors import ModelUnavailableError, NoAudioError
-from voicekit.hub import explain, fetch_model
+from voicekit.hub import explain
 from voicekit.tts.base import resolve_voice
 from voicekit.tts.orpheus_codes import (
     DEFAULT_VOICE,
@@ -147,7 +147,7 @@ def build_orpheus_backend(settings: Any) -> OrpheusBackend:
         from voicekit.engines.vllm_engine import VLLMEngine
         from voicekit.settings import vllm_engine_options
 
-        engine = VLLMEngine(fetch_model(settings.tts_model, settings.hf_token), label=settings.tts_model,
+        engine = VLLMEngine(settings.tts_model, hf_token=settings.hf_token,
                             **vllm_engine_options(settings, settings.tts_memory_share))
 
         def tokenize(text: str) -> list[int]:
