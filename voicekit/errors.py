@@ -7,6 +7,12 @@ not a `VoicekitError` is a bug and may carry a traceback.
 from __future__ import annotations
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message, or its type name (library errors often append long dumps)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 class VoicekitError(Exception):
     """Base class: a problem with the user's input, settings or environment."""
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from voicekit.errors import ModelUnavailableError
+from voicekit.errors import ModelUnavailableError, first_line
 
 __all__ = ["IGNORE_PATTERNS", "ModelUnavailableError", "check_access", "explain", "fetch_file", "fetch_model",
            "is_local"]
@@ -59,12 +59,6 @@ def explain(repo: str, error: BaseException) -> str:
             return f"model {repo}: the hub refused the token (401): check HF_TOKEN"
         return f"model {repo}: the hub answered HTTP {status}: {first_line(error)}"
     return f"could not fetch model {repo}: {type(error).__name__}: {first_line(error)}"
-
-
-def first_line(error: BaseException) -> str:
-    """The first line of an exception's message (hub errors carry long request dumps after it)."""
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def check_access(repo: str, token: str | None, *, endpoint: str | None = None) -> str | None:

@@ -19,6 +19,7 @@ import numpy as np
 
 from voicekit.audio import resample
 from voicekit.errors import ModelUnavailableError
+from voicekit.hub import fetch_file
 from voicekit.tts.base import resolve_voice
 
 BUNDLED_VOICE = "en_US-joe-medium"
@@ -59,27 +60,19 @@ def hub_voice_files(name: str) -> tuple[str, str]:
 
 def download_voice(name: str, folder: str | Path, token: str | None = None) -> Path:
     """Fetch a Piper voice from the Hugging Face hub into `folder` (progress bar on stderr); return its .onnx path."""
-    from huggingface_hub import hf_hub_download
-
     model_file, config_file = hub_voice_files(name)
     target = Path(folder)
     target.mkdir(parents=True, exist_ok=True)
     try:
         for remote in (config_file, model_file):
-            downloaded = Path(hf_hub_download(HUB_REPO, remote, token=token))
+            downloaded = Path(fetch_file(HUB_REPO, remote, token))
             (target / Path(remote).name).write_bytes(downloaded.read_bytes())
-    except Exception as error:  # the hub client raises many types (offline, 404, auth)
+    except ModelUnavailableError as error:
         raise ModelUnavailableError(
-            f"could not download Piper voice {name!r} from the Hugging Face hub ({HUB_REPO}): "
-            f"{type(error).__name__}: {_first_line(error)}. Put {name}.onnx and {name}.onnx.json in the "
+            f"could not download Piper voice {name!r}: {error}. Put {name}.onnx and {name}.onnx.json in the "
             "voice folder (VOICEKIT_PIPER_VOICES_DIR) instead."
         ) from None
     return target / f"{name}.onnx"
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else "no details"
 
 
 class PiperBackend:

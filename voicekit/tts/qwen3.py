@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from voicekit.audio import pcm16_to_float, resample
-from voicekit.errors import ModelUnavailableError, NoAudioError, VoicekitError
+from voicekit.errors import ModelUnavailableError, NoAudioError, VoicekitError, first_line
 from voicekit.text import split_sentences
 from voicekit.tts.base import resolve_voice
 
@@ -52,11 +52,6 @@ def max_new_tokens_for_text(text: str) -> int:
     return min(MAX_NEW_TOKENS, MIN_NEW_TOKENS + TOKENS_PER_CHAR * len(text.strip()))
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
 # --- official package ------------------------------------------------------------------------
 
 
@@ -71,7 +66,7 @@ def load_qwen3_model(model_id: str = DEFAULT_MODEL, *, hf_token: str | None = No
         from qwen_tts import Qwen3TTSModel
     except ImportError as error:
         raise ModelUnavailableError(f"the Qwen3-TTS official backend needs the qwen-tts package "
-                                    f"({_first_line(error)}): {INSTALL_HINT}") from None
+                                    f"({first_line(error)}): {INSTALL_HINT}") from None
     options = dict(load_kwargs)
     try:
         import torch
@@ -87,7 +82,7 @@ def load_qwen3_model(model_id: str = DEFAULT_MODEL, *, hf_token: str | None = No
         return Qwen3TTSModel.from_pretrained(model_id, **options)
     except Exception as error:  # hub and transformers raise many types (offline, 404, auth, bad files)
         raise ModelUnavailableError(
-            f"could not load Qwen3-TTS model {model_id!r}: {type(error).__name__}: {_first_line(error)}. "
+            f"could not load Qwen3-TTS model {model_id!r}: {type(error).__name__}: {first_line(error)}. "
             f"Check the hub id or local path, the network and HF_TOKEN; models: {DEFAULT_MODEL}, {SMALL_MODEL}"
         ) from None
 
@@ -277,14 +272,14 @@ class Qwen3OmniBackend:
                         samples += even // 2
                         yield pcm16_to_float(data[:even])
         except httpx.ConnectError as error:
-            raise Qwen3ServerError(f"cannot connect to the Qwen3-TTS server at {self.url} ({_first_line(error)}); "
+            raise Qwen3ServerError(f"cannot connect to the Qwen3-TTS server at {self.url} ({first_line(error)}); "
                                    f"start it with: {' '.join(omni_serve_command(self.model))}") from None
         except httpx.TimeoutException as error:
             raise Qwen3ServerError(f"the Qwen3-TTS server at {self.url} timed out "
                                    f"({type(error).__name__})") from None
         except httpx.HTTPError as error:
             raise Qwen3ServerError(f"the Qwen3-TTS server at {self.url} failed: "
-                                   f"{type(error).__name__}: {_first_line(error)}") from None
+                                   f"{type(error).__name__}: {first_line(error)}") from None
         if leftover:
             log.warning("qwen3 server sent an odd number of PCM bytes; dropped the last byte")
         if samples == 0:
