@@ -7,7 +7,6 @@ SNAC decoding (random weights) -> audio. No network: hub specs are tested offlin
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from typing import Any
 
 import gguf_models as gm
 import pytest
+import tiny_models as tm
 
 from voicekit.engines.base import SamplingSettings, new_request_id
 from voicekit.engines.gguf_files import HubFile, parse_gguf_spec, resolve_gguf
@@ -56,16 +56,7 @@ def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def snac_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A local SNAC folder in the hub's layout (random weights) that SNAC.from_pretrained reads."""
-    import torch
-    from snac import SNAC
-
-    from voicekit.tts.snac_decoder import SNAC_24KHZ_CONFIG
-
-    folder = tmp_path_factory.mktemp("snac")
-    (folder / "config.json").write_text(json.dumps(SNAC_24KHZ_CONFIG))
-    torch.manual_seed(0)
-    torch.save(SNAC(**SNAC_24KHZ_CONFIG).state_dict(), folder / "pytorch_model.bin")
-    return folder
+    return tm.save_snac_folder(tmp_path_factory.mktemp("snac"))
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import tiny_models as tm
 
 from voicekit.bench_snac import snr_db
 from voicekit.errors import ModelUnavailableError
@@ -155,8 +156,7 @@ def test_build_snac_loads_a_local_folder(tmp_path, model: Any) -> None:
     torch.manual_seed(9)
     original = SNAC(**SNAC_24KHZ_CONFIG)
     assert sum(p.numel() for p in original.parameters()) == pytest.approx(19.8e6, rel=0.01)
-    torch.save(original.state_dict(), tmp_path / "pytorch_model.bin")
-    (tmp_path / "config.json").write_text(json.dumps(SNAC_24KHZ_CONFIG))
+    tm.save_snac_folder(tmp_path, original)
     loaded = build_snac(weights=str(tmp_path))
     disable_noise(original)
     frames = random_frames(2, seed=9)

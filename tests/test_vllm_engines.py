@@ -603,19 +603,11 @@ def test_two_vllm_servers_serve_concurrent_requests(kit_loop, models, server, or
 @needs_vllm
 def test_gpu_preset_kit_talks_in_overlap_mode_with_two_engines(models, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """`voicekit.load("gpu")` on tiny models: chat and Orpheus engines in one process, concurrent overlap turns."""
-    import torch
-    from snac import SNAC
-
     import voicekit
     from voicekit.errors import NoAudioError
     from voicekit.tts.orpheus_codes import SAMPLE_RATE, VOICES
-    from voicekit.tts.snac_decoder import SNAC_24KHZ_CONFIG
 
-    # A local SNAC folder in the hub's layout: the real loading code (SNAC.from_pretrained) reads it.
-    snac_dir = tmp_path / "snac"
-    snac_dir.mkdir()
-    (snac_dir / "config.json").write_text(__import__("json").dumps(SNAC_24KHZ_CONFIG))
-    torch.save(SNAC(**SNAC_24KHZ_CONFIG).state_dict(), snac_dir / "pytorch_model.bin")
+    snac_dir = tm.save_snac_folder(tmp_path / "snac")  # read by the real loading code (SNAC.from_pretrained)
 
     kit = voicekit.load("gpu", chat_model=str(models["chat"]), tts_model=str(models["orpheus"]),
                         snac_model=str(snac_dir), max_model_len=MAX_MODEL_LEN, kv_cache_bytes=KV_CACHE_BYTES,

@@ -1,6 +1,6 @@
 """Tiny random-weight Llama models on disk, for testing the vLLM engines without downloads.
 
-Two shapes:
+Two Llama shapes, and a SNAC folder:
 
 * `build_orpheus_like(path)`: the Orpheus 3B layout that matters to voicekit: a 156940-id vocabulary whose
   Llama-3 control tokens sit at 128000.. (128000 `<|begin_of_text|>`, 128009 `<|eot_id|>`) and whose
@@ -8,8 +8,10 @@ Two shapes:
   start at 128266). The tokenizer adds the 128000 BOS itself, as the real one does.
 * `build_tiny_chat(path)`: a small chat model with a Gemma-2-style chat template (`<start_of_turn>`,
   `<end_of_turn>`, no system role), standing in for Gemma-2-2b-it.
+* `save_snac_folder(path)`: a SNAC 24 kHz model (random weights unless one is given) in the hub's layout
+  (config.json + pytorch_model.bin), which the real loading code (`SNAC.from_pretrained`) reads.
 
-Both are LlamaForCausalLM with head_dim 64 (vLLM's CPU attention rejects tiny head sizes such as 16),
+The two Llama shapes are LlamaForCausalLM with head_dim 64 (vLLM's CPU attention rejects tiny head sizes such as 16),
 2 heads, hidden 128 and tied embeddings stored as bfloat16, so the Orpheus-shaped one is about 40 MB.
 The tokenizers are WordLevel tokenizers built offline with `tokenizers` and saved through transformers:
 words outside their small word list encode as the unknown token, which is fine for engine tests.
@@ -182,6 +184,23 @@ def _save_model(
     model = LlamaForCausalLM(config).to(torch.bfloat16)
     model.save_pretrained(str(path), safe_serialization=True)
     GenerationConfig(bos_token_id=bos_id, eos_token_id=eos_ids, pad_token_id=pad_id).save_pretrained(str(path))
+
+
+def save_snac_folder(path: str | Path, model: object | None = None, seed: int = 0) -> Path:
+    """Save `model` (default: SNAC 24 kHz with weights seeded by `seed`) as a hub-layout folder at `path`."""
+    import torch
+    from snac import SNAC
+
+    from voicekit.tts.snac_decoder import SNAC_24KHZ_CONFIG
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    if model is None:
+        torch.manual_seed(seed)
+        model = SNAC(**SNAC_24KHZ_CONFIG)
+    (path / "config.json").write_text(json.dumps(SNAC_24KHZ_CONFIG))
+    torch.save(model.state_dict(), path / "pytorch_model.bin")  # type: ignore[attr-defined]
+    return path
 
 
 def build_orpheus_like(path: str | Path, *, num_layers: int = 1, seed: int = 0) -> Path:
