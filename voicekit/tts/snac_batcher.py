@@ -10,7 +10,7 @@ float rounding), and a call holds at most ``max_batch_frames`` frames.
 
 Whether batching pays depends on the device. On a CPU one call is compute-bound: measured on 2 cores, one
 call of 4 windows ran 0.5x-1.4x as fast as 4 separate calls (long windows slower), and 4 concurrent streams
-took 1.4x as long batched, so the CPU default is no batching. On a GPU a small SNAC call is bound by kernel
+took 1.2x-1.4x as long batched, so the CPU default is no batching. On a GPU a small SNAC call is bound by kernel
 launches, which a batch shares; the CUDA default allows 4 of the longest streaming windows per call
 (docs/BENCHMARKS.md says what has and has not been measured).
 """
