@@ -39,6 +39,10 @@ EMBED_SCALE = 10.0
 OUTPUT_SCALE = 4.0
 OUTPUT_NOISE = 0.1
 
+# The stuck model's frame; its slot-6 code (% 4 != 0) leads back to slot 0, never to end-of-speech.
+STUCK_FRAME = (11, 222, 333, 444, 555, 666, 777)
+STUCK_BOOST = 4.0  # doubles those rows' logits: sampling at any usual temperature always picks them
+
 # GGUF token types (gguf.TokenType)
 NORMAL, CONTROL = 1, 3
 
@@ -87,8 +91,12 @@ def next_direction() -> np.ndarray:
     return direction
 
 
-def weights(seed: int = 0) -> dict[str, np.ndarray]:
-    """The tensors of the bigram model, named as llama.cpp's llama architecture expects."""
+def weights(seed: int = 0, stuck: bool = False) -> dict[str, np.ndarray]:
+    """The tensors of the bigram model, named as llama.cpp's llama architecture expects.
+
+    `stuck`: one code per slot (`STUCK_FRAME`) outweighs all others by far, so the model speaks that one frame
+    over and over and never ends speech (its slot-6 code does not lead to a stop): Orpheus's looping failure.
+    """
     rng = np.random.default_rng(seed)
     embed = rng.normal(0.0, 0.01, (VOCAB_SIZE, HIDDEN)).astype(np.float32)
     embed[np.arange(VOCAB_SIZE), next_direction()] += EMBED_SCALE
@@ -98,6 +106,9 @@ def weights(seed: int = 0) -> dict[str, np.ndarray]:
         output[rows] = rng.normal(0.0, OUTPUT_NOISE, (CODEBOOK_SIZE, HIDDEN))
         output[rows, slot] += OUTPUT_SCALE
     output[END_OF_SPEECH, STOP_DIRECTION] += OUTPUT_SCALE
+    if stuck:
+        for slot, code in enumerate(STUCK_FRAME):
+            output[AUDIO_BASE + slot * CODEBOOK_SIZE + code, slot] += STUCK_BOOST
     small = lambda *shape: rng.normal(0.0, 0.02, shape).astype(np.float16)  # noqa: E731
     return {
         "token_embd.weight": embed.astype(np.float16),
@@ -115,8 +126,8 @@ def weights(seed: int = 0) -> dict[str, np.ndarray]:
     }
 
 
-def build_orpheus_gguf(path: str | Path, *, seed: int = 0) -> Path:
-    """Write the tiny Orpheus-shaped GGUF to `path` (kept when it already exists)."""
+def build_orpheus_gguf(path: str | Path, *, seed: int = 0, stuck: bool = False) -> Path:
+    """Write the tiny Orpheus-shaped GGUF to `path` (kept when it already exists); `stuck`: see `weights`."""
     import gguf
 
     path = Path(path)
@@ -145,7 +156,7 @@ def build_orpheus_gguf(path: str | Path, *, seed: int = 0) -> Path:
     writer.add_bos_token_id(BOS)
     writer.add_eos_token_id(EOT)
     writer.add_add_bos_token(True)
-    for name, tensor in weights(seed).items():
+    for name, tensor in weights(seed, stuck).items():
         writer.add_tensor(name, tensor)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()

@@ -21,14 +21,15 @@ def _collect(kit: Kit, make) -> list:
     return list(kit.loop.iterate(make))
 
 
-def test_chat_template_comes_from_the_gguf(engine) -> None:
-    prompt = engine.render_chat(GREETING)
+def test_chat_template_comes_from_the_gguf(kit: Kit, engine) -> None:
+    prompt = kit.loop.run(engine.render_chat(GREETING))  # the protocol's (async) form
+    assert prompt == engine.chat_prompt(GREETING)
     assert prompt.startswith("<|im_start|>system\nAnswer briefly.<|im_end|>")
     assert prompt.endswith("<|im_start|>assistant\n")
 
 
 def test_streams_text_with_token_ids_and_stops_at_end_of_turn(kit: Kit, engine) -> None:
-    prompt = engine.render_chat(GREETING)
+    prompt = engine.chat_prompt(GREETING)
     deltas = _collect(kit, lambda: engine.generate(prompt, SamplingSettings(max_tokens=120, seed=3)))
     assert len(deltas) > 2, "the reply must stream in several deltas"
     assert all(len(delta.token_ids) == 1 for delta in deltas)
@@ -39,14 +40,14 @@ def test_streams_text_with_token_ids_and_stops_at_end_of_turn(kit: Kit, engine) 
 
 
 def test_max_tokens_ends_with_length(kit: Kit, engine) -> None:
-    prompt = engine.render_chat([ChatMessage("user", "Write a long essay about the history of Rome.")])
+    prompt = engine.chat_prompt([ChatMessage("user", "Write a long essay about the history of Rome.")])
     deltas = _collect(kit, lambda: engine.generate(prompt, SamplingSettings(max_tokens=5, seed=1)))
     assert len(deltas) == 5
     assert deltas[-1].finish_reason == "length"
 
 
 def test_same_seed_same_reply(kit: Kit, engine) -> None:
-    prompt = engine.render_chat(GREETING)
+    prompt = engine.chat_prompt(GREETING)
 
     def reply() -> str:
         deltas = _collect(kit, lambda: engine.generate(prompt, SamplingSettings(max_tokens=30, seed=7)))
@@ -56,7 +57,7 @@ def test_same_seed_same_reply(kit: Kit, engine) -> None:
 
 
 def test_stop_strings_cut_the_text(kit: Kit, engine) -> None:
-    prompt = engine.render_chat([ChatMessage("user", "Write the numbers 1, 2, 3, 4, 5 separated by commas.")])
+    prompt = engine.chat_prompt([ChatMessage("user", "Write the numbers 1, 2, 3, 4, 5 separated by commas.")])
     sampling = SamplingSettings(max_tokens=40, temperature=0.0, stop=("3",))
     deltas = _collect(kit, lambda: engine.generate(prompt, sampling))
     text = "".join(delta.text for delta in deltas)
@@ -64,7 +65,7 @@ def test_stop_strings_cut_the_text(kit: Kit, engine) -> None:
 
 
 def test_abort_by_id_stops_the_request_and_the_engine_serves_the_next(kit: Kit, engine) -> None:
-    prompt = engine.render_chat([ChatMessage("user", "Tell me a long story about the sea.")])
+    prompt = engine.chat_prompt([ChatMessage("user", "Tell me a long story about the sea.")])
     request_id = new_request_id("test")
 
     async def run_and_abort() -> list:
@@ -85,7 +86,7 @@ def test_abort_by_id_stops_the_request_and_the_engine_serves_the_next(kit: Kit, 
 
 
 def test_closing_the_iterator_aborts(kit: Kit, engine) -> None:
-    prompt = engine.render_chat([ChatMessage("user", "Tell me a long story about mountains.")])
+    prompt = engine.chat_prompt([ChatMessage("user", "Tell me a long story about mountains.")])
     stream = kit.loop.iterate(lambda: engine.generate(prompt, SamplingSettings(max_tokens=400)))
     next(stream)
     next(stream)
@@ -94,7 +95,7 @@ def test_closing_the_iterator_aborts(kit: Kit, engine) -> None:
 
 
 def test_concurrent_requests_queue_instead_of_colliding(kit: Kit, engine) -> None:
-    prompt = engine.render_chat(GREETING)
+    prompt = engine.chat_prompt(GREETING)
 
     async def both() -> list[list]:
         async def one(seed: int) -> list:
@@ -117,3 +118,16 @@ def test_prompt_longer_than_the_context_is_a_clear_error(kit: Kit, engine) -> No
     too_long = "word " * (engine.n_ctx + 10)
     with pytest.raises(VoicekitError, match="context holds"):
         _collect(kit, lambda: engine.generate(too_long, SamplingSettings(max_tokens=3)))
+
+
+def test_builds_with_amx_load_without_the_amx_weight_buffers(engine) -> None:
+    """AMX buffers crash the first matmul on some Sapphire Rapids hosts (llama.cpp#20824): off where AMX is on."""
+    import llama_cpp
+
+    from voicekit.engines.llamacpp import has_amx
+
+    assert has_amx("CPU : SSE3 = 1 | AVX512 = 1 | AMX_INT8 = 1 | REPACK = 1 | ")
+    assert not has_amx("CPU : SSE3 = 1 | AVX2 = 1 | REPACK = 1 | ")
+    amx = has_amx(llama_cpp.llama_print_system_info().decode())
+    assert engine._llm.model_params.use_extra_bufts is (not amx)
+    assert llama_cpp.llama_model_default_params().use_extra_bufts, "the library's own defaults are left as they were"

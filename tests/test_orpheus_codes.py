@@ -167,3 +167,34 @@ def test_max_tokens_grows_with_text_and_is_clamped() -> None:
     assert max_tokens_for_text("I see <laugh> I see") > max_tokens_for_text("I see I see")
     assert all(n % 7 == 0 for n in (short, sentence, paragraph, huge))
     assert max_tokens_for_text("word " * 5000, cap=700) == 700
+
+
+# --- a stream stuck in a loop ---
+
+
+def _random_frames(count: int, seed: int = 0) -> list[tuple[int, ...]]:
+    rng = np.random.default_rng(seed)
+    return [tuple(int(c) for c in row) for row in rng.integers(0, oc.CODEBOOK_SIZE, (count, oc.FRAME_TOKENS))]
+
+
+def test_loop_guard_never_fires_on_frames_that_do_not_repeat() -> None:
+    guard = oc.LoopGuard()
+    assert not guard.push(_random_frames(500))
+    assert guard.period is None
+
+
+@pytest.mark.parametrize("period", [1, 3, 8])
+def test_loop_guard_fires_when_a_block_repeats_for_min_frames(period: int) -> None:
+    speech, block = _random_frames(40, seed=1), _random_frames(period, seed=2)
+    looped = block * (oc.LoopGuard().min_frames // period + 1)
+    guard = oc.LoopGuard()
+    assert not guard.push(speech)
+    fired_at = next(i for i in range(1, len(looped) + 1) if oc.LoopGuard().push(speech + looped[:i]))
+    assert fired_at == guard.min_frames, "fires exactly when min_frames frames are one repeated block"
+    assert guard.push(looped) and guard.period == period
+
+
+def test_loop_guard_ignores_a_short_repeat_and_a_longer_period() -> None:
+    pause = _random_frames(1, seed=3) * 23  # one frame short of min_frames (24)
+    assert not oc.LoopGuard().push([*_random_frames(10), *pause, *_random_frames(10, seed=4)])
+    assert not oc.LoopGuard().push(_random_frames(9, seed=5) * 4), "a block of 9 frames is past max_period 8"

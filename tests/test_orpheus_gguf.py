@@ -166,6 +166,33 @@ def test_backend_audio_is_every_parsed_frame(loop: EventLoopThread, engine: Llam
     assert engine.active_requests() == set()
 
 
+@pytest.fixture(scope="module")
+def stuck_engine(tmp_path_factory: pytest.TempPathFactory, loop: EventLoopThread) -> Iterator[LlamaCppEngine]:
+    """The tiny model made to repeat one frame forever (gguf_models.weights(stuck=True))."""
+    path = gm.build_orpheus_gguf(tmp_path_factory.mktemp("stuck") / "stuck-orpheus.gguf", stuck=True)
+    built = LlamaCppEngine(path, n_ctx=orpheus_context(2000), n_threads=1)
+    yield built
+    loop.run(built.close())
+
+
+def test_a_stream_stuck_in_a_loop_stops_with_a_log_line(loop: EventLoopThread, stuck_engine: LlamaCppEngine,
+                                                        backend: OrpheusBackend,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    text = "This sentence is long enough to get a budget of many seconds of speech, far more than two. " * 3
+    recording = RecordingEngine(stuck_engine)
+    speaker = OrpheusBackend(recording, stuck_engine.tokenize, backend.snac, sampling=backend.sampling)
+    budget_frames = speaker.sampling_for(text).max_tokens // 7
+    with caplog.at_level("WARNING", logger="voicekit.orpheus"):
+        chunks = _collect(loop, speaker.synthesize(text, "tara"))
+    frames = speaker.last_stats.frames
+    assert budget_frames > 100 and frames == 24, "stops after 24 repeated frames (~2 s), not at the budget"
+    assert len(recording.ids) < 26 * 7, "generation stopped too (no token generated for nothing)"
+    assert sum(len(chunk) for chunk in chunks) == frames * SAMPLES_PER_FRAME, "the audio before the stop is kept"
+    assert any("stuck in a loop" in record.getMessage() and "block of 1 frame" in record.getMessage()
+               for record in caplog.records)
+    assert stuck_engine.active_requests() == set()
+
+
 def test_llamacpp_sampling_caps_top_k_at_one_codebook() -> None:
     assert LLAMACPP_TOP_K == CODEBOOK_SIZE == 4096
 

@@ -8,6 +8,7 @@ not done. Disconnects are checked the same way: nothing may stay running once th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -16,18 +17,28 @@ import subprocess
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import unquote
 
 import httpx
 import openai
 import pytest
+from stand_in import send_json, serve
 
 from app import BackgroundServer, compose
 from voicekit.audio import read_wav
+from voicekit.chat import ChatModel
+from voicekit.engines.http_engine import HTTPEngine
+from voicekit.engines.llamacpp import LlamaCppEngine
+from voicekit.engines.loop import EventLoopThread
+from voicekit.kit import Kit, build_sampling
+from voicekit.loader import bundled_chat_model_path
 from voicekit.server import create_app
 from voicekit.server_audio import ensure_ffmpeg
+from voicekit.settings import Settings
+from voicekit.tts.orpheus import OrpheusBackend
 
 pytestmark = pytest.mark.slow
 
@@ -316,3 +327,83 @@ def test_api_key_is_required_when_configured(kit: Any, caplog: pytest.LogCapture
         wait_until(lambda: any(rid in r.getMessage() and "ttfa_s" in r.getMessage() for r in caplog.records),
                    what="the finished-request log line")
     assert not any(key in record.getMessage() for record in caplog.records)
+
+
+# -- /health when an engine is dead ------------------------------------------------------------------
+
+
+class VLLMHealthStandIn(BaseHTTPRequestHandler):
+    """`vllm serve`'s health route (200 while its engine runs, 503 once it died): no vLLM server can run here."""
+
+    status = 200
+    paths: ClassVar[list[str]] = []
+
+    def do_GET(self) -> None:
+        type(self).paths.append(self.path)
+        send_json(self, self.status if self.path == "/health" else 404, {})
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def kit_over(engine: Any, tts: Any) -> Iterator[Kit]:
+    """A kit with `engine` as its chat engine and `tts` as its speech backend; closes the engine, not `tts`."""
+    loop = EventLoopThread()
+    settings = Settings.resolve("cpu")
+    chat = ChatModel(engine, settings.system_prompt, build_sampling(settings))
+    try:
+        yield Kit(settings, tts, chat, loop, describe={"preset": "cpu"})
+    finally:
+        loop.run(engine.close(), timeout=30)
+        loop.close()
+
+
+def test_health_is_503_with_the_reason_when_the_chat_server_dies(kit: Any) -> None:
+    stand_in, url = serve(VLLMHealthStandIn)
+    VLLMHealthStandIn.status, VLLMHealthStandIn.paths = 200, []
+    with kit_over(HTTPEngine(url, "stand-in"), kit.tts) as http_kit, \
+            BackgroundServer(create_app(http_kit, api_key="sk-health")) as api:
+        healthy = httpx.get(f"{api.url}/health")  # no credentials: health checks stay open
+        assert healthy.status_code == 200 and healthy.json()["status"] == "ok" and "reason" not in healthy.json()
+        assert VLLMHealthStandIn.paths == ["/health"], "the engine asks its server, nothing else"
+
+        VLLMHealthStandIn.status = 503  # vLLM's engine core died; the server process still answers
+        dead = httpx.get(f"{api.url}/health")
+        assert dead.status_code == 503
+        assert dead.json() == {"status": "error",
+                               "reason": f"chat model: the server at {url} answered GET /health with 503",
+                               "preset": "cpu", "active_requests": 0, "engine_requests": 0, "served": 0}
+
+        stand_in.shutdown()
+        stand_in.server_close()  # the whole server is gone: nothing listens on its port any more
+        gone = httpx.get(f"{api.url}/health")
+        assert gone.status_code == 503 and gone.json()["status"] == "error"
+        assert gone.json()["reason"].startswith(f"chat model: cannot reach the server at {url}/health (ConnectError")
+        assert "\n" not in gone.json()["reason"]
+
+
+def test_health_names_a_dead_speech_engine(kit: Any, random_snac: Any) -> None:
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        dead_url = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    orpheus = OrpheusBackend(HTTPEngine(dead_url, "orpheus"), lambda text: [1, 2], random_snac)
+    with kit_over(LlamaCppEngine(bundled_chat_model_path()), orpheus) as speech_kit, \
+            BackgroundServer(create_app(speech_kit)) as api:
+        response = httpx.get(f"{api.url}/health")
+        assert response.status_code == 503
+        assert response.json()["reason"].startswith(f"speech model: cannot reach the server at {dead_url}/health")
+        speech_kit.loop.run(orpheus.close())
+
+
+def test_health_is_503_once_the_chat_engine_is_closed(kit: Any) -> None:
+    engine = LlamaCppEngine(bundled_chat_model_path())
+    with kit_over(engine, kit.tts) as llama_kit, BackgroundServer(create_app(llama_kit)) as api:
+        assert httpx.get(f"{api.url}/health").status_code == 200
+        llama_kit.loop.run(engine.close())
+        response = httpx.get(f"{api.url}/health")
+        assert response.status_code == 503
+        assert response.json()["reason"] == ("chat model: the llama.cpp engine for SmolLM2-135M-Instruct.Q4_1.gguf "
+                                             "is closed")
+        assert llama_kit.health() == response.json()["reason"]
+    assert kit.health() is None, "the shared kit is untouched"

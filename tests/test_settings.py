@@ -79,8 +79,8 @@ def test_every_setting_is_documented(repo_root) -> None:
     ("auto", (9, 0), "bfloat16"),  # H100
     ("auto", (8, 6), "bfloat16"),  # RTX 3090 / A5000
     ("auto", (8, 0), "bfloat16"),  # A100: the first with bf16
-    ("auto", (7, 5), "float16"),  # T4
-    ("auto", (7, 0), "float16"),  # V100
+    ("auto", (7, 5), "auto"),  # T4: no bf16, and vLLM refuses float16 for Gemma 2: vLLM picks
+    ("auto", (7, 0), "auto"),  # V100
     ("auto", None, "auto"),  # no GPU: vLLM's CPU build decides
     ("float16", (9, 0), "float16"),  # an explicit choice is kept
     ("float32", None, "float32"),
@@ -103,3 +103,35 @@ def test_n_gpu_layers_defaults_to_all_and_rejects_nonsense() -> None:
     assert Settings.resolve("cpu", env={"VOICEKIT_N_GPU_LAYERS": "0"}).n_gpu_layers == 0
     with pytest.raises(SettingsError, match="n_gpu_layers must be -1"):
         Settings.resolve("cpu", env={}, n_gpu_layers=-2)
+
+
+def test_vllm_memory_shares_together_stay_under_0_9() -> None:
+    assert Settings.resolve("gpu", env={}, chat_memory_share=0.4, tts_memory_share=0.49).tts_memory_share == 0.49
+    with pytest.raises(SettingsError, match=r"add up to 0.90 \(chat_memory_share 0.4 \+ tts_memory_share 0.5\).*"
+                                            "under 0.9.*VOICEKIT_CHAT_MEMORY_SHARE"):
+        Settings.resolve("gpu", env={"VOICEKIT_TTS_MEMORY_SHARE": "0.5"}, chat_memory_share=0.4)
+    with pytest.raises(SettingsError, match="tts_memory_share must be between 0 and 1"):
+        Settings.resolve("gpu", env={}, tts_memory_share=1.2)
+
+
+def test_memory_shares_count_only_vllm_engines_in_this_process() -> None:
+    # Orpheus behind `vllm serve` or on llama.cpp takes no share of this process: only the chat engine's counts.
+    assert Settings.resolve("gpu", env={}, tts_url="http://127.0.0.1:8001", tts_memory_share=0.8).tts_memory_share
+    assert Settings.resolve("gpu", env={}, tts_model="/models/orpheus.gguf", tts_memory_share=0.8)
+    assert Settings.resolve("cpu", env={}, tts="orpheus", chat_memory_share=0.6, tts_memory_share=0.6)
+    with pytest.raises(SettingsError, match="add up to"):
+        Settings.resolve("cpu", env={}, chat_engine="vllm", chat_model="m", tts="orpheus", tts_model="o",
+                         chat_memory_share=0.6, tts_memory_share=0.6)
+
+
+def test_chat_sampling_is_the_chat_settings_not_orpheus() -> None:
+    from voicekit.kit import build_sampling
+    from voicekit.tts.orpheus import OrpheusSampling
+
+    gpu = build_sampling(Settings.resolve("gpu", env={}))
+    assert (gpu.top_k, gpu.repetition_penalty) == (0, 1.0), "Gemma 2 samples with neither"
+    assert OrpheusSampling().repetition_penalty == 1.1, "Orpheus keeps the penalty it needs"
+    cpu = build_sampling(Settings.resolve("cpu", env={"VOICEKIT_REPETITION_PENALTY": "1.0"}))
+    assert (cpu.top_k, cpu.repetition_penalty, cpu.temperature, cpu.max_tokens) == (40, 1.0, 0.7, 200)
+    with pytest.raises(SettingsError, match="top_k must be 0"):
+        Settings.resolve("cpu", env={}, top_k=-1)

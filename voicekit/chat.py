@@ -25,6 +25,24 @@ def normalize_history(history: Iterable[HistoryItem] | None) -> list[ChatMessage
     return messages
 
 
+def alternate_roles(messages: Sequence[ChatMessage]) -> list[ChatMessage]:
+    """User and assistant turns strictly alternating, starting with the user, as Gemma's template demands.
+
+    Consecutive turns of one role (a user who sent twice while a reply failed or was stopped) are merged,
+    blank lines between them; assistant turns before the first user turn are dropped (a history cut
+    mid-exchange). Empty turns were already dropped by `normalize_history`.
+    """
+    merged: list[ChatMessage] = []
+    for item in messages:
+        if not merged and item.role != "user":
+            continue
+        if merged and merged[-1].role == item.role:
+            merged[-1] = ChatMessage(item.role, f"{merged[-1].content}\n\n{item.content}")
+        else:
+            merged.append(item)
+    return merged
+
+
 class ChatModel:
     """Writes replies with an engine; knows nothing about speech."""
 
@@ -37,19 +55,19 @@ class ChatModel:
 
     def build_messages(self, message: str, history: Iterable[HistoryItem] | None = None,
                        system_prompt: str | None = None) -> list[ChatMessage]:
-        """System prompt, the last `history_turns` exchanges, then the new user message."""
+        """System prompt, the last `history_turns` exchanges, then the new user message, roles alternating."""
         past = normalize_history(history)
         if self.history_turns >= 0:
             past = past[-2 * self.history_turns:] if self.history_turns else []
         system = self.system_prompt if system_prompt is None else system_prompt
         head = [ChatMessage("system", system)] if system.strip() else []
-        return [*head, *past, ChatMessage("user", message.strip())]
+        return [*head, *alternate_roles([*past, ChatMessage("user", message.strip())])]
 
     async def stream_reply(self, message: str, history: Iterable[HistoryItem] | None = None, *,
                            system_prompt: str | None = None, temperature: float | None = None,
                            max_tokens: int | None = None, seed: int | None = None) -> AsyncIterator[str]:
         """Stream the reply text, delta by delta; closing the iterator aborts the engine request."""
-        prompt = self.engine.render_chat(self.build_messages(message, history, system_prompt))
+        prompt = await self.engine.render_chat(self.build_messages(message, history, system_prompt))
         sampling = self._sampling(temperature=temperature, max_tokens=max_tokens, seed=seed)
         stream = self.engine.generate(prompt, sampling, new_request_id("chat"))
         try:

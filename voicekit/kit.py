@@ -21,7 +21,7 @@ from voicekit.engines.base import SamplingSettings
 from voicekit.engines.loop import EventLoopThread
 from voicekit.pipeline import AudioChunk, Pipeline, Timings, TurnState, check_text
 from voicekit.settings import Settings
-from voicekit.tts.base import SpeechBackend
+from voicekit.tts.base import SpeechBackend, speech_failure
 
 log = logging.getLogger("voicekit")
 
@@ -188,6 +188,26 @@ class Kit:
         make, state, past = self._chat_stream(message, voice, history, mode, options)
         return AsyncReply(self.loop.aiterate(make), **self._reply_fields(state, message.strip(), past))
 
+    def health(self, timeout: float = 15.0) -> str | None:
+        """Why this kit cannot serve now (an engine died, a model server is gone), or None when it can.
+
+        Asks each engine its `failure()` on the kit's loop: no generation, but an engine behind a server
+        makes one `GET /health` to it. Call it from any thread but the kit's loop (servers: in a worker thread).
+        """
+        if self.loop.loop.is_closed():
+            return "the kit is closed"
+        try:
+            return self.loop.run(self._failure(), timeout)
+        except TimeoutError:
+            return f"the engines did not answer a health check within {timeout:.0f} s"
+
+    async def _failure(self) -> str | None:
+        chat = await self.chat_model.engine.failure() if self.chat_model is not None else None
+        speech = await speech_failure(self.tts)
+        reasons = [f"chat model: {chat}"] if chat else []
+        reasons += [f"speech model: {speech}"] if speech else []
+        return "; ".join(reasons) or None
+
     def close(self) -> None:
         """Free the models and stop the event loop."""
         async def shutdown() -> None:
@@ -236,6 +256,6 @@ class Kit:
 
 
 def build_sampling(settings: Settings) -> SamplingSettings:
-    """Chat sampling settings from the kit settings."""
-    return SamplingSettings(temperature=settings.temperature, top_p=settings.top_p,
-                            max_tokens=settings.max_reply_tokens)
+    """Chat sampling settings from the kit settings (none of them shared with the speech model's)."""
+    return SamplingSettings(temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k,
+                            repetition_penalty=settings.repetition_penalty, max_tokens=settings.max_reply_tokens)

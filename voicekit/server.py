@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import quote
 
 import anyio
+import anyio.to_thread
 import numpy as np
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -140,12 +141,19 @@ def create_app(kit: Any, *, api_key: str | None = None, password: str | None = N
                                                  headers=dict(error.headers or {})))
 
     @app.get("/health")
-    async def health() -> dict[str, Any]:
+    async def health() -> JSONResponse:
+        # 503 with the reason once an engine is dead (vLLM core crashed, model server gone): load balancers
+        # and supervisors see it without sending a request that would fail. The probe runs on the kit's loop.
+        failure = await anyio.to_thread.run_sync(kit.health)
         engine = getattr(kit.chat_model, "engine", None)
-        return {"status": "ok", "preset": kit.description.get("preset", kit.settings.preset),
+        body = {"status": "error" if failure else "ok", **({"reason": failure} if failure else {}),
+                "preset": kit.description.get("preset", kit.settings.preset),
                 "active_requests": len(state.active),
                 "engine_requests": len(engine.active_requests()) if engine is not None else 0,
                 "served": state.served}
+        if failure:
+            log.warning("health check failed: %s", failure)
+        return JSONResponse(body, status_code=503 if failure else 200)
 
     @app.get("/v1/audio/voices")
     async def voices(rid: str = Depends(authorize)) -> dict[str, Any]:

@@ -18,11 +18,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, get_type_hints
 
+from voicekit.engines.gguf_files import is_gguf_spec
 from voicekit.errors import SettingsError
 
 ENV_PREFIX = "VOICEKIT_"
 PRESETS = ("cpu", "gpu")
 MODES = ("sequential", "overlap")
+MAX_TOTAL_MEMORY_SHARE = 0.9  # vLLM engines of one kit on one GPU, together
 
 DEFAULT_SYSTEM_PROMPT = (
     "You are a friendly voice assistant. Your replies are spoken aloud, so answer in one to three short, "
@@ -42,6 +44,8 @@ class Settings:
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     temperature: float = 0.7
     top_p: float = 0.9
+    top_k: int = 0  # chat top-k; 0 turns it off (the speech model's sampling is its own)
+    repetition_penalty: float = 1.0  # chat repetition penalty; 1.0 turns it off
     max_reply_tokens: int = 200
     history_turns: int = 8  # past user/assistant pairs sent with each message
     n_ctx: int = 2048  # llama.cpp context length
@@ -63,9 +67,9 @@ class Settings:
     max_text_chars: int = 2000  # longest text or chat message accepted
     # GPU (vLLM)
     chat_memory_share: float = 0.30  # vLLM gpu_memory_utilization of the chat engine
-    tts_memory_share: float = 0.40  # vLLM gpu_memory_utilization of the speech engine
+    tts_memory_share: float = 0.40  # vLLM gpu_memory_utilization of the speech engine (both: under 0.9 together)
     max_model_len: int = 4096
-    dtype: str = "auto"  # auto picks bfloat16 where the GPU supports it, else float16
+    dtype: str = "auto"  # auto picks bfloat16 where the GPU supports it, else leaves the choice to vLLM
     kv_cache_bytes: int = 0  # vLLM: a fixed KV cache per engine instead of the memory shares (0: use the shares)
     enforce_eager: bool = False  # vLLM: skip CUDA graph capture (faster start, slower decoding)
     # environment
@@ -87,6 +91,10 @@ class Settings:
             raise SettingsError(f"n_gpu_layers must be -1 (all), 0 (none) or a layer count, not {self.n_gpu_layers}")
         if not 0.0 <= self.temperature <= 2.0:
             raise SettingsError(f"temperature must be between 0 and 2, not {self.temperature}")
+        if self.top_k < 0 or self.repetition_penalty <= 0:
+            raise SettingsError(f"top_k must be 0 (off) or more and repetition_penalty positive, not {self.top_k} "
+                                f"and {self.repetition_penalty}")
+        _check_memory_shares(vllm_memory_shares(self))
         return self
 
     def public_dict(self) -> dict[str, Any]:
@@ -117,7 +125,9 @@ class Settings:
 
 
 PRESET_DEFAULTS: dict[str, dict[str, Any]] = {
-    "cpu": {"chat_engine": "llamacpp", "tts": "piper"},
+    # SmolLM2-135M loops without a repetition penalty, and a top-k spares llama.cpp's top-p a sort of all
+    # 49152 ids per token; Gemma 2 (gpu) samples with neither, as its generation config says.
+    "cpu": {"chat_engine": "llamacpp", "tts": "piper", "top_k": 40, "repetition_penalty": 1.1},
     "gpu": {
         "chat_engine": "vllm",
         "chat_model": "google/gemma-2-2b-it",
@@ -137,16 +147,41 @@ def vllm_engine_options(settings: Settings, memory_share: float) -> dict[str, An
     return options
 
 
-def pick_dtype(requested: str, capability: tuple[int, int] | None) -> str:
-    """The vLLM dtype: ``auto`` on a GPU becomes bfloat16 from compute capability 8.0 (Ampere) on, float16 below.
+def vllm_memory_shares(settings: Settings) -> dict[str, float]:
+    """The GPU memory share of each vLLM engine these settings start in this process, by setting name."""
+    shares = {}
+    if settings.chat_engine == "vllm":
+        shares["chat_memory_share"] = settings.chat_memory_share
+    orpheus_on_llamacpp = is_gguf_spec(settings.tts_model) or (not settings.tts_model and settings.preset == "cpu")
+    if settings.tts == "orpheus" and not settings.tts_url and not orpheus_on_llamacpp:
+        shares["tts_memory_share"] = settings.tts_memory_share
+    return shares
 
-    Gemma 2 and Orpheus ship bf16 weights, and GPUs before Ampere (T4, V100) have no bf16 arithmetic; naming
-    the dtype here keeps that choice ours and visible. Without a GPU (``capability`` None) ``auto`` is left
-    to vLLM, and an explicit dtype is always kept.
+
+def _check_memory_shares(shares: Mapping[str, float]) -> None:
+    # vLLM refuses to start an engine whose share is more than the memory still free, and the CUDA contexts,
+    # SNAC and activations outside the shares need about a tenth of the card.
+    for name, share in shares.items():
+        if not 0.0 < share < 1.0:
+            raise SettingsError(f"{name} must be between 0 and 1 (a share of the GPU's memory), not {share}")
+    if sum(shares.values()) >= MAX_TOTAL_MEMORY_SHARE:
+        given = " + ".join(f"{name} {share:g}" for name, share in shares.items())
+        raise SettingsError(f"the vLLM memory shares add up to {sum(shares.values()):.2f} ({given}); together they "
+                            f"must stay under {MAX_TOTAL_MEMORY_SHARE} so both engines, SNAC and the CUDA contexts "
+                            "fit on one GPU: lower VOICEKIT_CHAT_MEMORY_SHARE or VOICEKIT_TTS_MEMORY_SHARE")
+
+
+def pick_dtype(requested: str, capability: tuple[int, int] | None) -> str:
+    """The vLLM dtype: ``auto`` becomes bfloat16 from compute capability 8.0 (Ampere) on, else stays ``auto``.
+
+    Gemma 2 and Orpheus ship bf16 weights. GPUs before Ampere (T4) have no bf16 arithmetic, and forcing
+    float16 there is wrong: vLLM refuses float16 for Gemma 2 and picks a dtype the model supports itself
+    when given ``auto``. Without a GPU (``capability`` None) ``auto`` is left to vLLM too, and an explicit
+    dtype is always kept.
     """
     if requested != "auto" or capability is None:
         return requested
-    return "bfloat16" if capability >= (8, 0) else "float16"
+    return "bfloat16" if capability >= (8, 0) else "auto"
 
 
 def cuda_capability() -> tuple[int, int] | None:

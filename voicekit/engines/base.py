@@ -23,12 +23,15 @@ Prompt = str | list[int]
 
 @dataclass(frozen=True)
 class SamplingSettings:
-    """Sampling parameters shared by all engines (an engine ignores what it cannot honour)."""
+    """Sampling parameters shared by all engines (an engine ignores what it cannot honour).
+
+    The defaults are neutral (no top-k, no repetition penalty): a caller that wants them, like Orpheus, asks.
+    """
 
     temperature: float = 0.7
     top_p: float = 0.9
-    top_k: int = 40
-    repetition_penalty: float = 1.1
+    top_k: int = 0  # 0: off
+    repetition_penalty: float = 1.0  # 1.0: off
     max_tokens: int = 256
     stop_token_ids: tuple[int, ...] = ()
     stop: tuple[str, ...] = ()
@@ -88,8 +91,17 @@ class Engine(Protocol):
         """Ids of requests still generating (used to prove nothing leaked)."""
         ...
 
-    def render_chat(self, messages: Sequence[ChatMessage]) -> Prompt:
-        """Apply the model's chat template to a conversation, ready to generate the assistant turn."""
+    async def render_chat(self, messages: Sequence[ChatMessage]) -> Prompt:
+        """Apply the model's chat template to a conversation, ready to generate the assistant turn.
+
+        Async because an engine behind a server asks the server (a blocking call would stall the loop)."""
+        ...
+
+    async def failure(self) -> str | None:
+        """Why this engine can no longer generate (closed, engine process dead, server gone), or None.
+
+        Cheap enough for every health check: no generation; an engine behind a server asks its `/health`.
+        """
         ...
 
     async def close(self) -> None:

@@ -10,7 +10,7 @@ talks to one of them:
 * Abort = close the HTTP stream: vLLM aborts a request whose client disconnects. Each request's stream
   is read by its own task; `abort(id)` cancels that task, and closing the `generate()` iterator does too.
 * `render_chat` asks the server to apply the model's chat template: `POST /tokenize` with `messages` and
-  `add_generation_prompt=true` returns the prompt as ids.
+  `add_generation_prompt=true` returns the prompt as ids (awaited: it never blocks the event loop).
 
 Uses `httpx` (imported lazily: voicekit runs without it).
 """
@@ -25,9 +25,10 @@ from typing import Any
 
 from voicekit.engines.base import ChatMessage, Delta, Prompt, SamplingSettings, new_request_id
 from voicekit.engines.vllm_engine import fold_system_message
-from voicekit.errors import ModelUnavailableError, VoicekitError
+from voicekit.errors import ModelUnavailableError, VoicekitError, first_line
 
 _END = object()
+HEALTH_TIMEOUT_S = 5.0  # a server that takes longer to answer its health route is not serving
 
 
 def _import_httpx() -> Any:
@@ -190,16 +191,12 @@ class HTTPEngine:
     def active_requests(self) -> set[str]:
         return {rid for rid, task in self._readers.items() if not task.done()}
 
-    def render_chat(self, messages: Sequence[ChatMessage]) -> list[int]:
+    async def render_chat(self, messages: Sequence[ChatMessage]) -> list[int]:
         """Apply the served model's chat template (server side, `POST /tokenize`) and return ids.
 
-        This is a short blocking call; on an event loop prefer `await render_chat_async(...)`.
+        Awaited on the async client, so the event loop (and every other stream on it) runs on meanwhile.
         A system message is folded into the first user turn when the template refuses the system role.
         """
-        with self._httpx.Client(base_url=self.base_url, headers=self._headers, timeout=self._timeout) as client:
-            return self._tokenize_chat(messages, lambda body: client.post("/tokenize", json=body))
-
-    async def render_chat_async(self, messages: Sequence[ChatMessage]) -> list[int]:
         client = self._async_client()
         dicts = [{"role": m.role, "content": m.content} for m in messages]
         response = await client.post("/tokenize", json=self._tokenize_body(dicts))
@@ -209,11 +206,20 @@ class HTTPEngine:
 
     async def health(self) -> bool:
         """True when `GET /health` answers 200."""
+        return await self.failure() is None
+
+    async def failure(self) -> str | None:
+        """Closed, or the server's `GET /health` fails: no connection, no answer within a few seconds, or not 200
+        (vLLM answers 503 once its engine core died)."""
+        if self._closed:
+            return f"the HTTP engine for {self.base_url} is closed"
         try:
-            response = await self._async_client().get("/health")
-        except self._httpx.HTTPError:
-            return False
-        return response.status_code == 200
+            response = await self._async_client().get("/health", timeout=HEALTH_TIMEOUT_S)
+        except self._httpx.HTTPError as error:
+            return f"cannot reach the server at {self.base_url}/health ({type(error).__name__}: {first_line(error)})"
+        if response.status_code != 200:
+            return f"the server at {self.base_url} answered GET /health with {response.status_code}"
+        return None
 
     async def close(self) -> None:
         """Abort running requests and close the HTTP client (the server keeps running)."""
@@ -228,13 +234,6 @@ class HTTPEngine:
 
     def _tokenize_body(self, messages: list[dict[str, str]]) -> dict[str, Any]:
         return {"model": self.model, "messages": messages, "add_generation_prompt": True}
-
-    def _tokenize_chat(self, messages: Sequence[ChatMessage], post: Any) -> list[int]:
-        dicts = [{"role": m.role, "content": m.content} for m in messages]
-        response = post(self._tokenize_body(dicts))
-        if response.status_code != 200 and _refuses_system(dicts, response.text):
-            response = post(self._tokenize_body(fold_system_message(dicts)))
-        return self._tokens_from(response)
 
     def _tokens_from(self, response: Any) -> list[int]:
         if response.status_code != 200:

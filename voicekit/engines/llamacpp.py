@@ -20,6 +20,43 @@ from voicekit.engines.base import ChatMessage, Delta, Prompt, SamplingSettings, 
 from voicekit.errors import ModelUnavailableError, VoicekitError
 
 _DONE = object()
+_PARAMS_LOCK = threading.Lock()
+
+
+def has_amx(system_info: str) -> bool:
+    """Whether llama.cpp's system info ("CPU : ... AMX_INT8 = 1 | ...") says it will use AMX weight buffers."""
+    return "AMX_INT8 = 1" in system_info
+
+
+@contextlib.contextmanager
+def _safe_weight_buffers() -> Any:
+    """Load without llama.cpp's extra weight buffer types (AMX, repacking) on a build that uses AMX.
+
+    On some Sapphire Rapids hosts the AMX buffers crash the first matrix product with a segmentation fault
+    (ggml-org/llama.cpp#20824; seen here with llama-cpp-python 0.3.36 built on such a host, for every GGUF).
+    `Llama()` has no argument for it, so its model defaults are swapped for the load, under a lock. Other
+    builds load as usual.
+    """
+    import llama_cpp
+    import llama_cpp.llama as llama_module
+
+    if not has_amx(llama_cpp.llama_print_system_info().decode("utf-8", "replace")):
+        yield
+        return
+    original = llama_module.llama_cpp.llama_model_default_params
+
+    def without_extra_buffers() -> Any:
+        params = original()
+        if hasattr(params, "use_extra_bufts"):
+            params.use_extra_bufts = False
+        return params
+
+    with _PARAMS_LOCK:
+        llama_module.llama_cpp.llama_model_default_params = without_extra_buffers
+        try:
+            yield
+        finally:
+            llama_module.llama_cpp.llama_model_default_params = original
 
 
 class LlamaCppEngine:
@@ -38,17 +75,23 @@ class LlamaCppEngine:
         self.model = path.name
         self.n_ctx = n_ctx
         self.n_gpu_layers = offload_layers(n_gpu_layers)
-        self._llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=n_threads or default_threads(),
-                          n_gpu_layers=self.n_gpu_layers, verbose=False)
+        with _safe_weight_buffers():
+            self._llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=n_threads or default_threads(),
+                              n_gpu_layers=self.n_gpu_layers, verbose=False)
         self._add_bos = str(self._llm.metadata.get("tokenizer.ggml.add_bos_token", "true")).lower() == "true"
         self._template = self._llm.metadata.get("tokenizer.chat_template")
         self._lock = asyncio.Lock()
         self._cancel_flags: dict[str, threading.Event] = {}
+        self._closed = False
 
     # -- protocol -----------------------------------------------------------------------------------
 
-    def render_chat(self, messages: Sequence[ChatMessage]) -> Prompt:
+    async def render_chat(self, messages: Sequence[ChatMessage]) -> Prompt:
         """Render the conversation with the chat template stored in the GGUF metadata."""
+        return self.chat_prompt(messages)
+
+    def chat_prompt(self, messages: Sequence[ChatMessage]) -> Prompt:
+        """`render_chat` for sync callers: the template runs here, in this process (milliseconds)."""
         if not self._template:
             raise VoicekitError(f"{self.model} has no chat template in its GGUF metadata")
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
@@ -94,8 +137,13 @@ class LlamaCppEngine:
         """Ids of requests that are queued or generating."""
         return set(self._cancel_flags)
 
+    async def failure(self) -> str | None:
+        """None until closed: the model runs in this process, so nothing else can die under it."""
+        return f"the llama.cpp engine for {self.model} is closed" if self._closed else None
+
     async def close(self) -> None:
         """Abort everything and free the model."""
+        self._closed = True
         for flag in self._cancel_flags.values():
             flag.set()
         async with self._lock:

@@ -30,7 +30,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 from voicekit.engines.base import ChatMessage, Delta, Prompt, SamplingSettings, new_request_id
-from voicekit.errors import ModelUnavailableError
+from voicekit.errors import ModelUnavailableError, first_line
 from voicekit.hub import fetch_model
 
 logger = logging.getLogger(__name__)
@@ -203,7 +203,7 @@ class VLLMEngine:
             self._hf_tokenizer = self._llm.get_tokenizer()
         return self._hf_tokenizer
 
-    def render_chat(self, messages: Sequence[ChatMessage]) -> list[int]:
+    async def render_chat(self, messages: Sequence[ChatMessage]) -> list[int]:
         """Apply the model's chat template and return the prompt as token ids.
 
         Ids, not text: a templated text starts with the BOS token and would get a second BOS when the
@@ -211,6 +211,15 @@ class VLLMEngine:
         refuses the system role (Gemma-2 does).
         """
         return render_chat_ids(self.tokenizer, messages)
+
+    async def failure(self) -> str | None:
+        """Closed, or vLLM's engine core died (`AsyncLLM.errored`: the core process failed or exited)."""
+        if self._closed:
+            return f"the vLLM engine for {self.model} is closed"
+        if self._llm.errored:
+            return (f"the vLLM engine core for {self.model} died ({first_line(self._llm.dead_error)}); "
+                    "the log names the cause; restart voicekit")
+        return None
 
     async def close(self) -> None:
         """Abort what is running and shut the engine core process down."""

@@ -4,12 +4,15 @@ A backend speaks one already-cleaned sentence (or short text) in one voice and s
 chunks in [-1, 1] at `sample_rate`. Splitting long text, cleaning and timing are the pipeline's job.
 Blocking work (ONNX, torch) must run off the event loop (for example `asyncio.to_thread`), and closing
 the iterator early must stop the work and abort any engine request behind it.
+
+A backend that generates on an engine also has `async failure() -> str | None` (see `Engine.failure`);
+`speech_failure()` reads it, and treats a backend without one (Piper: no engine to die) as healthy.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -42,6 +45,12 @@ class SpeechBackend(Protocol):
     async def close(self) -> None:
         """Release models and worker threads."""
         ...
+
+
+async def speech_failure(backend: Any) -> str | None:
+    """Why `backend` can no longer speak (its engine died or its server is gone), or None."""
+    failure = getattr(backend, "failure", None)
+    return await failure() if failure is not None else None
 
 
 def resolve_voice(voice: str | None, voices: Sequence[str], default: str, aliases: dict[str, str] | None = None) -> str:

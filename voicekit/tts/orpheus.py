@@ -3,7 +3,8 @@
 For each sentence: prompt ids built from the tokenizer's ids of "voice: text" (never decoded and
 re-tokenised), generation stopped at end-of-speech with `max_tokens` sized from the text, every token id
 of every delta parsed into 7-code frames, frames decoded by `StreamingDecoder` as they arrive (first audio
-after 3 frames, the tail flushed at the end). A sentence that yields no frame is a `NoAudioError`.
+after 3 frames, the tail flushed at the end). A stream stuck repeating the same frames is stopped
+(`LoopGuard`, with a log line). A sentence that yields no frame is a `NoAudioError`.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from voicekit.tts.orpheus_codes import (
     SAMPLE_RATE,
     VOICES,
     CodeParser,
+    LoopGuard,
     build_prompt_ids,
     max_tokens_for_text,
     prompt_text,
@@ -95,7 +97,7 @@ class OrpheusBackend:
         from voicekit.tts.snac_decoder import StreamingDecoder
 
         name = self.resolve(voice)
-        parser = CodeParser()
+        parser, guard = CodeParser(), LoopGuard()
         decoder = StreamingDecoder(self.snac, decode_window=self.snac_batcher.decode, **self._decoder_options)
         stream = self.engine.generate(self.prompt_ids(text, name), self.sampling_for(text), new_request_id("orpheus"))
         try:
@@ -105,6 +107,11 @@ class OrpheusBackend:
                     for chunk in await asyncio.to_thread(decoder.push, frames):
                         yield chunk
                 if parser.stopped:
+                    break
+                if guard.push(frames):
+                    log.warning("orpheus stream for voice %s stopped after %d frames: the last %d frames repeat a "
+                                "block of %d frame(s), so the model is stuck in a loop (text %r)", name,
+                                decoder.frames_received, guard.min_frames, guard.period, text[:60])
                     break
         finally:
             with contextlib.suppress(Exception):
@@ -117,6 +124,10 @@ class OrpheusBackend:
             raise NoAudioError(f"Orpheus produced no audio for {text[:60]!r} (voice {name}): {stats}")
         if stats.rejected_ids or stats.partial_tokens:
             log.warning("orpheus stream for voice %s: %s", name, stats)
+
+    async def failure(self) -> str | None:
+        """Why the engine behind this backend can no longer generate (`Engine.failure`), or None."""
+        return await self.engine.failure()
 
     async def close(self) -> None:
         """Close the engine behind this backend."""

@@ -174,6 +174,44 @@ class CodeParser:
         return self.stats
 
 
+class LoopGuard:
+    """Spots an Orpheus stream stuck in a loop: the same block of frames over and over, never end-of-speech.
+
+    The stream is stuck when its last `min_frames` frames are one block of at most `max_period` frames
+    repeated. Seven 4096-way codes make a frame, so speech (even a pause) never repeats whole frames exactly
+    for long; a stuck model does until the token budget (up to ~43 s) runs out. The defaults allow 24 frames,
+    about 2 s, before calling it a loop.
+    """
+
+    def __init__(self, min_frames: int = 24, max_period: int = 8) -> None:
+        if not 1 <= max_period <= min_frames // 2:
+            raise ValueError("need 1 <= max_period <= min_frames / 2 (a loop repeats at least twice)")
+        self.min_frames, self.max_period = min_frames, max_period
+        self._recent: list[Frame] = []
+        self.period: int | None = None  # the loop's length in frames, once one is found
+
+    @property
+    def looping(self) -> bool:
+        return self.period is not None
+
+    def push(self, frames: Iterable[Frame]) -> bool:
+        """Add a delta's frames; True once the stream is looping."""
+        for frame in frames:
+            if self.period is not None:
+                break
+            self._recent = [*self._recent[-(self.min_frames - 1):], tuple(frame)]  # type: ignore[list-item]
+            if len(self._recent) == self.min_frames:
+                self.period = self._repeating_period()
+        return self.looping
+
+    def _repeating_period(self) -> int | None:
+        recent = self._recent
+        for period in range(1, self.max_period + 1):
+            if all(recent[i] == recent[i - period] for i in range(period, len(recent))):
+                return period
+        return None
+
+
 def frames_to_codes(frames: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Unpack frames into SNAC codes ``(c0, c1, c2)`` of lengths n, 2n and 4n (int64)."""
     arr = np.asarray(frames, dtype=np.int64).reshape(-1, FRAME_TOKENS)

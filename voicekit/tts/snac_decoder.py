@@ -14,8 +14,10 @@ keep the total work close to a one-shot decode. See `StreamingDecoder` for the d
 
 from __future__ import annotations
 
+import logging
 import math
 import pickle
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +46,9 @@ SNAC_24KHZ_CONFIG: dict[str, Any] = {
     "depthwise": True,
 }
 DEFAULT_WEIGHTS = "hubertsiuzdak/snac_24khz"
+WARM_UP_FRAMES = 16  # ~1.4 s of audio: the small windows that start every reply, then a larger one
+
+log = logging.getLogger("voicekit.snac")
 
 
 def default_device() -> str:
@@ -108,12 +113,13 @@ def fold_weight_norm(model: torch.nn.Module) -> int:
 
 
 def build_snac(device: str | None = "cpu", weights: str | None = DEFAULT_WEIGHTS, noise: bool = False,
-               token: str | None = None) -> SNAC:
+               token: str | None = None, warm: bool | None = None) -> SNAC:
     """Load SNAC 24 kHz for inference (float32, eval, weight norm folded) on ``device``.
 
     ``weights`` is a hub id or a local folder (``SNAC.from_pretrained``); None builds the same network
     with random weights (tests, benchmarks; no download). ``noise=False`` removes the decoder's random
-    noise so decoding is deterministic. ``device=None`` picks the GPU when there is one.
+    noise so decoding is deterministic. ``device=None`` picks the GPU when there is one. ``warm`` decodes
+    one short stream at load (`warm_up`); None warms up on CUDA only.
     Raises `ModelUnavailableError` when the weights cannot be found or fetched.
     """
     snac_cls = _import_snac()
@@ -121,8 +127,28 @@ def build_snac(device: str | None = "cpu", weights: str | None = DEFAULT_WEIGHTS
     if not noise:
         disable_noise(model)
     fold_weight_norm(model)
-    model = model.float().eval().requires_grad_(False)
-    return model.to(device or default_device())
+    model = model.float().eval().requires_grad_(False).to(device or default_device())
+    if warm or (warm is None and model_device(model).type == "cuda"):
+        warm_up(model)
+    return model
+
+
+def warm_up(model: SNAC, frames: int = WARM_UP_FRAMES) -> float:
+    """Decode one stream of `frames` frames as `StreamingDecoder` would; return the seconds it took.
+
+    The first decodes on a GPU load kernels and set up cuDNN (hundreds of ms): done at load, that cost
+    stays out of the first user's first audio. Every window size a reply's first second uses is decoded once.
+    """
+    started = time.perf_counter()
+    decoder = StreamingDecoder(model)
+    codes = np.arange(frames * FRAME_TOKENS, dtype=np.int64).reshape(frames, FRAME_TOKENS) % CODEBOOK_SIZE
+    for frame in codes:  # one at a time, as a stream arrives: the small first windows are the ones that matter
+        decoder.push([frame])
+    decoder.flush()
+    seconds = time.perf_counter() - started
+    log.info("SNAC warmed up on %s: %d frames in %d calls, %.2f s", model_device(model), frames,
+             decoder.decode_calls, seconds)
+    return seconds
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
