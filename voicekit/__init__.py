@@ -9,6 +9,9 @@
         ...
     print(reply.text, reply.timings)
 
+    kit = voicekit.connect("http://127.0.0.1:7860")   # the same API, spoken by a running voicekit server
+    kit = voicekit.open_kit()             # a server on this machine when one answers (a pod), else load()
+
 Heavy modules (llama.cpp, Piper, torch, vLLM) load only when `load()` needs them.
 """
 
@@ -27,6 +30,7 @@ from voicekit.errors import (
 )
 
 if TYPE_CHECKING:
+    from voicekit.client import RemoteKit
     from voicekit.kit import Kit
 
 __version__ = "0.1.0"
@@ -40,7 +44,9 @@ __all__ = [
     "UnknownVoiceError",
     "VoicekitError",
     "__version__",
+    "connect",
     "load",
+    "open_kit",
 ]
 
 
@@ -49,3 +55,22 @@ def load(preset: str | None = None, **overrides: Any) -> Kit:
     from voicekit.loader import load as _load
 
     return _load(preset, **overrides)
+
+
+def connect(url: str | None = None, api_key: str | None = None, **options: Any) -> RemoteKit:
+    """A kit that talks to a running voicekit server over its HTTP API (`url` default: VOICEKIT_URL).
+
+    Same surface as a loaded kit (`voices`, `say`, `chat`, sync and async, streamed chunks, timings, history),
+    without loading models here: a notebook beside the page on a GPU pod shares the server's GPU.
+    """
+    from voicekit.client import connect as _connect
+
+    return _connect(url, api_key, **options)
+
+
+def open_kit(preset: str | None = None, *, url: str | None = None, api_key: str | None = None,
+             **overrides: Any) -> Kit | RemoteKit:
+    """`connect()` to a voicekit server when one answers (`url`, VOICEKIT_URL, or this machine), else `load()`."""
+    from voicekit.client import open_kit as _open_kit
+
+    return _open_kit(preset, url=url, api_key=api_key, **overrides)
