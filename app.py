@@ -8,7 +8,8 @@ The page (voicekit.web, Gradio) is mounted at `/` beside the API routes (voiceki
 `/v1/audio/speech`, `/v1/audio/voices`, `/health`); uvicorn serves both. Flags win over environment
 variables: VOICEKIT_HOST, VOICEKIT_PORT, VOICEKIT_CONCURRENCY, VOICEKIT_PRESET. VOICEKIT_PASSWORD
 (`password` or `user:password`) protects the page and the API; VOICEKIT_API_KEY (a bearer key) protects
-the API. Secrets are never printed or logged.
+the API. Secrets are never printed or logged. VOICEKIT_FALLBACK_REASON (set by runpod/start.sh when the gpu
+preset cannot run on the pod) is shown as one line at the top of the page.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class AppConfig:
     preset: str | None
     password: str | None = None
     api_key: str | None = None
+    notice: str | None = None  # one line shown on the page, e.g. why the pod runs the cpu preset
 
     def __repr__(self) -> str:
         return (f"AppConfig(host={self.host!r}, port={self.port}, concurrency={self.concurrency}, "
@@ -63,7 +65,8 @@ def parse_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | None 
     if concurrency is not None and concurrency < 1:
         parser.error("--concurrency must be at least 1")
     return AppConfig(host=host, port=port, concurrency=concurrency, preset=args.preset,
-                     password=env.get("VOICEKIT_PASSWORD") or None, api_key=env.get("VOICEKIT_API_KEY") or None)
+                     password=env.get("VOICEKIT_PASSWORD") or None, api_key=env.get("VOICEKIT_API_KEY") or None,
+                     notice=env.get("VOICEKIT_FALLBACK_REASON", "").strip() or None)
 
 
 def _int(env: Mapping[str, str], name: str, default: int | None) -> int | None:
@@ -77,8 +80,8 @@ def _int(env: Mapping[str, str], name: str, default: int | None) -> int | None:
 
 
 def compose(kit: Any, *, password: str | None = None, api_key: str | None = None, concurrency: int | None = None,
-            assets_dir: Path | None = ASSETS) -> Any:
-    """The API app with the page mounted at `/` (both protected by `password` when given)."""
+            assets_dir: Path | None = ASSETS, notice: str | None = None) -> Any:
+    """The API app with the page mounted at `/` (both protected by `password` when given; `notice`: a line on top)."""
     import gradio as gr
 
     from voicekit.server import create_app
@@ -88,7 +91,7 @@ def compose(kit: Any, *, password: str | None = None, api_key: str | None = None
 
     ensure_ffmpeg()  # Gradio re-encodes streamed audio with ffmpeg; the bundled one needs no system install
     app = create_app(kit, api_key=api_key, password=password)
-    blocks = build_blocks(kit, assets_dir=assets_dir)
+    blocks = build_blocks(kit, assets_dir=assets_dir, notice=notice)
     limit = concurrency or (4 if kit.settings.preset == "gpu" else 1)
     blocks.queue(default_concurrency_limit=limit)
     auth = (lambda user, given: check_password(password, user, given)) if password else None
@@ -162,7 +165,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     try:
-        app = compose(kit, password=config.password, api_key=config.api_key, concurrency=config.concurrency)
+        app = compose(kit, password=config.password, api_key=config.api_key, concurrency=config.concurrency,
+                      notice=config.notice)
+        if config.notice:
+            log.warning("voicekit: %s", config.notice)
         info = kit.description
         shown_host = "127.0.0.1" if config.host == "0.0.0.0" else config.host
         log.info("voicekit: preset %s, chat %s, speech %s, %s", info.get("preset"), info.get("chat"),

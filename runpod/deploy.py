@@ -3,11 +3,16 @@
     export RUNPOD_API_KEY=...   # https://www.runpod.io/console/user/settings; never printed
     export HF_TOKEN=...         # passed to the pod (the gpu preset's models are gated); never printed
     python runpod/deploy.py --dry-run                   # show the exact GraphQL requests, secrets masked
-    python runpod/deploy.py --gpu "NVIDIA GeForce RTX 4090" --cloud SECURE --volume-gb 50
+    python runpod/deploy.py --gpu "NVIDIA GeForce RTX 4090" --cloud SECURE --volume-gb 60
     python runpod/deploy.py --template-only             # just the template and its one-click deploy link
+    python runpod/deploy.py --image ghcr.io/OWNER/voicekit:latest   # an image built from runpod/Dockerfile
 
-The template's fields come from runpod/template.json. The SDK posts to `$RUNPOD_API_BASE_URL/graphql`
-(default https://api.runpod.io); `--api-url` sets that variable, e.g. for a local stand-in in the tests.
+The template's fields come from runpod/template.json. By default the pod runs a stock public image (CUDA 13.0
+toolkit) whose start command clones the repository (`--git-url`, default: this checkout's `origin`) onto the
+volume and runs runpod/bootstrap.sh; `--image` uses a voicekit image instead, started with runpod/start.sh.
+Pods are only placed on hosts whose driver supports the CUDA versions in `--cuda-versions` (default 13.0: the
+CUDA build of torch that vLLM pins). The SDK posts to `$RUNPOD_API_BASE_URL/graphql` (default
+https://api.runpod.io); `--api-url` sets that variable, e.g. for a local stand-in in the tests.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import argparse
 import json
 import os
 import re
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -29,7 +35,9 @@ DEFAULT_GPU = "NVIDIA GeForce RTX 4090"
 SECRET_ENV = ("HF_TOKEN", "VOICEKIT_PASSWORD", "VOICEKIT_API_KEY")
 PASSED_ENV = (*SECRET_ENV, "VOICEKIT_PRESET", "VOICEKIT_POD_MODE")  # copied from this shell to the pod when set
 MASK = "***"
-TEMPLATES_QUERY = "query { myself { podTemplates { id name imageName } } }"
+TEMPLATES_QUERY = "query { myself { podTemplates { id name imageName dockerArgs } } }"
+GIT_ENV = ("VOICEKIT_GIT_URL", "VOICEKIT_GIT_REF")  # only the stock-image path clones the repository
+GIT_URL_PLACEHOLDER = "<VOICEKIT_GIT_URL>"
 
 
 class DeployError(Exception):
@@ -48,7 +56,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="cloud type (default SECURE)")
     parser.add_argument("--volume-gb", type=int, default=template["volumeInGb"], help="pod volume at /workspace")
     parser.add_argument("--container-disk-gb", type=int, default=template["containerDiskInGb"])
-    parser.add_argument("--image", default=template["imageName"], help="container image (default from template.json)")
+    parser.add_argument("--image", help="an image built from runpod/Dockerfile, e.g. ghcr.io/OWNER/voicekit:latest "
+                        f"(default: the stock {template['imageName']} + a git clone of --git-url)")
+    parser.add_argument("--git-url", help="repository the stock-image pod clones (default: VOICEKIT_GIT_URL, else "
+                        "this checkout's origin)")
+    parser.add_argument("--git-ref", help="branch or tag to clone (default: VOICEKIT_GIT_REF, else template.json)")
+    parser.add_argument("--cuda-versions", default=",".join(template["allowedCudaVersions"]),
+                        help="host CUDA versions a pod may run on, comma-separated (default %(default)s)")
     parser.add_argument("--name", default="voicekit", help="pod name")
     parser.add_argument("--template-name", default=template["name"], help="template to reuse or create")
     parser.add_argument("--template-only", action="store_true", help="create/reuse the template, print the link")
@@ -60,7 +74,48 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.volume_gb < 1 or args.container_disk_gb < 1:
         parser.error("--volume-gb and --container-disk-gb must be at least 1")
+    args.cuda_versions = [item.strip() for item in args.cuda_versions.split(",") if item.strip()]
+    if not all(re.fullmatch(r"\d+\.\d+", item) for item in args.cuda_versions):
+        parser.error("--cuda-versions takes versions like 13.0 (comma-separated)")
     return args
+
+
+def origin_url(repo: Path = HERE.parent) -> str | None:
+    """The checkout's `origin` remote, if it has one."""
+    try:
+        found = subprocess.run(["git", "-C", str(repo), "remote", "get-url", "origin"], capture_output=True,
+                               text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return found.stdout.strip() or None
+
+
+def git_source(args: argparse.Namespace, environ: Mapping[str, str], template: Mapping[str, Any],
+               required: bool) -> dict[str, str]:
+    """VOICEKIT_GIT_URL and VOICEKIT_GIT_REF for the stock-image path (empty for --image)."""
+    if args.image:
+        return {}
+    defaults = {item["key"]: item.get("value", "") for item in template["env"]}
+    url = args.git_url or environ.get("VOICEKIT_GIT_URL") or origin_url()
+    ref = args.git_ref or environ.get("VOICEKIT_GIT_REF") or defaults.get("VOICEKIT_GIT_REF") or "main"
+    if not url:
+        if required:
+            raise DeployError("no repository for the pod to clone: pass --git-url "
+                              "https://github.com/OWNER/voicekit.git (or set VOICEKIT_GIT_URL), or --image with an "
+                              "image built from runpod/Dockerfile")
+        url = GIT_URL_PLACEHOLDER
+    elif re.match(r"[a-z][a-z0-9+.-]*://[^/@]*:[^/@]*@", url, re.IGNORECASE):
+        raise DeployError("the git URL holds a password or token, which the template would show to anyone with "
+                          "it: use a public URL")
+    return {"VOICEKIT_GIT_URL": _check_value("VOICEKIT_GIT_URL", url),
+            "VOICEKIT_GIT_REF": _check_value("VOICEKIT_GIT_REF", ref)}
+
+
+def image_and_start(args: argparse.Namespace, template: Mapping[str, Any]) -> tuple[str, str]:
+    """(image, start command): the stock image + git bootstrap, or --image + runpod/start.sh."""
+    if args.image:
+        return _check_value("--image", args.image), template["imageStartCmd"]
+    return template["imageName"], _check_value("dockerStartCmd", template["dockerStartCmd"])
 
 
 def _check_value(key: str, value: str) -> str:
@@ -70,31 +125,41 @@ def _check_value(key: str, value: str) -> str:
     return value
 
 
-def template_fields(args: argparse.Namespace, template: Mapping[str, Any]) -> dict[str, Any]:
+def _template_env(template: Mapping[str, Any], git: Mapping[str, str]) -> dict[str, str]:
+    env = {item["key"]: _check_value(item["key"], item.get("value", "")) for item in template["env"]
+           if git or item["key"] not in GIT_ENV}
+    env.update(git)
+    return env
+
+
+def template_fields(args: argparse.Namespace, template: Mapping[str, Any], git: Mapping[str, str]) -> dict[str, Any]:
     """Keyword arguments of runpod.create_template (no secret values: the template may be shared)."""
-    env = {item["key"]: _check_value(item["key"], item.get("value", "")) for item in template["env"]}
+    image, start = image_and_start(args, template)
     return {
-        "name": args.template_name, "image_name": args.image, "docker_start_cmd": template["dockerStartCmd"],
+        "name": args.template_name, "image_name": image, "docker_start_cmd": start,
         "container_disk_in_gb": args.container_disk_gb, "volume_in_gb": args.volume_gb,
-        "volume_mount_path": template["volumeMountPath"], "ports": template["ports"], "env": env,
+        "volume_mount_path": template["volumeMountPath"], "ports": template["ports"],
+        "env": _template_env(template, git),
     }
 
 
-def pod_env(environ: Mapping[str, str], template: Mapping[str, Any]) -> dict[str, str]:
+def pod_env(environ: Mapping[str, str], template: Mapping[str, Any], git: Mapping[str, str]) -> dict[str, str]:
     """The template's variables, overridden by those set in this shell (secrets: the template leaves them empty)."""
-    env = {item["key"]: _check_value(item["key"], item.get("value", "")) for item in template["env"]}
+    env = _template_env(template, git)
     env.update({key: _check_value(key, environ[key]) for key in PASSED_ENV if environ.get(key)})
     return env
 
 
 def pod_fields(args: argparse.Namespace, template: Mapping[str, Any], template_id: str,
                env: Mapping[str, str]) -> dict[str, Any]:
-    """Keyword arguments of runpod.create_pod."""
+    """Keyword arguments of runpod.create_pod (only hosts whose driver supports --cuda-versions)."""
+    image, start = image_and_start(args, template)
     return {
-        "name": args.name, "image_name": args.image, "gpu_type_id": args.gpu, "cloud_type": args.cloud,
+        "name": args.name, "image_name": image, "gpu_type_id": args.gpu, "cloud_type": args.cloud,
         "volume_in_gb": args.volume_gb, "container_disk_in_gb": args.container_disk_gb,
         "volume_mount_path": template["volumeMountPath"], "ports": template["ports"], "env": dict(env),
-        "template_id": template_id, "docker_args": template["dockerStartCmd"], "support_public_ip": True,
+        "template_id": template_id, "docker_args": start, "support_public_ip": True,
+        "allowed_cuda_versions": list(args.cuda_versions),
     }
 
 
@@ -112,7 +177,8 @@ def deploy_link(template_id: str) -> str:
     return f"https://console.runpod.io/deploy?template={template_id}"
 
 
-def dry_run(args: argparse.Namespace, template: Mapping[str, Any], env: Mapping[str, str], api_url: str) -> int:
+def dry_run(args: argparse.Namespace, template: Mapping[str, Any], env: Mapping[str, str],
+            git: Mapping[str, str], api_url: str) -> int:
     """Print the GraphQL requests the SDK would send (API key and secrets masked); send nothing."""
     from runpod.api.mutations.pods import generate_pod_deployment_mutation
     from runpod.api.mutations.templates import generate_pod_template
@@ -120,33 +186,42 @@ def dry_run(args: argparse.Namespace, template: Mapping[str, Any], env: Mapping[
     key = os.environ.get("RUNPOD_API_KEY", "")
     print(f"dry run: nothing is sent. POST {api_url}/graphql")
     print(f"Authorization: Bearer {MASK if key else '(RUNPOD_API_KEY is not set)'}")
+    if git.get("VOICEKIT_GIT_URL") == GIT_URL_PLACEHOLDER:
+        print(f"# note: no --git-url and no origin remote; a real run stops until one is given ({GIT_URL_PLACEHOLDER})")
     print(f"# 1. find a template named {args.template_name!r}:\n{TEMPLATES_QUERY}")
     print("# 2. if there is none, create it:")
-    print(generate_pod_template(**template_fields(args, template)))
+    print(generate_pod_template(**template_fields(args, template, git)))
     if args.template_only:
         return 0
     fields = pod_fields(args, template, "<TEMPLATE_ID>", masked(env))
     print(f"# 3. check the GPU type {args.gpu!r} exists (gpuTypes query), then start the pod:")
+    # the same arguments runpod.create_pod passes (its defaults: start_ssh, one GPU, 1 vCPU, 1 GB RAM at least)
     print(generate_pod_deployment_mutation(
-        fields["name"], fields["image_name"], fields["gpu_type_id"], fields["cloud_type"],
-        fields["support_public_ip"], True, None, None, 1, fields["volume_in_gb"], fields["container_disk_in_gb"],
-        1, 1, fields["docker_args"], fields["ports"], fields["volume_mount_path"], fields["env"],
-        fields["template_id"]))
+        name=fields["name"], image_name=fields["image_name"], gpu_type_id=fields["gpu_type_id"],
+        cloud_type=fields["cloud_type"], support_public_ip=fields["support_public_ip"], start_ssh=True,
+        gpu_count=1, volume_in_gb=fields["volume_in_gb"], container_disk_in_gb=fields["container_disk_in_gb"],
+        min_vcpu_count=1, min_memory_in_gb=1, docker_args=fields["docker_args"], ports=fields["ports"],
+        volume_mount_path=fields["volume_mount_path"], env=fields["env"], template_id=fields["template_id"],
+        allowed_cuda_versions=fields["allowed_cuda_versions"]))
     print("pod env: " + json.dumps(masked(env), sort_keys=True))
     return 0
 
 
-def find_or_create_template(runpod: Any, args: argparse.Namespace, template: Mapping[str, Any]) -> str:
+def find_or_create_template(runpod: Any, args: argparse.Namespace, template: Mapping[str, Any],
+                            git: Mapping[str, str]) -> str:
     from runpod.api.graphql import run_graphql_query
 
+    image, start = image_and_start(args, template)
     answer = run_graphql_query(TEMPLATES_QUERY)
     for item in ((answer.get("data") or {}).get("myself") or {}).get("podTemplates") or []:
         if item.get("name") == args.template_name:
             print(f"template: reusing {item['id']} ({args.template_name})")
-            if item.get("imageName") != args.image:
-                print(f"  note: it uses the image {item.get('imageName')}, the pod uses {args.image}")
+            if item.get("imageName") != image or item.get("dockerArgs", start) != start:
+                print(f"  note: its image or start command differs from this deploy's ({image}); the pod gets this "
+                      "deploy's, the one-click link the template's: delete the template in the console or pass "
+                      "--template-name to make a new one")
             return str(item["id"])
-    created = runpod.create_template(**template_fields(args, template))
+    created = runpod.create_template(**template_fields(args, template, git))
     print(f"template: created {created['id']} ({args.template_name})")
     return str(created["id"])
 
@@ -166,11 +241,12 @@ def wait_running(get_pod: Callable[[str], Any], pod_id: str, wait_s: float, poll
         time.sleep(poll_s)
 
 
-def deploy(args: argparse.Namespace, template: Mapping[str, Any], env: Mapping[str, str], key: str) -> int:
+def deploy(args: argparse.Namespace, template: Mapping[str, Any], env: Mapping[str, str],
+           git: Mapping[str, str], key: str) -> int:
     import runpod
 
     runpod.api_key = key
-    template_id = find_or_create_template(runpod, args, template)
+    template_id = find_or_create_template(runpod, args, template, git)
     print(f"one-click deploy link: {deploy_link(template_id)}")
     if args.template_only:
         return 0
@@ -184,7 +260,7 @@ def deploy(args: argparse.Namespace, template: Mapping[str, Any], env: Mapping[s
         raise DeployError(f"RunPod did not start a pod (no {args.gpu!r} free in {args.cloud} cloud?); try another "
                           "--gpu or --cloud ALL")
     pod_id = str(pod["id"])
-    print(f"pod: {pod_id} ({args.gpu}, {args.cloud} cloud)")
+    print(f"pod: {pod_id} ({args.gpu}, {args.cloud} cloud, host CUDA {', '.join(args.cuda_versions)})")
     if not args.no_wait:
         wait_running(runpod.get_pod, pod_id, args.wait_s, args.poll_s)
         print(f"pod {pod_id} is running; the page needs a few minutes on first start (install, model downloads)")
@@ -201,9 +277,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     api_url = os.environ.get("RUNPOD_API_BASE_URL", DEFAULT_API_URL)
     template = load_template()
     try:
-        env = pod_env(os.environ, template)
+        git = git_source(args, os.environ, template, required=not args.dry_run)
+        env = pod_env(os.environ, template, git)
         if args.dry_run:
-            return dry_run(args, template, env, api_url)
+            return dry_run(args, template, env, git, api_url)
         key = os.environ.get("RUNPOD_API_KEY", "").strip()
         if not key:
             raise DeployError("RUNPOD_API_KEY is not set: create a key at https://www.runpod.io/console/user/settings")
@@ -212,7 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from runpod import error as runpod_error
 
         try:
-            return deploy(args, template, env, key)
+            return deploy(args, template, env, git, key)
         except runpod_error.AuthenticationError:
             raise DeployError("RunPod rejected the API key (unauthorized): check RUNPOD_API_KEY") from None
         except runpod_error.QueryError as failure:

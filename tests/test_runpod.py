@@ -1,5 +1,11 @@
-"""runpod/: start.sh (shellcheck; CPU mode end to end behind the password; restart-safety), models.py, and
-deploy.py against a local stand-in for the RunPod GraphQL API."""
+"""runpod/: start.sh (shellcheck; CPU mode end to end behind the password; restart-safety; the fall-back to the
+cpu preset and the health watcher), bootstrap.sh and the template's start command (a real git clone of a local
+repository), checks.py, models.py, and deploy.py against a local stand-in for the RunPod GraphQL API.
+
+No GPU exists here, so two things stand in for one: a `nvidia-smi` script that lists a GPU (with the driver's
+CUDA version in its header, as the real one prints), and a `python` wrapper whose `checks.py gpu` says the GPU
+works (everything else it runs with the real interpreter). A tiny HTTP server stands in for an app whose engine
+died (/health 503), the case start.sh must notice."""
 
 from __future__ import annotations
 
@@ -8,6 +14,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -23,6 +30,8 @@ from typing import Any
 
 import pytest
 from stand_in import send_json, serve
+
+import voicekit
 
 ROOT = Path(__file__).resolve().parent.parent
 START = ROOT / "runpod" / "start.sh"
@@ -50,6 +59,122 @@ def _pod_env(workspace: Path, **extra: str) -> dict[str, str]:
                VOICEKIT_SKIP_INSTALL="1", HF_HUB_OFFLINE="1")
     env.update(extra)
     return env
+
+
+def _wait_for(predicate: Any, proc: subprocess.Popen[bytes], out: Path, timeout_s: float = WAIT_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        assert proc.poll() is None, out.read_text()
+        try:
+            if predicate():
+                return
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, "timed out:\n" + out.read_text()
+        time.sleep(0.3)
+
+
+def _stop(proc: subprocess.Popen[bytes], out: Path) -> None:
+    """SIGTERM the pod script; it must exit 0 and leave nothing behind."""
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=40) == 0, out.read_text()
+    deadline = time.monotonic() + 20
+    while _session_pids(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _session_pids(proc.pid), "processes left behind"
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None or _session_pids(proc.pid):
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
+def _start(env: dict[str, str], out: Path, *args: str) -> subprocess.Popen[bytes]:
+    with out.open("wb") as sink:
+        return subprocess.Popen(["bash", str(START), *args], env=env, stdout=sink, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+
+def _login_cookie(base: str, password: str) -> str:
+    login = urllib.request.Request(base + "/login", method="POST",
+                                   data=f"username=anyone&password={password}".encode(),
+                                   headers={"Content-Type": "application/x-www-form-urlencoded"})
+    with urllib.request.urlopen(login, timeout=10) as response:
+        assert response.status == 200
+        return "; ".join(value.split(";")[0] for value in response.headers.get_all("set-cookie") or [])
+
+
+def _environ(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(item.decode().split("=", 1) for item in raw if b"=" in item)
+
+
+FAKE_NVIDIA_SMI = """#!/usr/bin/env bash
+# stand-in for nvidia-smi on a host whose driver supports CUDA 12.4 (R550), with one GPU
+if [[ "${1:-}" == "-L" ]]; then echo "GPU 0: NVIDIA GeForce RTX 4090 (UUID: GPU-0000)"; exit 0; fi
+echo "| NVIDIA-SMI 550.127.05             Driver Version: 550.127.05     CUDA Version: 12.4     |"
+"""
+
+PYTHON_WITH_GPU = """#!/usr/bin/env bash
+# stand-in for the pod's python on a host whose GPU works: the GPU checks pass, the rest runs for real;
+# app.py is replaced by STAND_IN_APP when that is set
+case "${1:-} ${2:-}" in
+    *"/runpod/checks.py gpu") echo "the GPU works with torch and vLLM imports (stand-in)"; exit 0 ;;
+    *"/runpod/checks.py toolkit") echo "nvcc 13.0 matches torch's CUDA 13.0 (stand-in)"; exit 0 ;;
+esac
+if [[ "${1:-}" == */app.py && -n "${STAND_IN_APP:-}" ]]; then exec "%(python)s" "$STAND_IN_APP" "$@"; fi
+exec "%(python)s" "$@"
+"""
+
+STAND_IN_APP = """import json, os, sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+# An app whose /health answers per start: STAND_IN_HEALTH is a list like "503,200" (the last one repeats).
+# With --preset gpu and STAND_IN_GPU_FAILS=1 it exits at once, like a gpu preset that cannot load.
+args = sys.argv[2:]
+preset, port = args[args.index("--preset") + 1], int(args[args.index("--port") + 1])
+if preset == "gpu" and os.environ.get("STAND_IN_GPU_FAILS") == "1":
+    print("stand-in: the gpu preset failed to load", flush=True)
+    sys.exit(1)
+counter = Path(os.environ["WORKSPACE"]) / "stand-in-starts"
+start = int(counter.read_text()) + 1 if counter.exists() else 1
+counter.write_text(str(start))
+plan = os.environ.get("STAND_IN_HEALTH", "200").split(",")
+code = int(plan[min(start, len(plan)) - 1])
+(Path(os.environ["WORKSPACE"]) / f"stand-in-{start}.json").write_text(json.dumps(
+    {"preset": preset, "reason": os.environ.get("VOICEKIT_FALLBACK_REASON")}))
+
+class Health(BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        body = json.dumps({"status": "ok"} if code == 200 else
+                          {"status": "error", "reason": "speech engine died: CUDA error: illegal memory access"})
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body.encode())
+
+print(f"stand-in app {start} (preset {preset}): /health answers {code}", flush=True)
+ThreadingHTTPServer(("127.0.0.1", port), Health).serve_forever()
+"""
+
+
+def _stand_ins(tmp_path: Path) -> tuple[Path, Path]:
+    """(a bin folder with the fake nvidia-smi, the python wrapper whose GPU checks pass)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "nvidia-smi").write_text(FAKE_NVIDIA_SMI)
+    (bin_dir / "nvidia-smi").chmod(0o755)
+    wrapper = tmp_path / "python-with-gpu"
+    wrapper.write_text(PYTHON_WITH_GPU % {"python": sys.executable})
+    wrapper.chmod(0o755)
+    (tmp_path / "stand_in_app.py").write_text(STAND_IN_APP)
+    return bin_dir, wrapper
 
 
 def _get(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
@@ -91,6 +216,9 @@ def test_start_cpu_mode_serves_page_and_jupyter_behind_password_and_stops_on_sig
     marker.write_text(hashlib.sha256((ROOT / "requirements.txt").read_bytes() * 2).hexdigest() + "\n")
     env = _pod_env(tmp_path, VOICEKIT_PORT=str(port), JUPYTER_PORT=str(jport), VOICEKIT_SKIP_INSTALL="0",
                    VOICEKIT_INSTALL_MARKER=str(marker))
+    edited = tmp_path / "notebooks" / "01_quickstart.ipynb"  # a user's edit from an earlier start: kept
+    edited.parent.mkdir()
+    edited.write_text("my edits")
     out = tmp_path / "pod.log"
     with out.open("wb") as sink:
         proc = subprocess.Popen(["bash", str(START)], env=env, stdout=sink, stderr=subprocess.STDOUT,
@@ -125,14 +253,9 @@ def test_start_cpu_mode_serves_page_and_jupyter_behind_password_and_stops_on_sig
         assert _get(base + "/v1/audio/voices", {"Authorization": "Bearer wrong"})[0] == 401
         status, body = _get(base + "/config")  # Gradio: the page's config needs a login
         assert status == 401 or b'"auth_required":true' in body.replace(b" ", b"")
-        login = urllib.request.Request(base + "/login", method="POST",
-                                       data=f"username=anyone&password={password}".encode(),
-                                       headers={"Content-Type": "application/x-www-form-urlencoded"})
-        with urllib.request.urlopen(login, timeout=10) as response:
-            assert response.status == 200
-            cookie = "; ".join(value.split(";")[0] for value in response.headers.get_all("set-cookie") or [])
-        status, body = _get(base + "/config", {"Cookie": cookie})
+        status, body = _get(base + "/config", {"Cookie": _login_cookie(base, password)})
         assert status == 200 and b"auth_required" not in body.replace(b" ", b"")
+        assert b"vk-notice" not in body  # no fall-back, no notice
 
         # JupyterLab: token = the password
         assert _get(jbase + "/api/status")[0] in (401, 403)
@@ -141,6 +264,26 @@ def test_start_cpu_mode_serves_page_and_jupyter_behind_password_and_stops_on_sig
 
         # pid files for a later run to find stale processes
         assert {path.name for path in (tmp_path / "run").glob("*.pid")} >= {"start.pid", "app.pid", "jupyter.pid"}
+
+        # the notebooks in JupyterLab's root (the volume), the user's edit untouched; kernels import this checkout
+        shipped = sorted(path.relative_to(ROOT / "notebooks") for path in (ROOT / "notebooks").rglob("*")
+                         if path.is_file())
+        copied = sorted(path.relative_to(tmp_path / "notebooks") for path in (tmp_path / "notebooks").rglob("*")
+                        if path.is_file())
+        assert copied == shipped and edited.read_text() == "my edits"
+        assert f"notebooks: {len(shipped) - 1} new file(s) copied" in log
+        jupyter_env = _environ(int((tmp_path / "run" / "jupyter.pid").read_text()))
+        assert jupyter_env["PYTHONPATH"].split(":")[0] == str(ROOT)
+        # the kernels use the running app through voicekit.connect(), logged in with the pod's password
+        assert jupyter_env["VOICEKIT_URL"] == f"http://127.0.0.1:{port}"
+        with voicekit.connect(jupyter_env["VOICEKIT_URL"], api_key=jupyter_env["VOICEKIT_PASSWORD"]) as remote:
+            assert remote.settings.preset == "cpu" and remote.say("Hi from the notebook.").audio().size > 0
+        # compiled-kernel caches on the volume, so a restarted pod does not compile again
+        app_env = _environ(int((tmp_path / "run" / "app.pid").read_text()))
+        for key, folder in (("VLLM_CACHE_ROOT", "vllm"), ("FLASHINFER_WORKSPACE_BASE", "flashinfer"),
+                            ("TRITON_CACHE_DIR", "triton"), ("TORCHINDUCTOR_CACHE_DIR", "torchinductor")):
+            assert app_env[key] == str(tmp_path / "cache" / folder), key
+        assert "VOICEKIT_FALLBACK_REASON" not in app_env
         logs = tmp_path / "logs"
         assert (logs / "app.log").is_file() and (logs / "jupyter.log").is_file()
         for path in logs.iterdir():
@@ -211,12 +354,83 @@ def test_start_restarts_a_crashed_service_with_backoff_until_sigterm(tmp_path: P
             proc.wait(timeout=10)
 
 
-def test_start_gpu_mode_needs_hf_token(tmp_path: Path) -> None:
-    env = _pod_env(tmp_path, VOICEKIT_POD_MODE="gpu", VOICEKIT_SKIP_DOCTOR="1")
+def test_start_gpu_mode_with_a_working_gpu_needs_hf_token(tmp_path: Path) -> None:
+    bin_dir, python_with_gpu = _stand_ins(tmp_path)
+    env = _pod_env(tmp_path, VOICEKIT_POD_MODE="auto", VOICEKIT_SKIP_DOCTOR="1", PYTHON=str(python_with_gpu),
+                   PATH=f"{bin_dir}:{os.environ['PATH']}")
     result = subprocess.run(["bash", str(START)], env=env, capture_output=True, text=True, timeout=30)
-    assert result.returncode == 1
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "mode gpu, preset gpu" in result.stdout and "the GPU works" in result.stdout
+    assert "CUDA toolkit: nvcc 13.0 matches" in result.stdout and "VLLM_USE_FLASHINFER_SAMPLER" not in result.stdout
     assert "HF_TOKEN is not set" in result.stderr and "google/gemma-2-2b-it" in result.stderr
     assert not (tmp_path / ".voicekit-password").exists()
+
+
+def test_start_falls_back_to_the_cpu_preset_when_torch_cannot_use_the_gpu(tmp_path: Path) -> None:
+    """nvidia-smi lists a GPU, torch here cannot use it: the cpu preset, the reason in the log and on the page."""
+    bin_dir, _ = _stand_ins(tmp_path)
+    verdict = subprocess.run([sys.executable, str(ROOT / "runpod" / "checks.py"), "gpu"], capture_output=True,
+                             text=True, timeout=120, env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    assert verdict.returncode == 1 and verdict.stdout.strip()  # e.g. "torch 2.13.0+cpu is a CPU-only build"
+    reason = f"gpu preset unavailable: {verdict.stdout.strip()}; running the cpu preset"
+    port = _free_port()
+    env = _pod_env(tmp_path, VOICEKIT_POD_MODE="auto", VOICEKIT_SKIP_DOCTOR="1", VOICEKIT_JUPYTER="0",
+                   VOICEKIT_PORT=str(port), VOICEKIT_PASSWORD="pod-secret-1", PATH=f"{bin_dir}:{os.environ['PATH']}")
+    out = tmp_path / "pod.log"
+    proc = _start(env, out)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        _wait_for(lambda: _get(base + "/health")[0] == 200, proc, out)
+        log = out.read_text()
+        assert "mode gpu, preset gpu" in log and log.count(reason) == 1, log
+        assert "HF_TOKEN" not in log  # the cpu preset needs none
+        status, body = _get(base + "/config", {"Cookie": _login_cookie(base, "pod-secret-1")})
+        assert status == 200 and reason.encode() in body  # the page's one line
+        assert _environ(int((tmp_path / "run" / "app.pid").read_text()))["VOICEKIT_FALLBACK_REASON"] == reason
+        time.sleep(2)
+        assert (tmp_path / "logs" / "app.log").read_text().count("start: app") == 1, "no restart loop"
+        _stop(proc, out)
+    finally:
+        _kill(proc)
+
+
+def test_start_restarts_the_app_when_health_reports_a_dead_engine(tmp_path: Path) -> None:
+    _, python_with_gpu = _stand_ins(tmp_path)
+    env = _pod_env(tmp_path, PYTHON=str(python_with_gpu), STAND_IN_APP=str(tmp_path / "stand_in_app.py"),
+                   STAND_IN_HEALTH="503,200", VOICEKIT_HEALTH_INTERVAL="1", VOICEKIT_JUPYTER="0",
+                   VOICEKIT_SKIP_DOCTOR="1", VOICEKIT_PORT=str(_free_port()))
+    out = tmp_path / "pod.log"
+    proc = _start(env, out)
+    try:
+        _wait_for(lambda: (tmp_path / "stand-in-2.json").exists(), proc, out, 60)
+        time.sleep(3)  # the second app is healthy: no more restarts
+        log = out.read_text()
+        assert log.count("app unhealthy: /health answered 503: speech engine died: CUDA error: illegal memory "
+                         "access; restarting it") == 1, log
+        assert "app exited with status 143; restarting in 1s" in log
+        assert (tmp_path / "stand-in-starts").read_text() == "2"
+        _stop(proc, out)
+    finally:
+        _kill(proc)
+
+
+def test_start_gives_up_on_a_gpu_preset_that_keeps_failing(tmp_path: Path) -> None:
+    bin_dir, python_with_gpu = _stand_ins(tmp_path)
+    env = _pod_env(tmp_path, VOICEKIT_POD_MODE="gpu", PYTHON=str(python_with_gpu), HF_TOKEN="hf_x",
+                   VOICEKIT_SKIP_DOWNLOAD="1", STAND_IN_APP=str(tmp_path / "stand_in_app.py"), STAND_IN_GPU_FAILS="1",
+                   VOICEKIT_JUPYTER="0", VOICEKIT_SKIP_DOCTOR="1", VOICEKIT_PORT=str(_free_port()),
+                   PATH=f"{bin_dir}:{os.environ['PATH']}")
+    out = tmp_path / "pod.log"
+    proc = _start(env, out)
+    try:
+        _wait_for(lambda: (tmp_path / "stand-in-1.json").exists(), proc, out, 60)
+        reason = (f"gpu preset unavailable: the gpu preset exited 3 times in a row (last status 1; see "
+                  f"{tmp_path}/logs/app.log); running the cpu preset")
+        assert json.loads((tmp_path / "stand-in-1.json").read_text()) == {"preset": "cpu", "reason": reason}
+        assert (tmp_path / "logs" / "app.log").read_text().count("the gpu preset failed to load") == 3
+        _stop(proc, out)
+    finally:
+        _kill(proc)
 
 
 def test_start_rejects_unknown_option_and_mode(tmp_path: Path) -> None:
@@ -226,6 +440,113 @@ def test_start_rejects_unknown_option_and_mode(tmp_path: Path) -> None:
     env = _pod_env(tmp_path, VOICEKIT_POD_MODE="tpu", VOICEKIT_SKIP_DOCTOR="1")
     result = subprocess.run(["bash", str(START)], env=env, capture_output=True, text=True, timeout=30)
     assert result.returncode == 1 and "VOICEKIT_POD_MODE must be" in result.stderr
+
+
+# ---- checks.py -------------------------------------------------------------------------------------------
+
+def test_checks_name_why_the_gpu_preset_cannot_run() -> None:
+    checks = _load("checks")
+    header = "| NVIDIA-SMI 550.127.05    Driver Version: 550.127.05    CUDA Version: 12.4     |"
+    assert checks.driver_cuda(header) == "12.4" and checks.driver_cuda("no header") is None
+    problem = checks.gpu_problem
+    assert problem("2.13.0+cu130", "13.0", False, "12.4", True) == (
+        "torch 2.13.0+cu130 cannot use the GPU (driver too old for CUDA 13.0: nvidia-smi says 12.4)")
+    assert problem("2.13.0+cu130", "13.0", False, "13.0", False) == (
+        "torch 2.13.0+cu130 sees no GPU (nvidia-smi lists none)")
+    assert "is_available() is False" in problem("2.13.0+cu130", "13.0", False, "13.1", True)
+    assert problem("2.13.0+cpu", None, False, "12.4", True) == "torch 2.13.0+cpu is a CPU-only build"
+    assert problem(None, None, False, None, False) == "torch is not installed"
+    volta = "torch.AcceleratorError: CUDA error: no kernel image is available for execution on the device"
+    assert problem("2.13.0+cu130", "13.0", True, "13.0", True, op_error=volta) == (
+        f"torch 2.13.0+cu130 cannot run on this GPU ({volta})")
+    assert problem("2.13.0+cu130", "13.0", True, "13.0", True, vllm_error="ImportError: libcudart.so.13") == (
+        "vLLM does not import (ImportError: libcudart.so.13)")
+    assert problem("2.13.0+cu130", "13.0", True, "13.0", True) is None
+
+    assert checks.toolkit_problem("13.0", "13.0") is None
+    assert checks.toolkit_problem("12.4", "13.0") == "nvcc 12.4 does not match torch's CUDA 13.0"
+    assert checks.toolkit_problem(None, "13.0").startswith("no nvcc found")
+
+
+def test_checks_health_tells_ok_error_and_no_answer_apart(tmp_path: Path) -> None:
+    checks = _load("checks")
+    answers = {"/ok": (200, {"status": "ok"}), "/dead": (503, {"status": "error", "reason": "chat engine died"}),
+               "/odd": (500, ["not", "an", "object"])}
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            send_json(self, *answers[self.path])
+
+    server, url = serve(Handler)
+    try:
+        assert checks.check_health(url + "/ok") == (0, "ok")
+        assert checks.check_health(url + "/dead") == (1, "/health answered 503: chat engine died")
+        assert checks.check_health(url + "/odd") == (1, "/health answered 500")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert checks.check_health(f"http://127.0.0.1:{_free_port()}/health")[0] == 2
+
+
+# ---- the template's start command and bootstrap.sh: a real clone of a local repository ------------------
+
+def _local_repo(tmp_path: Path) -> str:
+    """A bare repository holding this working tree's runpod/ and notebooks/ (committed or not)."""
+    work = tmp_path / "src"
+    for folder in ("runpod", "notebooks"):
+        shutil.copytree(ROOT / folder, work / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("requirements.txt", "requirements-gpu.txt"):
+        shutil.copy(ROOT / name, work / name)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    subprocess.run([*git, "init", "-q", "-b", "main", str(work)], check=True)
+    subprocess.run([*git, "-C", str(work), "add", "-A"], check=True)
+    subprocess.run([*git, "-C", str(work), "commit", "-q", "-m", "first"], check=True)
+    subprocess.run(["git", "clone", "-q", "--bare", str(work), str(tmp_path / "voicekit.git")], check=True)
+    subprocess.run(["git", "-C", str(work), "remote", "add", "origin", str(tmp_path / "voicekit.git")], check=True)
+    return f"file://{tmp_path / 'voicekit.git'}"
+
+
+def test_template_start_command_clones_once_keeps_a_venv_and_runs_start_sh(tmp_path: Path) -> None:
+    url = _local_repo(tmp_path)
+    workspace = tmp_path / "workspace"
+    command = shlex.split(json.loads((ROOT / "runpod" / "template.json").read_text())["dockerStartCmd"])
+    # what a pod gets: the template's start command and env; start.sh runs once (no app deps in the fresh venv)
+    env = _pod_env(workspace, VOICEKIT_GIT_URL=url, VOICEKIT_GIT_REF="main", VOICEKIT_BASE_PYTHON=sys.executable,
+                   VOICEKIT_POD_ONCE="1", VOICEKIT_SKIP_DOCTOR="1", VOICEKIT_JUPYTER="0",
+                   VOICEKIT_PORT=str(_free_port()))
+    del env["PYTHON"]  # bootstrap.sh sets it: the venv on the volume
+
+    first = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
+    log = first.stdout + first.stderr
+    clone = workspace / "voicekit"
+    assert (clone / "runpod" / "start.sh").is_file() and "Cloning into" in log, log
+    assert f"venv: creating {workspace}/venv" in log
+    assert f"repo {clone}" in log and "--once: not restarting" in log  # start.sh ran from the clone
+    assert (workspace / "notebooks" / "01_quickstart.ipynb").is_file()
+    # the venv's python ran the clone's app.py (the test repository holds runpod/ and notebooks/ only)
+    app_log = (workspace / "logs" / "app.log").read_text()
+    assert f"{workspace}/venv/bin/python: can't open file '{clone}/app.py'" in app_log
+
+    work = tmp_path / "src"  # a new commit upstream: the next start fast-forwards to it
+    (work / "runpod" / "NEW").write_text("x")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", "-C", str(work)]
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "second"], check=True)
+    subprocess.run([*git, "push", "-q", "origin", "main"], check=True)
+    second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
+    log = second.stdout + second.stderr
+    assert "Cloning into" not in log and f"venv: reusing {workspace}/venv" in log, log
+    assert "repo: up to date" in log and "second" in log and (clone / "runpod" / "NEW").is_file()
+
+    env.pop("VOICEKIT_GIT_URL")
+    (tmp_path / "empty").mkdir()
+    missing = subprocess.run(command, env={**env, "WORKSPACE": str(tmp_path / "empty")}, capture_output=True,
+                             text=True, timeout=60)
+    assert missing.returncode != 0 and "set VOICEKIT_GIT_URL to the voicekit git repository" in missing.stderr
+    assert not (tmp_path / "empty" / "voicekit").exists()
 
 
 # ---- models.py -------------------------------------------------------------------------------------------
@@ -326,11 +647,17 @@ class StandIn:
         return {"errors": [{"message": f"stand-in: unexpected query {query[:60]}"}]}
 
 
+GIT_URL = "https://github.com/acme/voicekit.git"
+TEMPLATE = json.loads((ROOT / "runpod" / "template.json").read_text())
+
+
 @pytest.fixture
 def deploy(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    for key in ("HF_TOKEN", "VOICEKIT_PASSWORD", "VOICEKIT_PRESET", "VOICEKIT_POD_MODE", "VOICEKIT_API_KEY"):
+    for key in ("HF_TOKEN", "VOICEKIT_PASSWORD", "VOICEKIT_PRESET", "VOICEKIT_POD_MODE", "VOICEKIT_API_KEY",
+                "VOICEKIT_GIT_REF"):
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("RUNPOD_API_KEY", "rpa_good_key")
+    monkeypatch.setenv("VOICEKIT_GIT_URL", GIT_URL)
     yield _load("deploy")
 
 
@@ -354,29 +681,69 @@ def test_deploy_creates_template_and_pod_with_the_exact_requests(deploy: Any, st
                   if k in query) for query in stand_in.queries]
     assert kinds == ["podTemplates", "saveTemplate", "gpuTypes", "podFindAndDeployOnDemand", "pod(input", "pod(input"]
     template, pod = stand_in.queries[1], stand_in.queries[3]
-    for text in ('name: "voicekit"', 'imageName: "ghcr.io/voicekit/voicekit:latest"',
-                 'dockerArgs: "bash /opt/voicekit/runpod/start.sh"', 'ports: "7860/http,8888/http"',
+    start = TEMPLATE["dockerStartCmd"]  # the stock CUDA 13 image + clone-and-bootstrap start command
+    for text in ('name: "voicekit"', 'imageName: "runpod/pytorch:1.0.2-cu1300-torch280-ubuntu2404"',
+                 f'dockerArgs: "{start}"', 'ports: "7860/http,8888/http"',
                  'volumeMountPath: "/workspace"', "volumeInGb: 60", "containerDiskInGb: 30", "isPublic: false",
-                 '{ key: "HF_TOKEN", value: "" }', '{ key: "HF_HOME", value: "/workspace/hf" }'):
+                 '{ key: "HF_TOKEN", value: "" }', '{ key: "HF_HOME", value: "/workspace/hf" }',
+                 f'{{ key: "VOICEKIT_GIT_URL", value: "{GIT_URL}" }}', '{ key: "VOICEKIT_GIT_REF", value: "main" }',
+                 '{ key: "NVIDIA_DISABLE_REQUIRE", value: "1" }'):
         assert text in template, text
     assert "hf_test_token" not in template, "secrets stay out of the template"
     for text in ('gpuTypeId: "NVIDIA GeForce RTX 4090"', "cloudType: SECURE", "gpuCount: 1",
-                 'imageName: "ghcr.io/voicekit/voicekit:latest"', 'ports: "7860/http,8888/http"',
+                 'imageName: "runpod/pytorch:1.0.2-cu1300-torch280-ubuntu2404"', f'dockerArgs: "{start}"',
+                 'allowedCudaVersions: ["13.0"]', 'ports: "7860/http,8888/http"',
                  'volumeMountPath: "/workspace"', "volumeInGb: 60", 'templateId: "tpl123"',
-                 '{ key: "HF_TOKEN", value: "hf_test_token" }', '{ key: "VOICEKIT_POD_MODE", value: "auto" }'):
+                 '{ key: "HF_TOKEN", value: "hf_test_token" }', '{ key: "VOICEKIT_POD_MODE", value: "auto" }',
+                 f'{{ key: "VOICEKIT_GIT_URL", value: "{GIT_URL}" }}'):
         assert text in pod, text
     assert "https://console.runpod.io/deploy?template=tpl123" in out.out
     assert "https://pod123-7860.proxy.runpod.net" in out.out and "https://pod123-8888.proxy.runpod.net" in out.out
     assert "rpa_good_key" not in out.out + out.err and "hf_test_token" not in out.out + out.err
 
 
+def test_deploy_with_a_built_image_starts_start_sh_and_clones_nothing(deploy: Any, stand_in: StandIn,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("VOICEKIT_GIT_URL")
+    assert deploy.main(["--image", "ghcr.io/acme/voicekit:1.2.0", "--cuda-versions", "13.0,13.1", "--no-wait"]) == 0
+    template, pod = stand_in.queries[1], stand_in.queries[3]
+    for query in (template, pod):
+        assert 'imageName: "ghcr.io/acme/voicekit:1.2.0"' in query
+        assert 'dockerArgs: "bash /opt/voicekit/runpod/start.sh"' in query and "VOICEKIT_GIT" not in query
+    assert 'allowedCudaVersions: ["13.0", "13.1"]' in pod
+
+
+def test_deploy_needs_a_public_git_url_for_the_stock_image(deploy: Any, stand_in: StandIn, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    assert deploy.origin_url(tmp_path) is None
+    subprocess.run(["git", "-C", str(tmp_path), "remote", "add", "origin", GIT_URL], check=True)
+    assert deploy.origin_url(tmp_path) == GIT_URL  # the default when neither --git-url nor VOICEKIT_GIT_URL is set
+
+    monkeypatch.delenv("VOICEKIT_GIT_URL")
+    monkeypatch.setattr(deploy, "origin_url", lambda *args: None)  # a checkout without an origin remote
+    assert deploy.main(["--no-wait"]) == 2
+    assert "no repository for the pod to clone: pass --git-url" in capsys.readouterr().err
+    assert deploy.main(["--no-wait", "--git-url", "https://bob:ghp_secret@github.com/bob/voicekit.git"]) == 2
+    err = capsys.readouterr().err
+    assert "holds a password or token" in err and "ghp_secret" not in err
+    assert stand_in.queries == []
+    assert deploy.main(["--dry-run"]) == 0  # a dry run shows where the URL goes
+    assert '{ key: "VOICEKIT_GIT_URL", value: "<VOICEKIT_GIT_URL>" }' in capsys.readouterr().out
+
+
 def test_deploy_reuses_an_existing_template(deploy: Any, stand_in: StandIn,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     stand_in.templates = [{"id": "other", "name": "something", "imageName": "x"},
-                          {"id": "tplOLD", "name": "voicekit", "imageName": "ghcr.io/voicekit/voicekit:latest"}]
+                          {"id": "tplOLD", "name": "voicekit", "imageName": TEMPLATE["imageName"],
+                           "dockerArgs": TEMPLATE["dockerStartCmd"]}]
     assert deploy.main(["--template-only"]) == 0
     assert len(stand_in.queries) == 1 and "podTemplates" in stand_in.queries[0]
-    assert "https://console.runpod.io/deploy?template=tplOLD" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "https://console.runpod.io/deploy?template=tplOLD" in out and "differs" not in out
+    assert deploy.main(["--template-only", "--image", "ghcr.io/acme/voicekit:latest"]) == 0
+    assert "its image or start command differs" in capsys.readouterr().out
 
 
 def test_deploy_bad_key_and_unknown_gpu_are_clear_errors(deploy: Any, stand_in: StandIn,
@@ -412,15 +779,26 @@ def test_deploy_dry_run_sends_nothing_and_masks_secrets(deploy: Any, stand_in: S
     assert '{ key: "HF_TOKEN", value: "***" }' in out and '{ key: "VOICEKIT_PASSWORD", value: "***" }' in out
     assert 'gpuTypeId: "NVIDIA A40"' in out and "cloudType: COMMUNITY" in out and "volumeInGb: 80" in out
     assert 'volumeMountPath: "/workspace"' in out and 'ports: "7860/http,8888/http"' in out
+    assert 'allowedCudaVersions: ["13.0"]' in out and out.count(f'dockerArgs: "{TEMPLATE["dockerStartCmd"]}"') == 2
+    assert out.count(f'{{ key: "VOICEKIT_GIT_URL", value: "{GIT_URL}" }}') == 2
+    assert out.count('imageName: "runpod/pytorch:1.0.2-cu1300-torch280-ubuntu2404"') == 2
 
 
-def test_template_json_matches_the_pod_layout() -> None:
-    template = json.loads((ROOT / "runpod" / "template.json").read_text())
+def test_template_json_and_dockerfile_match_the_pod_layout() -> None:
+    template = TEMPLATE
     assert template["ports"] == "7860/http,8888/http" and template["volumeMountPath"] == "/workspace"
     keys = {item["key"] for item in template["env"]}
-    assert {"HF_TOKEN", "VOICEKIT_PASSWORD", "VOICEKIT_PRESET"} <= keys
+    assert {"HF_TOKEN", "VOICEKIT_PASSWORD", "VOICEKIT_PRESET", "VOICEKIT_GIT_URL", "NVIDIA_DISABLE_REQUIRE"} <= keys
     assert all(item.get("description") for item in template["env"])
-    assert "runpod/start.sh" in template["dockerStartCmd"]
+    assert "runpod/bootstrap.sh" in template["dockerStartCmd"] and "runpod/start.sh" in template["imageStartCmd"]
+    for command in (template["dockerStartCmd"], template["imageStartCmd"]):  # the SDK sends them unescaped
+        assert '"' not in command and "\\" not in command
+    assert template["allowedCudaVersions"] == ["13.0"]  # torch 2.13's CUDA 13.0 build
+    # the image path and the stock path share the CUDA 13.0 base; the Dockerfile's caches live on the volume
     dockerfile = (ROOT / "runpod" / "Dockerfile").read_text()
-    assert dockerfile.startswith("FROM runpod/pytorch:") or "\nFROM runpod/pytorch:" in dockerfile
+    assert f"\nFROM {template['imageName']}\n" in dockerfile and "-cu1300-" in template["imageName"]
     assert "/opt/voicekit" in dockerfile and "requirements-gpu.txt" in dockerfile
+    for key in ("VLLM_CACHE_ROOT", "FLASHINFER_WORKSPACE_BASE", "TRITON_CACHE_DIR", "TORCHINDUCTOR_CACHE_DIR"):
+        assert f"{key}=/workspace/cache/" in dockerfile, key
+    workflow = (ROOT / ".github" / "workflows" / "image.yml").read_text()
+    assert "file: runpod/Dockerfile" in workflow and "ghcr.io/${{ github.repository_owner }}/voicekit" in workflow

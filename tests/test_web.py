@@ -98,6 +98,18 @@ def test_flags_env_and_defaults() -> None:
     assert isinstance(parse_args([], env={}), AppConfig)
 
 
+def test_fallback_reason_is_one_line_on_top_of_the_page(kit: Any) -> None:
+    reason = "gpu preset unavailable: torch 2.13.0+cu130 cannot use the GPU (driver too old); running the cpu preset"
+    assert parse_args([], env={"VOICEKIT_FALLBACK_REASON": reason}).notice == reason
+    assert parse_args([], env={}).notice is None
+
+    def notices(blocks: Any) -> list[str]:
+        return [block.value for block in blocks.blocks.values() if getattr(block, "elem_id", None) == "vk-notice"]
+
+    assert notices(build_blocks(kit, notice=reason)) == [f"**Note:** {reason}"]
+    assert notices(build_blocks(kit)) == []
+
+
 def test_bundled_ffmpeg_works_without_a_system_one(monkeypatch: pytest.MonkeyPatch) -> None:
     bare = os.pathsep.join(p for p in ("/usr/bin", "/bin") if not shutil.which("ffmpeg", path=p))
     monkeypatch.setenv("PATH", bare)

@@ -1,18 +1,25 @@
 """`voicekit doctor`: what this machine can run, and why `auto` picks the preset it picks.
 
 The case users hit most on rented GPUs: `nvidia-smi` lists a GPU but torch sees none (a CPU-only torch
-wheel, or a CUDA build newer than the driver). The report names that case and what to do.
+wheel, or a CUDA build newer than the driver). The report names that case and what to do. The rules are
+pure functions of the facts (`cuda_driver_problem`, `_advice`), so tests feed them any machine.
 """
 
 from __future__ import annotations
 
 import platform
+import re
 import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
 
 from voicekit.settings import choose_preset
+
+# requirements-gpu.txt: vllm 0.32.0 pins torch 2.13.0, whose PyPI Linux wheel is a CUDA 13.0 build.
+GPU_TORCH_CUDA = "13.0"
+# The oldest NVIDIA driver series per CUDA major version (a CUDA 13 runtime needs R580 or newer).
+MIN_DRIVER = {13: "R580"}
 
 
 @dataclass
@@ -24,6 +31,7 @@ class Report:
     torch_cuda_build: str | None
     torch_sees_cuda: bool
     nvidia_smi: list[str] | None  # one line per GPU, None when nvidia-smi is missing or fails
+    driver_cuda: str | None  # highest CUDA the driver supports ("CUDA Version" in nvidia-smi's header)
     vllm: str | None
     llama_cpp: tuple[str, bool] | None  # (version, can offload layers to a GPU), None when not installed
     preset: str
@@ -46,6 +54,52 @@ def nvidia_smi_gpus(binary: str | None = None) -> list[str] | None:
     if result.returncode != 0:
         return None
     return [line.strip() for line in result.stdout.splitlines() if line.strip()]
+
+
+def nvidia_smi_cuda_version(binary: str | None = None) -> str | None:
+    """The highest CUDA version the NVIDIA driver supports, from `nvidia-smi`'s header; None without one."""
+    binary = binary or shutil.which("nvidia-smi")
+    if not binary:
+        return None
+    try:
+        result = subprocess.run([binary], capture_output=True, text=True, timeout=20, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return parse_cuda_version(result.stdout) if result.returncode == 0 else None
+
+
+def parse_cuda_version(header: str) -> str | None:
+    """"12.4" from nvidia-smi's "| NVIDIA-SMI 550.54.15  Driver Version: 550.54.15  CUDA Version: 12.4 |"."""
+    match = re.search(r"CUDA Version\s*:\s*(\d+)\.(\d+)", header)
+    return f"{match[1]}.{match[2]}" if match else None
+
+
+def _major_minor(version: str) -> tuple[int, int]:
+    parts = re.findall(r"\d+", version)
+    return int(parts[0]), int(parts[1]) if len(parts) > 1 else 0
+
+
+def cuda_driver_problem(driver_cuda: str | None, torch_cuda: str | None, torch_sees_cuda: bool) -> str | None:
+    """One advice line when the driver's CUDA (from nvidia-smi) is older than torch's CUDA build, else None.
+
+    A CPU-only or missing torch is checked against the torch that requirements-gpu.txt installs. Once torch
+    sees the GPU nothing is wrong (a datacenter driver may run newer CUDA through NVIDIA's compat package).
+    """
+    if driver_cuda is None or torch_sees_cuda:
+        return None
+    needed = torch_cuda or GPU_TORCH_CUDA
+    if _major_minor(driver_cuda) >= _major_minor(needed):
+        return None
+    series = MIN_DRIVER.get(_major_minor(needed)[0])
+    newer = f"nvidia-smi showing CUDA Version {needed} or higher" + (f", driver {series} or newer" if series else "")
+    where = (f"use a host or pod with a newer driver ({newer}; on RunPod filter GPUs by CUDA version {needed}, "
+             "see runpod/README.md)")
+    if torch_cuda:
+        return (f"the NVIDIA driver is too old for this torch: it supports CUDA {driver_cuda} at most, torch is built "
+                f"for CUDA {needed}, so torch cannot use the GPU; {where}, or install a torch built for CUDA "
+                f"{driver_cuda} (cpu preset only: vLLM 0.32 needs CUDA {GPU_TORCH_CUDA})")
+    return (f"the NVIDIA driver is too old for the gpu preset: it supports CUDA {driver_cuda} at most, and "
+            f"requirements-gpu.txt installs a torch built for CUDA {needed}; {where}")
 
 
 def _torch_facts() -> tuple[str | None, str | None, bool]:
@@ -72,23 +126,31 @@ def _llama_cpp_facts() -> tuple[str, bool] | None:
     return getattr(llama_cpp, "__version__", "unknown"), bool(llama_cpp.llama_supports_gpu_offload())
 
 
-def diagnose(gpus: list[str] | bool | None = False) -> Report:
-    """Collect the facts (pass `gpus` to stand in for nvidia-smi's answer in tests)."""
-    torch_version, cuda_build, sees_cuda = _torch_facts()
+def diagnose(gpus: list[str] | bool | None = False,
+             torch_facts: tuple[str | None, str | None, bool] | None = None) -> Report:
+    """Collect the facts; `gpus` stands in for nvidia-smi's GPU list, `torch_facts` for (version, CUDA build,
+    sees CUDA), so tests can describe machines this one is not."""
+    torch_version, cuda_build, sees_cuda = torch_facts or _torch_facts()
     smi = nvidia_smi_gpus() if gpus is False else gpus
     vllm_version = _vllm_version()
     report = Report(
         python=f"{platform.python_version()} ({sys.executable})", torch=torch_version,
         torch_cuda_build=cuda_build, torch_sees_cuda=sees_cuda, nvidia_smi=smi or None,  # type: ignore[arg-type]
+        driver_cuda=nvidia_smi_cuda_version() if smi else None,
         vllm=vllm_version, llama_cpp=_llama_cpp_facts(), preset="cpu", reason="",
     )
     report.preset, report.reason = choose_preset(torch_version, sees_cuda, vllm_version is not None)
+    if report.nvidia_smi and torch_version is not None and not sees_cuda:
+        report.reason += ", although nvidia-smi lists a GPU" + (
+            f" (its driver supports CUDA {report.driver_cuda} at most, torch is built for CUDA {cuda_build})"
+            if cuda_build and cuda_driver_problem(report.driver_cuda, cuda_build, sees_cuda) else " (see advice)")
     report.advice = _advice(report)
     return report
 
 
 def _advice(report: Report) -> list[str]:
     advice: list[str] = []
+    driver_problem = cuda_driver_problem(report.driver_cuda, report.torch_cuda_build, report.torch_sees_cuda)
     if report.nvidia_smi and not report.torch_sees_cuda:
         if report.torch is None:
             advice.append("nvidia-smi sees a GPU but torch is not installed: pip install -r requirements-gpu.txt")
@@ -97,13 +159,16 @@ def _advice(report: Report) -> list[str]:
                 f"nvidia-smi sees a GPU but torch {report.torch} is a CPU-only build: install a CUDA build "
                 "(pip install -r requirements-gpu.txt)"
             )
-        else:
+        elif not driver_problem:
+            supports = (f" (the driver supports CUDA {report.driver_cuda})" if report.driver_cuda else
+                        f" (nvidia-smi's header must show CUDA Version {report.torch_cuda_build} or higher)")
             advice.append(
-                f"nvidia-smi sees a GPU but torch (built for CUDA {report.torch_cuda_build}) cannot use it: the "
-                "driver is probably older than that CUDA version (compare the driver above with NVIDIA's CUDA "
-                "compatibility table), or CUDA_VISIBLE_DEVICES hides the GPU; install a torch built for an "
-                "older CUDA or update the driver"
+                f"nvidia-smi sees a GPU but torch (built for CUDA {report.torch_cuda_build}) cannot use it{supports}: "
+                "CUDA_VISIBLE_DEVICES may hide the GPU; python -c 'import torch; torch.cuda.init()' prints "
+                "the error torch gets"
             )
+    if driver_problem:
+        advice.append(driver_problem)
     if report.torch_sees_cuda and report.vllm is None:
         advice.append("the GPU works but vLLM is missing: pip install -r requirements-gpu.txt for the gpu preset")
     if report.nvidia_smi and report.llama_cpp and not report.llama_cpp[1]:
@@ -127,6 +192,8 @@ def _llama_cpp_line(facts: tuple[str, bool] | None) -> str:
 def format_report(report: Report) -> str:
     """Human-readable report."""
     gpus = "; ".join(report.nvidia_smi) if report.nvidia_smi else "not found (no nvidia-smi or no GPU)"
+    if report.driver_cuda:
+        gpus += f" (driver supports CUDA {report.driver_cuda})"
     torch_line = "not installed" if report.torch is None else (
         f"{report.torch} (CUDA build: {report.torch_cuda_build or 'none, CPU only'}; "
         f"sees CUDA: {'yes' if report.torch_sees_cuda else 'no'})"

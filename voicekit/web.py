@@ -145,13 +145,17 @@ def _header(assets_dir: Path | None) -> str:
 # -- the page ---------------------------------------------------------------------------------------
 
 
-def build_blocks(kit: Any, *, assets_dir: str | Path | None = None, title: str = "voicekit") -> gr.Blocks:
-    """The page for `kit`. Queue settings and auth are applied by the caller (see app.py)."""
+def build_blocks(kit: Any, *, assets_dir: str | Path | None = None, title: str = "voicekit",
+                 notice: str | None = None) -> gr.Blocks:
+    """The page for `kit`; `notice` is one line above the tabs (e.g. why a pod runs the cpu preset).
+    Queue settings and auth are applied by the caller (see app.py)."""
     assets = Path(assets_dir) if assets_dir else None
     rate = kit.sample_rate
     with gr.Blocks(title=title) as blocks:
         turns = gr.State([])
         gr.HTML(_header(assets))
+        if notice:
+            gr.Markdown(f"**Note:** {notice}", elem_id="vk-notice")
         with gr.Tabs():
             with gr.Tab("Chat", id="chat"):
                 chatbot = gr.Chatbot(label="Conversation", height=320, elem_id="vk-chatbot")
