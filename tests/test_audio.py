@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from voicekit import audio
 from voicekit.audio import (
     WavStreamWriter,
     concat,
@@ -252,16 +251,12 @@ def test_rms_db_of_full_scale_sine_is_minus_3() -> None:
     assert rms_db(np.zeros(10)) == -np.inf
 
 
-# --- Resampling (soxr and the numpy fallback) ------------------------------------------------------
+# --- Resampling (soxr) ------------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["soxr", "numpy"])
-def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    if request.param == "soxr" and audio._soxr is None:
-        pytest.skip("soxr is not installed")
-    if request.param == "numpy":
-        monkeypatch.setattr(audio, "_soxr", None)
-    return request.param
+@pytest.fixture
+def backend() -> str:
+    return "soxr"  # the one resampler (a required dependency); the tests below name it
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ import jinja2
 import pytest
 import tiny_models as tm
 
-from voicekit.chat import ChatModel, alternate_roles
+from voicekit.chat import ChatModel, alternate_roles, normalize_history
 from voicekit.engines.base import ChatMessage, SamplingSettings
 from voicekit.engines.vllm_engine import fold_system_message
 
@@ -37,7 +37,7 @@ MESSY_HISTORY = [
 
 def test_messy_history_becomes_alternating_turns_that_gemma_accepts() -> None:
     model = ChatModel(engine=None, system_prompt="Be brief.", sampling=SamplingSettings())  # type: ignore[arg-type]
-    messages = model.build_messages("Another one!", MESSY_HISTORY)
+    messages = model.build_messages("Another one!", normalize_history(MESSY_HISTORY))  # as the kit passes it
     assert [m.role for m in messages] == ["system", "user", "assistant", "user"]
     assert messages[1].content == "Tell me a joke.\n\nHello? A joke, please."
     assert messages[2].content == "Why did the chicken cross the road?\n\nTo get to the other side."

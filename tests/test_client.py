@@ -19,10 +19,10 @@ import test_server
 from test_server import Gate, no_work_left, wait_until
 
 import voicekit
-from app import BackgroundServer, compose
 from voicekit.client import AuthenticationError, RemoteKit, ServerUnavailableError, find_server
 from voicekit.errors import EmptyTextError, TextTooLongError, UnknownVoiceError
-from voicekit.server_audio import ensure_ffmpeg
+from voicekit.serve import BackgroundServer, compose
+from voicekit.serve.audio import ensure_ffmpeg
 
 pytestmark = pytest.mark.slow
 
@@ -93,7 +93,7 @@ def test_chat_gives_text_timings_and_history_for_the_next_turn(remote: RemoteKit
                              {"role": "assistant", "content": first.text}]
     second = remote.chat("What is my name?", history=first.history, seed=2, max_tokens=16, mode="overlap")
     second.audio()
-    record = state.find(second._stream._turn.request_id)  # the server's own record of the turn
+    record = state.find(second._stream._call.request_id)  # the server's own record of the turn
     assert record.reply.history[:2] == first.history and second.text == record.reply.text
     assert [m["role"] for m in second.history] == ["user", "assistant", "user", "assistant"]
 

@@ -14,16 +14,16 @@ import wave
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import gguf_models as gm
 import pytest
 import tiny_models as tm
 
+from voicekit.device import llama_cpp_offload
 from voicekit.engines.base import SamplingSettings, new_request_id
 from voicekit.engines.gguf_files import HubFile, parse_gguf_spec, resolve_gguf
-from voicekit.engines.llamacpp import LlamaCppEngine, offload_layers
+from voicekit.engines.llamacpp import LlamaCppEngine
 from voicekit.engines.loop import EventLoopThread
 from voicekit.errors import ModelUnavailableError
 from voicekit.tts.orpheus import OrpheusBackend, OrpheusSampling
@@ -41,7 +41,6 @@ from voicekit.tts.orpheus_gguf import (
     LLAMACPP_TOP_K,
     PROMPT_OVERHEAD,
     orpheus_context,
-    orpheus_gguf_spec,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,7 +74,7 @@ def engine(tiny_gguf: Path, loop: EventLoopThread) -> Iterator[LlamaCppEngine]:
 
 @pytest.fixture(scope="module")
 def backend(engine: LlamaCppEngine) -> OrpheusBackend:
-    """Built as `build_orpheus_backend` does for llama.cpp, with a random-weight SNAC."""
+    """Built as `voicekit.build.build_orpheus` does for llama.cpp, with a random-weight SNAC."""
     from voicekit.tts.snac_decoder import build_snac
 
     return OrpheusBackend(engine, engine.tokenize, build_snac("cpu", weights=None),
@@ -277,8 +276,12 @@ def test_default_gguf_is_the_community_q4_k_m() -> None:
     ("cpu", "me/repo/orpheus.gguf", "http://localhost:8000", None),
 ])
 def test_engine_choice(preset: str, tts_model: str, tts_url: str, expected: str | None) -> None:
-    settings = SimpleNamespace(preset=preset, tts_model=tts_model, tts_url=tts_url)
-    assert orpheus_gguf_spec(settings) == expected
+    from voicekit.build import orpheus_engine_choice
+    from voicekit.settings import Settings
+
+    settings = Settings.resolve(preset, env={}, tts="orpheus", tts_model=tts_model, tts_url=tts_url)
+    choice = orpheus_engine_choice(settings)
+    assert (choice.model if choice.kind == "llamacpp" else None) == expected
 
 
 def test_context_fits_the_longest_prompt_and_budget() -> None:
@@ -292,8 +295,8 @@ def test_gpu_layers_follow_what_the_build_can_do() -> None:
     import llama_cpp
 
     can = llama_cpp.llama_supports_gpu_offload()
-    assert offload_layers(-1) == (-1 if can else 0)
-    assert offload_layers(0) == 0
+    assert llama_cpp_offload(-1) == (-1 if can else 0)
+    assert llama_cpp_offload(0) == 0
 
 
 # --- loading and errors -------------------------------------------------------------------------------

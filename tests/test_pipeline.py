@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from voicekit.audio import concat, read_wav, rms_db
+from voicekit.chat import normalize_history
 from voicekit.errors import EmptyTextError, TextTooLongError, UnknownVoiceError
 from voicekit.kit import Kit
-from voicekit.pipeline import Pipeline, TurnState
+from voicekit.pipeline import Pipeline
 from voicekit.tts.piper import PiperBackend
 
 EMOJI_REPLY = "Hello! 👋 How can I help you today? 😊"
@@ -42,9 +43,9 @@ def test_no_audio_is_lost_at_the_start_or_the_end(kit: Kit) -> None:
     """What the pipeline streams for a text is exactly what Piper makes for each sentence on its own."""
     piper = PiperBackend(deterministic=True)
     pipeline = Pipeline(piper)
-    sentences = pipeline.prepare_say("Nothing may be cut from the start. Or from the end!")
-    streamed = concat(chunk.samples for chunk in kit.loop.iterate(
-        lambda: pipeline.say(sentences, piper.default_voice, TurnState())))
+    turn = pipeline.say_turn("Nothing may be cut from the start. Or from the end!")
+    sentences = turn.script
+    streamed = concat(chunk.samples for chunk in kit.loop.iterate(lambda: pipeline.run(turn)))
     direct = concat(concat(kit.loop.iterate(lambda s=s: piper.synthesize(s, piper.default_voice)))
                     for s in sentences)
     assert len(sentences) == 2
@@ -108,7 +109,7 @@ def test_same_seed_gives_the_same_reply_in_both_modes(kit: Kit) -> None:
 def test_history_is_sent_with_the_next_message(kit: Kit) -> None:
     first = kit.chat("My name is Ada.", seed=1)
     first.audio()
-    messages = kit.chat_model.build_messages("What is my name?", first.history)
+    messages = kit.chat_model.build_messages("What is my name?", normalize_history(first.history))
     assert [m.role for m in messages] == ["system", "user", "assistant", "user"]
     assert messages[1].content == "My name is Ada."
 

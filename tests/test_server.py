@@ -27,16 +27,17 @@ import openai
 import pytest
 from stand_in import send_json, serve
 
-from app import BackgroundServer, compose
 from voicekit.audio import read_wav
+from voicekit.build import bundled_chat_model_path, chat_sampling
 from voicekit.chat import ChatModel
 from voicekit.engines.http_engine import HTTPEngine
 from voicekit.engines.llamacpp import LlamaCppEngine
 from voicekit.engines.loop import EventLoopThread
-from voicekit.kit import Kit, build_sampling
-from voicekit.loader import bundled_chat_model_path
-from voicekit.server import create_app
-from voicekit.server_audio import ensure_ffmpeg
+from voicekit.kit import Kit
+from voicekit.pipeline import Pipeline
+from voicekit.serve import BackgroundServer, compose
+from voicekit.serve.api import create_app
+from voicekit.serve.audio import ensure_ffmpeg
 from voicekit.settings import Settings
 from voicekit.tts.orpheus import OrpheusBackend
 
@@ -351,9 +352,9 @@ def kit_over(engine: Any, tts: Any) -> Iterator[Kit]:
     """A kit with `engine` as its chat engine and `tts` as its speech backend; closes the engine, not `tts`."""
     loop = EventLoopThread()
     settings = Settings.resolve("cpu")
-    chat = ChatModel(engine, settings.system_prompt, build_sampling(settings))
+    chat = ChatModel(engine, settings.system_prompt, chat_sampling(settings))
     try:
-        yield Kit(settings, tts, chat, loop, describe={"preset": "cpu"})
+        yield Kit(settings, Pipeline(tts, chat), loop, description={"preset": "cpu"})
     finally:
         loop.run(engine.close(), timeout=30)
         loop.close()
@@ -403,7 +404,7 @@ def test_health_is_503_once_the_chat_engine_is_closed(kit: Any) -> None:
         llama_kit.loop.run(engine.close())
         response = httpx.get(f"{api.url}/health")
         assert response.status_code == 503
-        assert response.json()["reason"] == ("chat model: the llama.cpp engine for SmolLM2-135M-Instruct.Q4_1.gguf "
+        assert response.json()["reason"] == ("chat model: the llamacpp engine for SmolLM2-135M-Instruct.Q4_1.gguf "
                                              "is closed")
         assert llama_kit.health() == response.json()["reason"]
     assert kit.health() is None, "the shared kit is untouched"

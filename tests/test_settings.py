@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import fields
-
 import pytest
 
+from voicekit.build import chat_sampling, pick_dtype, vllm_options
+from voicekit.device import choose_preset, cuda_capability
 from voicekit.errors import SettingsError
-from voicekit.settings import Settings, choose_preset, cuda_capability, pick_dtype, vllm_engine_options
+from voicekit.settings import Settings, configuration_markdown
 
 
 def test_cpu_preset_defaults() -> None:
@@ -53,7 +53,9 @@ def test_unknown_keyword_is_an_error() -> None:
 
 def test_hf_token_is_read_but_never_shown() -> None:
     settings = Settings.resolve("cpu", env={"HF_TOKEN": "hf_secret123"})
-    assert settings.hf_token == "hf_secret123"
+    assert settings.hf_token.get_secret_value() == settings.token == "hf_secret123"
+    assert Settings.resolve("cpu", env={"VOICEKIT_HF_TOKEN": "hf_mine", "HF_TOKEN": "hf_other"}).token == "hf_mine"
+    assert Settings.resolve("cpu", env={}).token is None
     assert "hf_secret123" not in repr(settings)
     assert settings.public_dict()["hf_token"] == "***"
 
@@ -71,8 +73,16 @@ def test_auto_picks_cpu_on_this_machine() -> None:
 
 def test_every_setting_is_documented(repo_root) -> None:
     doc = (repo_root / "docs" / "CONFIGURATION.md").read_text(encoding="utf-8")
-    for setting in fields(Settings):
-        assert f"VOICEKIT_{setting.name.upper()}" in doc, f"{setting.name} is missing from docs/CONFIGURATION.md"
+    for name in Settings.model_fields:
+        assert f"VOICEKIT_{name.upper()}" in doc, f"{name} is missing from docs/CONFIGURATION.md"
+    assert doc == configuration_markdown(), (
+        "docs/CONFIGURATION.md is stale: python -m voicekit config --markdown > docs/CONFIGURATION.md")
+
+
+def test_the_docs_follow_the_field_descriptions() -> None:
+    doc = configuration_markdown()
+    assert "| `VOICEKIT_TOP_K` | `top_k` | `40` | `0` | chat top-k;" in doc, "each preset's value in its column"
+    assert "| `VOICEKIT_PORT` | `--port` | `7860` |" in doc and "VOICEKIT_API_KEY" in doc
 
 
 @pytest.mark.parametrize(("requested", "capability", "expected"), [
@@ -93,7 +103,7 @@ def test_vllm_options_without_a_gpu_leave_auto_to_vllm() -> None:
     if cuda_capability() is not None:
         pytest.skip("this machine has a GPU")
     settings = Settings.resolve("gpu", env={}, kv_cache_bytes=64 << 20)
-    options = vllm_engine_options(settings, 0.25)
+    options = vllm_options(settings, 0.25)
     assert options == {"gpu_memory_utilization": 0.25, "max_model_len": 4096, "dtype": "auto",
                        "enforce_eager": False, "kv_cache_memory_bytes": 64 << 20}
 
@@ -125,13 +135,12 @@ def test_memory_shares_count_only_vllm_engines_in_this_process() -> None:
 
 
 def test_chat_sampling_is_the_chat_settings_not_orpheus() -> None:
-    from voicekit.kit import build_sampling
     from voicekit.tts.orpheus import OrpheusSampling
 
-    gpu = build_sampling(Settings.resolve("gpu", env={}))
+    gpu = chat_sampling(Settings.resolve("gpu", env={}))
     assert (gpu.top_k, gpu.repetition_penalty) == (0, 1.0), "Gemma 2 samples with neither"
     assert OrpheusSampling().repetition_penalty == 1.1, "Orpheus keeps the penalty it needs"
-    cpu = build_sampling(Settings.resolve("cpu", env={"VOICEKIT_REPETITION_PENALTY": "1.0"}))
+    cpu = chat_sampling(Settings.resolve("cpu", env={"VOICEKIT_REPETITION_PENALTY": "1.0"}))
     assert (cpu.top_k, cpu.repetition_penalty, cpu.temperature, cpu.max_tokens) == (40, 1.0, 0.7, 200)
-    with pytest.raises(SettingsError, match="top_k must be 0"):
+    with pytest.raises(SettingsError, match="top_k: input should be greater than or equal to 0"):
         Settings.resolve("cpu", env={}, top_k=-1)

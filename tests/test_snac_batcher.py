@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from voicekit.bench_snac import snr_db
+from voicekit.bench import snr_db
 from voicekit.tts.snac_batcher import CUDA_BATCH_FRAMES, SnacBatcher, decode_batch, default_batch_frames
 from voicekit.tts.snac_decoder import StreamingDecoder, decode_frames
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tiny_models as tm
 
-from voicekit.bench_snac import snr_db
+from voicekit.bench import snr_db
 from voicekit.errors import ModelUnavailableError
 from voicekit.tts.orpheus_codes import CodeParser, codes_to_token_ids, frames_to_codes
 from voicekit.tts.snac_decoder import (
@@ -172,7 +172,7 @@ def test_build_snac_missing_weights_is_a_clear_error(tmp_path) -> None:
 
 
 def test_bench_reports_the_documented_fields() -> None:
-    from voicekit.bench_snac import run_snac_bench
+    from voicekit.bench import run_snac_bench
 
     result = run_snac_bench(frames=6, device="cpu", repeats=1)
     assert list(result) == [

@@ -526,7 +526,8 @@ def test_http_abort_by_closing_the_stream(kit_loop, http_engine, server) -> None
             got += 1
             if got == 3:
                 break
-        assert running() == 1, "the request runs on the server until the stream is closed"
+        # vLLM's gauge follows its engine steps: give it a moment on a busy machine
+        assert await _wait_until(lambda: running() == 1, 20), "the request runs on the server until it is closed"
         await stream.aclose()
 
     kit_loop.run(close_early(), timeout=STEP_TIMEOUT_S)

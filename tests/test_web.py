@@ -21,10 +21,12 @@ import httpx
 import numpy as np
 import pytest
 
-from app import ASSETS, AppConfig, BackgroundServer, compose, parse_args
 from voicekit.audio import read_wav
-from voicekit.server_audio import ensure_ffmpeg
-from voicekit.web import ChunkGrouper, build_blocks, format_timings, insert_tag, plain_history, turns_table
+from voicekit.errors import SettingsError
+from voicekit.serve import ASSETS, BackgroundServer, compose, serve_settings
+from voicekit.serve.audio import ensure_ffmpeg
+from voicekit.serve.page import ChunkGrouper, build_blocks, format_timings, insert_tag, plain_history, turns_table
+from voicekit.settings import ServeSettings
 
 pytestmark = [pytest.mark.filterwarnings("ignore:.*no_silent_downcasting"),  # raised inside gradio's queue
               pytest.mark.filterwarnings("ignore:The copy keyword is deprecated")]
@@ -86,22 +88,26 @@ def test_tag_buttons_for_a_speech_model_with_emotion_tags(kit: Any) -> None:
 
 
 def test_flags_env_and_defaults() -> None:
-    assert parse_args([], env={}).host == "127.0.0.1"
-    assert parse_args([], env={"RUNPOD_POD_ID": "abc"}).host == "0.0.0.0"
-    config = parse_args(["--port", "9000", "--concurrency", "3"],
-                        env={"VOICEKIT_HOST": "0.0.0.0", "VOICEKIT_PORT": "8000", "VOICEKIT_CONCURRENCY": "2",
-                             "VOICEKIT_PASSWORD": "me:hunter2", "VOICEKIT_API_KEY": "sk-secret"})
+    assert serve_settings(env={}).host == "127.0.0.1"
+    assert serve_settings(env={"RUNPOD_POD_ID": "abc"}).host == "0.0.0.0"
+    config = serve_settings(env={"VOICEKIT_HOST": "0.0.0.0", "VOICEKIT_PORT": "8000", "VOICEKIT_CONCURRENCY": "2",
+                                 "VOICEKIT_PASSWORD": "me:hunter2", "VOICEKIT_API_KEY": "sk-secret"},
+                            port=9000, concurrency=3, host=None)  # flags win; None: not given
     assert (config.host, config.port, config.concurrency) == ("0.0.0.0", 9000, 3)
-    assert config.password == "me:hunter2" and config.api_key == "sk-secret"
+    assert config.secret("password") == "me:hunter2" and config.secret("api_key") == "sk-secret"
     assert "hunter2" not in repr(config) and "sk-secret" not in repr(config)
-    assert parse_args([], env={"VOICEKIT_PORT": "8000"}).port == 8000
-    assert isinstance(parse_args([], env={}), AppConfig)
+    assert serve_settings(env={"VOICEKIT_PORT": "8000"}).port == 8000
+    assert isinstance(serve_settings(env={}), ServeSettings)
+    with pytest.raises(SettingsError, match="VOICEKIT_PORT='eighty' is not a valid int"):
+        serve_settings(env={"VOICEKIT_PORT": "eighty"})
+    with pytest.raises(SettingsError, match="concurrency"):
+        serve_settings(env={}, concurrency=0)
 
 
 def test_fallback_reason_is_one_line_on_top_of_the_page(kit: Any) -> None:
     reason = "gpu preset unavailable: torch 2.13.0+cu130 cannot use the GPU (driver too old); running the cpu preset"
-    assert parse_args([], env={"VOICEKIT_FALLBACK_REASON": reason}).notice == reason
-    assert parse_args([], env={}).notice is None
+    assert serve_settings(env={"VOICEKIT_FALLBACK_REASON": reason}).fallback_reason == reason
+    assert serve_settings(env={}).fallback_reason == ""
 
     def notices(blocks: Any) -> list[str]:
         return [block.value for block in blocks.blocks.values() if getattr(block, "elem_id", None) == "vk-notice"]

@@ -29,7 +29,7 @@ import string
 import sys
 from pathlib import Path
 
-# Orpheus / Llama-3 ids (see shared REFERENCE.md, "Orpheus TTS").
+# Orpheus / Llama-3 ids (Orpheus's tokenizer: `<custom_token_N>` is 128256 + N).
 ORPHEUS_VOCAB_SIZE = 156940
 LLAMA3_VOCAB = 128256
 BEGIN_OF_TEXT = 128000

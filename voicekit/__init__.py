@@ -11,14 +11,16 @@
 
     kit = voicekit.connect("http://127.0.0.1:7860")   # the same API, spoken by a running voicekit server
     kit = voicekit.open_kit()             # a server on this machine when one answers (a pod), else load()
+    kit = voicekit.load(engine=my_engine, backend=my_backend)   # your own Engine / SpeechBackend
 
-Heavy modules (llama.cpp, Piper, torch, vLLM) load only when `load()` needs them.
+Heavy modules (llama.cpp, Piper, torch, vLLM, FastAPI, Gradio) load only when something needs them.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from voicekit.engines.base import Engine
 from voicekit.errors import (
     EmptyTextError,
     ModelUnavailableError,
@@ -28,19 +30,31 @@ from voicekit.errors import (
     UnknownVoiceError,
     VoicekitError,
 )
+from voicekit.kit import AsyncReply, Kit, Reply
+from voicekit.pipeline import AudioChunk, Timings
+from voicekit.settings import ServeSettings, Settings
+from voicekit.tts.base import SpeechBackend
 
 if TYPE_CHECKING:
     from voicekit.client import RemoteKit
-    from voicekit.kit import Kit
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncReply",
+    "AudioChunk",
     "EmptyTextError",
+    "Engine",
+    "Kit",
     "ModelUnavailableError",
     "NoAudioError",
+    "Reply",
+    "ServeSettings",
+    "Settings",
     "SettingsError",
+    "SpeechBackend",
     "TextTooLongError",
+    "Timings",
     "UnknownVoiceError",
     "VoicekitError",
     "__version__",
@@ -50,11 +64,14 @@ __all__ = [
 ]
 
 
-def load(preset: str | None = None, **overrides: Any) -> Kit:
-    """Load a kit: `preset` is "auto" (default, or VOICEKIT_PRESET), "cpu" or "gpu"; overrides name Settings fields."""
-    from voicekit.loader import load as _load
+def load(preset: str | None = None, *, chat: bool = True, engine: Engine | None = None,
+         backend: SpeechBackend | None = None, **overrides: Any) -> Kit:
+    """Load a kit: `preset` is "auto" (default, or VOICEKIT_PRESET), "cpu" or "gpu"; overrides name Settings
+    fields. `engine` runs the chat model and `backend` speaks instead of the preset's (anything that follows
+    the `Engine` / `SpeechBackend` protocols); `chat=False` loads only the speech side."""
+    from voicekit.build import load as _load
 
-    return _load(preset, **overrides)
+    return _load(preset, chat=chat, engine=engine, backend=backend, **overrides)
 
 
 def connect(url: str | None = None, api_key: str | None = None, **options: Any) -> RemoteKit:

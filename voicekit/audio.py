@@ -13,13 +13,10 @@ import os
 import struct
 import wave
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
-
-try:  # soxr is optional: a fast, high-quality resampler; without it a numpy fallback is used.
-    import soxr as _soxr
-except ImportError:  # pragma: no cover - depends on the environment
-    _soxr = None
+import soxr
 
 PCM16_SCALE = 32767
 WAV_HEADER_SIZE = 44
@@ -121,58 +118,22 @@ def write_wav(path: str | os.PathLike[str], samples: np.ndarray, sample_rate: in
 def read_wav(path_or_bytes: PathOrBytes) -> tuple[np.ndarray, int]:
     """Read an integer-PCM WAV file (path or bytes) as (float32 mono samples, sample rate).
 
-    Multi-channel audio is averaged to mono. Streaming WAVs (size fields 0xFFFFFFFF or 0, as written
-    by `WavStreamWriter`) are read up to the end of the data actually present.
+    Multi-channel audio is averaged to mono. A streaming WAV (size fields 0xFFFFFFFF, as `WavStreamWriter`
+    writes) is read up to the end of the data actually present, whole frames only (a stream cut mid-sample
+    loses that sample): the standard library's `wave` reads such files as they are.
     """
     if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
-        data = bytes(path_or_bytes)
+        source: Any = io.BytesIO(bytes(path_or_bytes))
     else:
-        with open(path_or_bytes, "rb") as f:
-            data = f.read()
-    if _has_streaming_sizes(data):
-        rate, channels, width, pcm = _parse_streaming_wav(data)
-    else:
-        with wave.open(io.BytesIO(data), "rb") as w:
-            rate, channels, width = w.getframerate(), w.getnchannels(), w.getsampwidth()
-            pcm = w.readframes(w.getnframes())
+        source = os.fspath(path_or_bytes)
+    with wave.open(source, "rb") as w:
+        rate, channels, width = w.getframerate(), w.getnchannels(), w.getsampwidth()
+        pcm = w.readframes(w.getnframes())
+    pcm = pcm[: len(pcm) // (channels * width) * (channels * width)]
     samples = _pcm_to_float(pcm, width)
     if channels > 1:
-        samples = samples[: len(samples) // channels * channels].reshape(-1, channels).mean(axis=1)
+        samples = samples.reshape(-1, channels).mean(axis=1)
     return samples.astype(np.float32, copy=False), rate
-
-
-def _has_streaming_sizes(data: bytes) -> bool:
-    # Only the RIFF size is checked: a stream header marks both sizes, a finished file neither.
-    if len(data) < 12 or data[:4] != b"RIFF":
-        return False
-    (riff_size,) = struct.unpack_from("<I", data, 4)
-    return riff_size in (0, STREAMING_SIZE)
-
-
-def _parse_streaming_wav(data: bytes) -> tuple[int, int, int, bytes]:
-    """Walk the chunks of a streaming WAV; return (rate, channels, sample width, PCM bytes)."""
-    if data[8:12] != b"WAVE":
-        raise ValueError("not a WAV file: missing WAVE tag")
-    fmt: tuple[int, int, int] | None = None
-    pos = 12
-    while pos + 8 <= len(data):
-        chunk_id, size = struct.unpack_from("<4sI", data, pos)
-        pos += 8
-        if chunk_id == b"fmt ":
-            audio_format, channels, rate, _, _, bits = struct.unpack_from("<HHIIHH", data, pos)
-            if audio_format != _PCM_FORMAT:
-                raise ValueError(f"unsupported WAV format {audio_format}: only integer PCM is read")
-            fmt = (rate, channels, bits // 8)
-        elif chunk_id == b"data":
-            if fmt is None:
-                raise ValueError("WAV data chunk comes before its fmt chunk")
-            # Unknown length (0 / 0xFFFFFFFF) or a cut-off stream: take whatever is there.
-            end = len(data) if size in (0, STREAMING_SIZE) else min(pos + size, len(data))
-            rate, channels, width = fmt
-            frame = channels * width
-            return rate, channels, width, data[pos : pos + (end - pos) // frame * frame]
-        pos += size + (size & 1)  # chunks are padded to even sizes
-    raise ValueError("WAV file has no data chunk")
 
 
 def _pcm_to_float(pcm: bytes, width: int) -> np.ndarray:
@@ -219,10 +180,9 @@ class WavStreamWriter:
 
 
 def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
-    """Resample a whole mono signal; the result has round(n * to_rate / from_rate) samples.
+    """Resample a whole mono signal with soxr; the result has round(n * to_rate / from_rate) samples.
 
-    Uses soxr when installed, else a band-limited (windowed-sinc) numpy resampler. Returns the
-    input (as float32) when the rates are equal. Meant for whole signals: resampling a stream
+    Returns the input (as float32) when the rates are equal. Meant for whole signals: resampling a stream
     chunk by chunk leaves small discontinuities at the chunk edges.
     """
     _check_rate(from_rate)
@@ -233,11 +193,7 @@ def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
     n_out = round(len(x) * to_rate / from_rate)
     if len(x) == 0 or n_out == 0:
         return np.zeros(n_out, dtype=np.float32)
-    if _soxr is not None:
-        y = np.asarray(_soxr.resample(x, from_rate, to_rate), dtype=np.float32)
-    else:
-        y = _sinc_resample(x, from_rate, to_rate, n_out)
-    return _fit_length(y, n_out)
+    return _fit_length(np.asarray(soxr.resample(x, from_rate, to_rate), dtype=np.float32), n_out)
 
 
 def _fit_length(y: np.ndarray, n: int) -> np.ndarray:
@@ -245,36 +201,6 @@ def _fit_length(y: np.ndarray, n: int) -> np.ndarray:
     if len(y) >= n:
         return y[:n]
     return np.concatenate([y, np.zeros(n - len(y), dtype=np.float32)])
-
-
-def _sinc_resample(x: np.ndarray, from_rate: int, to_rate: int, n_out: int, block: int = 8192) -> np.ndarray:
-    """Polyphase Kaiser-windowed-sinc resampler: the numpy fallback when soxr is missing."""
-    g = math.gcd(from_rate, to_rate)
-    up, down = to_rate // g, from_rate // g
-    taps, half = _sinc_table(up, min(1.0, up / down))
-    padded = np.concatenate([np.zeros(half), x.astype(np.float64), np.zeros(half + 1)])
-    offsets = np.arange(-half + 1, half + 1) + half  # + half: index into `padded`
-    out = np.empty(n_out, dtype=np.float32)
-    for start in range(0, n_out, block):
-        # Output m sits at input position m * down / up = base + phase / up (exact integers).
-        base, phase = np.divmod(np.arange(start, min(start + block, n_out)) * down, up)
-        out[start : start + len(base)] = np.sum(padded[base[:, None] + offsets] * taps[phase], axis=1)
-    return out
-
-
-def _sinc_table(up: int, ratio: float, zero_crossings: int = 16, beta: float = 8.6) -> tuple[np.ndarray, int]:
-    """Filter taps for each of the `up` fractional phases, and the kernel half-width."""
-    # The cutoff drops below the input Nyquist when downsampling so content the output cannot hold
-    # is filtered out instead of aliasing; 0.95 leaves room for the transition band. beta 8.6 gives
-    # about 80 dB of stop-band attenuation.
-    cutoff = 0.95 * ratio
-    half = math.ceil(zero_crossings / cutoff)
-    dist = (np.arange(up) / up)[:, None] - np.arange(-half + 1, half + 1)
-    window = np.i0(beta * np.sqrt(1.0 - np.clip(dist / half, -1.0, 1.0) ** 2)) / np.i0(beta)
-    return cutoff * np.sinc(cutoff * dist) * window, half
-
-
-# --- Measurements and utilities --------------------------------------------------------------
 
 
 def duration_s(samples_or_count: np.ndarray | int, sample_rate: int) -> float:

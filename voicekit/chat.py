@@ -53,21 +53,22 @@ class ChatModel:
         self.sampling = sampling
         self.history_turns = history_turns
 
-    def build_messages(self, message: str, history: Iterable[HistoryItem] | None = None,
+    def build_messages(self, message: str, past: Sequence[ChatMessage] = (),
                        system_prompt: str | None = None) -> list[ChatMessage]:
-        """System prompt, the last `history_turns` exchanges, then the new user message, roles alternating."""
-        past = normalize_history(history)
+        """System prompt, the last `history_turns` exchanges of `past`, then the new user message, roles
+        alternating. `past` is already normalised (`normalize_history`, at the kit's boundary)."""
+        past = list(past)
         if self.history_turns >= 0:
             past = past[-2 * self.history_turns:] if self.history_turns else []
         system = self.system_prompt if system_prompt is None else system_prompt
         head = [ChatMessage("system", system)] if system.strip() else []
         return [*head, *alternate_roles([*past, ChatMessage("user", message.strip())])]
 
-    async def stream_reply(self, message: str, history: Iterable[HistoryItem] | None = None, *,
+    async def stream_reply(self, message: str, past: Sequence[ChatMessage] = (), *,
                            system_prompt: str | None = None, temperature: float | None = None,
                            max_tokens: int | None = None, seed: int | None = None) -> AsyncIterator[str]:
         """Stream the reply text, delta by delta; closing the iterator aborts the engine request."""
-        prompt = await self.engine.render_chat(self.build_messages(message, history, system_prompt))
+        prompt = await self.engine.render_chat(self.build_messages(message, past, system_prompt))
         sampling = self._sampling(temperature=temperature, max_tokens=max_tokens, seed=seed)
         stream = self.engine.generate(prompt, sampling, new_request_id("chat"))
         try:
@@ -77,9 +78,9 @@ class ChatModel:
         finally:
             await stream.aclose()  # type: ignore[attr-defined]
 
-    async def reply(self, message: str, history: Sequence[HistoryItem] | None = None, **options: Any) -> str:
+    async def reply(self, message: str, past: Sequence[ChatMessage] = (), **options: Any) -> str:
         """The whole reply text, stripped."""
-        parts = [piece async for piece in self.stream_reply(message, history, **options)]
+        parts = [piece async for piece in self.stream_reply(message, past, **options)]
         return "".join(parts).strip()
 
     def _sampling(self, **changes: Any) -> SamplingSettings:

@@ -1,4 +1,4 @@
-"""Command line: `python -m voicekit say|chat|voices|doctor|bench`.
+"""Command line: `python -m voicekit say|chat|voices|serve|doctor|config|bench`.
 
 User mistakes (empty or long text, unknown voice, a missing model) print one `error:` line and exit 2;
 anything else is a bug and keeps its traceback.
@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from voicekit.errors import VoicekitError
+from voicekit.pipeline import MODES
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -48,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("message", help="your message ('-' reads standard input)")
     _add_common(chat)
     chat.add_argument("-o", "--output", default="reply.wav", help="WAV file to write (default: reply.wav)")
-    chat.add_argument("--mode", choices=("sequential", "overlap"), help="speak after the reply (default) or while")
+    chat.add_argument("--mode", choices=MODES, help="speak after the reply (default) or while")
     chat.add_argument("--json", action="store_true", help="print the reply and timings as JSON")
     chat.set_defaults(run=run_chat)
 
@@ -56,8 +57,21 @@ def build_parser() -> argparse.ArgumentParser:
     voices.add_argument("--preset", help="auto (default), cpu or gpu")
     voices.set_defaults(run=run_voices)
 
+    serve = commands.add_parser("serve", help="serve the web page and the HTTP API on one port (as app.py does)")
+    serve.add_argument("--host", help="interface to listen on (VOICEKIT_HOST; default 127.0.0.1, 0.0.0.0 on pods)")
+    serve.add_argument("--port", type=int, help="port (VOICEKIT_PORT; default 7860)")
+    serve.add_argument("--concurrency", type=int,
+                       help="page requests run at once per event (VOICEKIT_CONCURRENCY; default 1 cpu, 4 gpu)")
+    serve.add_argument("--preset", help="auto (default), cpu or gpu (VOICEKIT_PRESET)")
+    serve.set_defaults(run=run_serve)
+
     doctor = commands.add_parser("doctor", help="check Python, torch, CUDA, nvidia-smi and vLLM; explain the preset")
     doctor.set_defaults(run=run_doctor)
+
+    config = commands.add_parser("config", help="print the resolved settings (secrets masked), or the settings docs")
+    config.add_argument("--preset", help="auto (default), cpu or gpu")
+    config.add_argument("--markdown", action="store_true", help="print docs/CONFIGURATION.md, made from the schema")
+    config.set_defaults(run=run_config)
 
     bench = commands.add_parser("bench", help="measure latency and speed, write JSON")
     bench.add_argument("what", choices=("pipeline", "snac"), help="what to measure")
@@ -68,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--frames", type=int, default=48, help="snac: frames to decode (default 48)")
     bench.add_argument("--device", help="snac: cpu or cuda (default: cuda when available)")
     bench.add_argument("--streams", type=int, default=1, help="snac: also N concurrent streams, batched or not")
+    bench.add_argument("--upstream-window", action="store_true", help="snac: also time upstream's 4-frame window")
+    bench.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="snac: timer (default: wall)")
+    bench.add_argument("--threads", type=int, help="snac: torch CPU threads (default: torch's)")
     bench.set_defaults(run=run_bench)
     return parser
 
@@ -114,16 +131,8 @@ def run_chat(args: argparse.Namespace) -> int:
         else:
             print(reply.text)
             print(f"\nwrote {path}")
-            print(_timing_line(timings))
+            print(f"{reply.timings.line()} · {len(reply.sentences)} sentence(s) · total {reply.timings.total_s:.2f} s")
     return 0
-
-
-def _timing_line(timings: dict[str, Any]) -> str:
-    rtf = timings["rtf"]
-    return (f"first audio {timings['ttfa_s'] or 0:.2f} s | LLM {timings['llm_s']:.2f} s | "
-            f"TTS {timings['tts_s']:.2f} s | audio {timings['audio_s']:.2f} s | "
-            f"RTF {rtf if rtf is None else round(rtf, 3)} | {timings['sentences']} sentence(s) | "
-            f"total {timings['total_s']:.2f} s")
 
 
 def run_voices(args: argparse.Namespace) -> int:
@@ -147,12 +156,40 @@ def run_doctor(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_serve(args: argparse.Namespace) -> int:
+    """`serve`: load the kit, serve the page and the API until interrupted."""
+    logging.getLogger().setLevel(logging.INFO)  # the server logs each request and what it serves
+    import voicekit
+    from voicekit.serve import serve, serve_settings
+
+    config = serve_settings(host=args.host, port=args.port, concurrency=args.concurrency)
+    with voicekit.load(args.preset) as kit:
+        serve(kit, config)
+    return 0
+
+
+def run_config(args: argparse.Namespace) -> int:
+    """`config`: the settings this machine resolves to (JSON, secrets masked), or the generated settings docs."""
+    from voicekit.settings import Settings, configuration_markdown
+
+    if args.markdown:
+        print(configuration_markdown(), end="")
+    else:
+        print(json.dumps(Settings.resolve(args.preset).public_dict(), indent=2))
+    return 0
+
+
 def run_bench(args: argparse.Namespace) -> int:
     """`bench`: run a benchmark and write its JSON."""
     if args.what == "snac":
-        from voicekit.bench_snac import run_snac_bench
+        from voicekit.bench import run_snac_bench
 
-        results: Any = run_snac_bench(args.frames, args.device, args.repeats, streams=args.streams)
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        results: Any = run_snac_bench(args.frames, args.device, args.repeats, streams=args.streams,
+                                      upstream_window=args.upstream_window, clock=args.clock)
     else:
         from voicekit.bench import run_pipeline_bench
 

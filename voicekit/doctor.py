@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import platform
 import re
-import shutil
-import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 
-from voicekit.settings import choose_preset
+from voicekit import device
+from voicekit.device import parse_cuda_version  # noqa: F401 (part of doctor's rules, re-exported)
 
 # requirements-gpu.txt: vllm 0.32.0 pins torch 2.13.0, whose PyPI Linux wheel is a CUDA 13.0 build.
 GPU_TORCH_CUDA = "13.0"
@@ -37,41 +36,6 @@ class Report:
     preset: str
     reason: str
     advice: list[str] = field(default_factory=list)
-
-
-def nvidia_smi_gpus(binary: str | None = None) -> list[str] | None:
-    """GPUs listed by `nvidia-smi` ("name, memory, driver" lines), or None when it is missing or fails."""
-    binary = binary or shutil.which("nvidia-smi")
-    if not binary:
-        return None
-    try:
-        result = subprocess.run(
-            [binary, "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
-            capture_output=True, text=True, timeout=20, check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    if result.returncode != 0:
-        return None
-    return [line.strip() for line in result.stdout.splitlines() if line.strip()]
-
-
-def nvidia_smi_cuda_version(binary: str | None = None) -> str | None:
-    """The highest CUDA version the NVIDIA driver supports, from `nvidia-smi`'s header; None without one."""
-    binary = binary or shutil.which("nvidia-smi")
-    if not binary:
-        return None
-    try:
-        result = subprocess.run([binary], capture_output=True, text=True, timeout=20, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return parse_cuda_version(result.stdout) if result.returncode == 0 else None
-
-
-def parse_cuda_version(header: str) -> str | None:
-    """"12.4" from nvidia-smi's "| NVIDIA-SMI 550.54.15  Driver Version: 550.54.15  CUDA Version: 12.4 |"."""
-    match = re.search(r"CUDA Version\s*:\s*(\d+)\.(\d+)", header)
-    return f"{match[1]}.{match[2]}" if match else None
 
 
 def _major_minor(version: str) -> tuple[int, int]:
@@ -102,44 +66,20 @@ def cuda_driver_problem(driver_cuda: str | None, torch_cuda: str | None, torch_s
             f"requirements-gpu.txt installs a torch built for CUDA {needed}; {where}")
 
 
-def _torch_facts() -> tuple[str | None, str | None, bool]:
-    try:
-        import torch
-    except ImportError:
-        return None, None, False
-    return torch.__version__, getattr(torch.version, "cuda", None), bool(torch.cuda.is_available())
-
-
-def _vllm_version() -> str | None:
-    try:
-        import vllm
-    except Exception:  # a broken vLLM install raises more than ImportError
-        return None
-    return getattr(vllm, "__version__", "unknown")
-
-
-def _llama_cpp_facts() -> tuple[str, bool] | None:
-    try:
-        import llama_cpp
-    except Exception:  # a missing or broken build: nothing llama.cpp can run
-        return None
-    return getattr(llama_cpp, "__version__", "unknown"), bool(llama_cpp.llama_supports_gpu_offload())
-
-
 def diagnose(gpus: list[str] | bool | None = False,
              torch_facts: tuple[str | None, str | None, bool] | None = None) -> Report:
     """Collect the facts; `gpus` stands in for nvidia-smi's GPU list, `torch_facts` for (version, CUDA build,
     sees CUDA), so tests can describe machines this one is not."""
-    torch_version, cuda_build, sees_cuda = torch_facts or _torch_facts()
-    smi = nvidia_smi_gpus() if gpus is False else gpus
-    vllm_version = _vllm_version()
+    torch_version, cuda_build, sees_cuda = torch_facts or astuple(device.torch_facts())
+    smi = device.nvidia_smi_gpus() if gpus is False else gpus
+    vllm_version = device.vllm_version()
     report = Report(
         python=f"{platform.python_version()} ({sys.executable})", torch=torch_version,
         torch_cuda_build=cuda_build, torch_sees_cuda=sees_cuda, nvidia_smi=smi or None,  # type: ignore[arg-type]
-        driver_cuda=nvidia_smi_cuda_version() if smi else None,
-        vllm=vllm_version, llama_cpp=_llama_cpp_facts(), preset="cpu", reason="",
+        driver_cuda=device.nvidia_smi_cuda_version() if smi else None,
+        vllm=vllm_version, llama_cpp=device.llama_cpp_facts(), preset="cpu", reason="",
     )
-    report.preset, report.reason = choose_preset(torch_version, sees_cuda, vllm_version is not None)
+    report.preset, report.reason = device.choose_preset(torch_version, sees_cuda, vllm_version is not None)
     if report.nvidia_smi and torch_version is not None and not sees_cuda:
         report.reason += ", although nvidia-smi lists a GPU" + (
             f" (its driver supports CUDA {report.driver_cuda} at most, torch is built for CUDA {cuda_build})"

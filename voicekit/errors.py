@@ -6,6 +6,8 @@ not a `VoicekitError` is a bug and may carry a traceback.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 def first_line(error: BaseException) -> str:
     """The first line of an exception's message, or its type name (library errors often append long dumps)."""
@@ -55,3 +57,33 @@ class SettingsError(VoicekitError, ValueError):
 
 class NoAudioError(VoicekitError, RuntimeError):
     """The speech model finished without producing any audio for a text."""
+
+
+# -- a voicekit server's answers (voicekit.connect) -----------------------------------------------
+
+
+class RemoteError(VoicekitError):
+    """The server answered with an error the kit itself has no class for; `status`, `code` say which."""
+
+    status: int | None = None
+    code: str | None = None
+
+
+class AuthenticationError(RemoteError, PermissionError):
+    """The server wants an API key or password (401)."""
+
+
+class ServerUnavailableError(RemoteError, ConnectionError):
+    """No voicekit server answers at the URL."""
+
+
+class InvalidRequestError(RemoteError, ValueError):
+    """The server refused the request's arguments (a 400 other than the kit's own input errors)."""
+
+
+def server_error(cls: type[Exception], message: str, **attributes: Any) -> Exception:
+    """An instance of `cls` carrying the server's own message (the kit's classes build theirs from arguments)."""
+    error = cls.__new__(cls)
+    Exception.__init__(error, message)
+    error.__dict__.update(attributes)
+    return error

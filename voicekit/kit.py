@@ -1,4 +1,4 @@
-"""The public kit: `voicekit.load()` builds one from settings; `kit.say()` and `kit.chat()` speak.
+"""The public kit: `voicekit.load()` builds one (voicekit/build.py); `kit.say()` and `kit.chat()` speak.
 
 Each call comes in a sync form (notebooks, scripts) returning a `Reply` to iterate, and an async form
 (`asay`, `achat`, for servers running their own event loop) returning an `AsyncReply`. Both stream
@@ -9,17 +9,16 @@ the call is made, so a bad text or voice raises before any audio is promised.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from voicekit.audio import concat, wav_bytes, write_wav
-from voicekit.chat import ChatModel, HistoryItem, normalize_history
-from voicekit.engines.base import SamplingSettings
+from voicekit.chat import ChatModel, HistoryItem
 from voicekit.engines.loop import EventLoopThread
-from voicekit.pipeline import AudioChunk, Pipeline, Timings, TurnState, check_text
+from voicekit.pipeline import AudioChunk, Pipeline, Timings, Turn
 from voicekit.settings import Settings
 from voicekit.tts.base import SpeechBackend, speech_failure
 
@@ -27,59 +26,66 @@ log = logging.getLogger("voicekit")
 
 
 class _ReplyBase:
-    """What sync and async replies share: live text, sentences, timings, and the collected audio."""
+    """What sync and async replies share: the turn (text, sentences, timings, history) and the collected audio."""
 
-    def __init__(self, state: TurnState, sample_rate: int, message: str | None,
-                 history: list[dict[str, str]] | None) -> None:
-        self._state = state
+    def __init__(self, turn: Turn, sample_rate: int) -> None:
+        self.turn = turn
         self.sample_rate = sample_rate
-        self.message = message
-        self._history = history
         self.chunks: list[AudioChunk] = []
 
     @property
     def text(self) -> str:
         """The reply (chat) or the cleaned text (say), as far as it is written."""
-        return self._state.text
+        return self.turn.text
 
     @property
     def sentences(self) -> list[str]:
         """Sentences sent to the speech backend so far."""
-        return list(self._state.sentences)
+        return list(self.turn.sentences)
 
     @property
     def timings(self) -> Timings:
         """Timings of this turn (complete once the audio is exhausted)."""
-        return self._state.timings
+        return self.turn.timings
 
     @property
     def done(self) -> bool:
         """True once all audio has been produced."""
-        return self._state.done
+        return self.turn.done
+
+    @property
+    def voice(self) -> str:
+        """The voice speaking (resolved: the default when none was asked for)."""
+        return self.turn.voice
+
+    @property
+    def message(self) -> str | None:
+        """The user's message (chat), or None (say)."""
+        return self.turn.message
 
     @property
     def history(self) -> list[dict[str, str]]:
         """The conversation including this turn, in messages format, to pass to the next `chat()`."""
-        past = list(self._history or [])
-        if self.message is None:
-            return past
-        return [*past, {"role": "user", "content": self.message}, {"role": "assistant", "content": self.text}]
+        return self.turn.history
 
     def _collected(self) -> np.ndarray:
         return concat(chunk.samples for chunk in self.chunks)
 
 
-class Reply(_ReplyBase):
-    """A streaming reply for synchronous code: iterate it for `AudioChunk`s."""
+class Reply(_ReplyBase, Iterator[AudioChunk]):
+    """A streaming reply for synchronous code: iterate it for `AudioChunk`s; `close()` stops it."""
 
-    def __init__(self, stream: Iterator[AudioChunk], **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    def __init__(self, turn: Turn, stream: Iterator[AudioChunk], sample_rate: int) -> None:
+        super().__init__(turn, sample_rate)
         self._stream = stream
 
-    def __iter__(self) -> Iterator[AudioChunk]:
-        for chunk in self._stream:
-            self.chunks.append(chunk)
-            yield chunk
+    def __iter__(self) -> Reply:
+        return self
+
+    def __next__(self) -> AudioChunk:
+        chunk = next(self._stream)
+        self.chunks.append(chunk)
+        return chunk
 
     def audio(self) -> np.ndarray:
         """All samples (float32 mono), consuming whatever has not been streamed yet."""
@@ -103,17 +109,20 @@ class Reply(_ReplyBase):
             close()
 
 
-class AsyncReply(_ReplyBase):
-    """A streaming reply for async code: `async for chunk in reply`."""
+class AsyncReply(_ReplyBase, AsyncIterator[AudioChunk]):
+    """A streaming reply for async code: `async for chunk in reply`; `await reply.aclose()` stops it."""
 
-    def __init__(self, stream: AsyncIterator[AudioChunk], **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    def __init__(self, turn: Turn, stream: AsyncIterator[AudioChunk], sample_rate: int) -> None:
+        super().__init__(turn, sample_rate)
         self._stream = stream
 
-    async def __aiter__(self) -> AsyncIterator[AudioChunk]:
-        async for chunk in self._stream:
-            self.chunks.append(chunk)
-            yield chunk
+    def __aiter__(self) -> AsyncReply:
+        return self
+
+    async def __anext__(self) -> AudioChunk:
+        chunk = await anext(self._stream)
+        self.chunks.append(chunk)
+        return chunk
 
     async def audio(self) -> np.ndarray:
         """All samples (float32 mono), consuming whatever has not been streamed yet."""
@@ -122,21 +131,22 @@ class AsyncReply(_ReplyBase):
         return self._collected()
 
     async def aclose(self) -> None:
-        """Stop generating (aborts the engine requests behind this reply)."""
+        """Stop generating (aborts the engine requests behind this reply). Safe to call more than once."""
         await self._stream.aclose()  # type: ignore[attr-defined]
 
 
 class Kit:
     """A loaded chat model + speech backend + pipeline, driven on one long-lived event loop."""
 
-    def __init__(self, settings: Settings, tts: SpeechBackend, chat: ChatModel | None,
-                 loop: EventLoopThread, describe: dict[str, str] | None = None) -> None:
+    def __init__(self, settings: Settings, pipeline: Pipeline, loop: EventLoopThread,
+                 description: dict[str, str] | None = None) -> None:
+        """Built by `voicekit.build` (or `voicekit.load()`): the pipeline's models run on `loop`."""
         self.settings = settings
-        self.tts = tts
-        self.chat_model = chat
+        self.pipeline = pipeline
+        self.tts: SpeechBackend = pipeline.tts
+        self.chat_model: ChatModel | None = pipeline.chat_model
         self.loop = loop
-        self.pipeline = Pipeline(tts, chat, settings.max_text_chars, settings.first_fragment_chars)
-        self.description = describe or {}
+        self.description = description or {}
 
     @property
     def voices(self) -> list[str]:
@@ -162,31 +172,30 @@ class Kit:
         """Canonical voice name (None: the default); raises UnknownVoiceError listing the voices."""
         return self.tts.resolve(voice)
 
-    # -- say --------------------------------------------------------------------------------------------
+    # -- say and chat ---------------------------------------------------------------------------------
 
     def say(self, text: str, voice: str | None = None) -> Reply:
         """Speak `text` in `voice`; iterate the reply for audio chunks (sync)."""
-        make, state = self._say_stream(text, voice)
-        return Reply(self.loop.iterate(make), **self._reply_fields(state))
+        turn = self.pipeline.say_turn(text, voice)
+        return Reply(turn, self.loop.iterate(lambda: self.pipeline.run(turn)), self.sample_rate)
 
     def asay(self, text: str, voice: str | None = None) -> AsyncReply:
         """Speak `text` in `voice`; `async for` the reply for audio chunks."""
-        make, state = self._say_stream(text, voice)
-        return AsyncReply(self.loop.aiterate(make), **self._reply_fields(state))
-
-    # -- chat -------------------------------------------------------------------------------------------
+        turn = self.pipeline.say_turn(text, voice)
+        return AsyncReply(turn, self.loop.aiterate(lambda: self.pipeline.run(turn)), self.sample_rate)
 
     def chat(self, message: str, voice: str | None = None, history: Iterable[HistoryItem] | None = None,
              mode: str | None = None, **options: Any) -> Reply:
-        """Reply to `message` with the chat model and speak it (sync). Options: system_prompt, temperature."""
-        make, state, past = self._chat_stream(message, voice, history, mode, options)
-        return Reply(self.loop.iterate(make), **self._reply_fields(state, message.strip(), past))
+        """Reply to `message` with the chat model and speak it (sync). Options: system_prompt, temperature,
+        max_tokens, seed."""
+        turn = self.pipeline.chat_turn(message, voice, history, mode, **options)
+        return Reply(turn, self.loop.iterate(lambda: self.pipeline.run(turn)), self.sample_rate)
 
     def achat(self, message: str, voice: str | None = None, history: Iterable[HistoryItem] | None = None,
               mode: str | None = None, **options: Any) -> AsyncReply:
         """Reply to `message` and speak it; `async for` the reply for audio chunks."""
-        make, state, past = self._chat_stream(message, voice, history, mode, options)
-        return AsyncReply(self.loop.aiterate(make), **self._reply_fields(state, message.strip(), past))
+        turn = self.pipeline.chat_turn(message, voice, history, mode, **options)
+        return AsyncReply(turn, self.loop.aiterate(lambda: self.pipeline.run(turn)), self.sample_rate)
 
     def health(self, timeout: float = 15.0) -> str | None:
         """Why this kit cannot serve now (an engine died, a model server is gone), or None when it can.
@@ -223,39 +232,3 @@ class Kit:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    # -- internals --------------------------------------------------------------------------------------
-
-    def _say_stream(self, text: str, voice: str | None) -> tuple[Callable[[], AsyncIterator[AudioChunk]],
-                                                                 TurnState]:
-        sentences = self.pipeline.prepare_say(text)
-        name = self.resolve_voice(voice)
-        state = TurnState()
-        return (lambda: self.pipeline.say(sentences, name, state)), state
-
-    def _chat_stream(self, message: str, voice: str | None, history: Iterable[HistoryItem] | None,
-                     mode: str | None, options: dict[str, Any]) -> tuple[Any, TurnState, list[dict[str, str]]]:
-        if self.chat_model is None:
-            raise RuntimeError("this kit was loaded without a chat model")
-        message = check_text(message, self.settings.max_text_chars, "message")
-        name = self.resolve_voice(voice)
-        chosen_mode = mode or self.settings.mode
-        if chosen_mode not in ("sequential", "overlap"):
-            raise ValueError(f"mode must be sequential or overlap, not {chosen_mode!r}")
-        past = [{"role": m.role, "content": m.content} for m in normalize_history(history)]
-        state = TurnState()
-
-        def make() -> AsyncIterator[AudioChunk]:
-            return self.pipeline.converse(message, name, state, history=past, mode=chosen_mode, **options)
-
-        return make, state, past
-
-    def _reply_fields(self, state: TurnState, message: str | None = None,
-                      history: list[dict[str, str]] | None = None) -> dict[str, Any]:
-        return {"state": state, "sample_rate": self.sample_rate, "message": message, "history": history}
-
-
-def build_sampling(settings: Settings) -> SamplingSettings:
-    """Chat sampling settings from the kit settings (none of them shared with the speech model's)."""
-    return SamplingSettings(temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k,
-                            repetition_penalty=settings.repetition_penalty, max_tokens=settings.max_reply_tokens)

@@ -17,17 +17,19 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal, get_args
 
 import numpy as np
 
-from voicekit.chat import ChatModel, HistoryItem
+from voicekit.chat import ChatModel, HistoryItem, normalize_history
+from voicekit.engines.base import ChatMessage
 from voicekit.errors import EmptyTextError, TextTooLongError
 from voicekit.text import SentenceStream, clean_for_speech, split_sentences
 from voicekit.tts.base import SpeechBackend
 
-MODES = ("sequential", "overlap")
+Mode = Literal["sequential", "overlap"]
+MODES: tuple[str, ...] = get_args(Mode)
 
 
 @dataclass
@@ -67,16 +69,56 @@ class Timings:
                   "total_s": self.total_s, "rtf": self.rtf, "sentences": self.sentences}
         return {key: (round(value, 4) if isinstance(value, float) else value) for key, value in values.items()}
 
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Timings:
+        """Timings from `as_dict()` output (e.g. a server's JSON); unknown keys and `rtf` are ignored."""
+        known = {item.name for item in fields(cls)}
+        return cls(**{name: value for name, value in values.items() if name in known and value is not None})
+
+    def line(self) -> str:
+        """One readable line, as the CLI, the page and the logs show it."""
+        rtf = self.rtf
+        parts = [f"first audio {_seconds(self.ttfa_s)}"]
+        if self.llm_s:
+            parts.append(f"LLM {_seconds(self.llm_s)}")
+        parts += [f"TTS {_seconds(self.tts_s)}", f"audio {_seconds(self.audio_s)}",
+                  f"RTF {'–' if rtf is None else f'{rtf:.2f}'}"]
+        return " · ".join(parts)
+
+
+def _seconds(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f} s"
+
 
 @dataclass
-class TurnState:
-    """Live record of one turn, filled in while its audio streams."""
+class Turn:
+    """One `say` or `chat` call: what was asked (checked once, voice resolved once) and what it became.
 
+    The pipeline fills in `text`, `sentences` and `timings` while the audio streams; `done` once it ends.
+    A say turn has `script` (the sentences to speak) and no `message`; a chat turn has the user's `message`,
+    the conversation before it (`past`, one form from the kit down: ChatMessages), its `mode` and `options`
+    for the chat model.
+    """
+
+    voice: str
+    message: str | None = None
+    script: list[str] = field(default_factory=list)
+    past: list[ChatMessage] = field(default_factory=list)
+    mode: Mode = "sequential"
+    options: dict[str, Any] = field(default_factory=dict)
     text: str = ""
     sentences: list[str] = field(default_factory=list)
     timings: Timings = field(default_factory=Timings)
     started: float = field(default_factory=time.perf_counter)
     done: bool = False
+
+    @property
+    def history(self) -> list[dict[str, str]]:
+        """The conversation including this turn, in messages format, to pass to the next `chat()`."""
+        past = [message.as_dict() for message in self.past]
+        if self.message is None:
+            return past
+        return [*past, {"role": "user", "content": self.message}, {"role": "assistant", "content": self.text}]
 
     def restart(self) -> None:
         """Start the clock now: a turn's time counts from when its stream is first pulled."""
@@ -85,6 +127,11 @@ class TurnState:
     def elapsed(self) -> float:
         """Seconds since the turn started."""
         return time.perf_counter() - self.started
+
+    def finish(self) -> None:
+        """The audio has ended (or was stopped)."""
+        self.timings.total_s = self.elapsed()
+        self.done = True
 
 
 def check_text(text: str, limit: int, what: str = "text") -> str:
@@ -98,71 +145,81 @@ def check_text(text: str, limit: int, what: str = "text") -> str:
 
 
 class Pipeline:
-    """Glue between a chat model and a speech backend; one instance serves many turns."""
+    """Glue between a chat model and a speech backend; one instance serves many turns.
+
+    `say_turn` / `chat_turn` check the input and resolve the voice (once, before any audio is promised);
+    `run(turn)` streams the turn's audio and fills the turn in.
+    """
 
     def __init__(self, tts: SpeechBackend, chat: ChatModel | None = None, max_text_chars: int = 2000,
-                 first_fragment_chars: int = 0) -> None:
+                 first_fragment_chars: int = 0, default_mode: Mode = "sequential") -> None:
         self.tts = tts
         self.chat_model = chat
         self.max_text_chars = max_text_chars
         self.first_fragment_chars = first_fragment_chars or None
+        self.default_mode = default_mode
+
+    # -- turns ----------------------------------------------------------------------------------------
+
+    def say_turn(self, text: str, voice: str | None = None) -> Turn:
+        """A turn that speaks `text`; raises on empty, unspeakable or too long text and on an unknown voice."""
+        script = self.sentences_for(check_text(text, self.max_text_chars))
+        if not script:
+            raise EmptyTextError("text (after removing emoji, markup and links)")
+        return Turn(voice=self.tts.resolve(voice), script=script, text=" ".join(script))
+
+    def chat_turn(self, message: str, voice: str | None = None, history: Iterable[HistoryItem] | None = None,
+                  mode: str | None = None, **options: Any) -> Turn:
+        """A turn in which the chat model replies to `message` (options: system_prompt, temperature,
+        max_tokens, seed); raises on bad input, an unknown voice or mode, or a kit without a chat model."""
+        if self.chat_model is None:
+            raise RuntimeError("this kit was loaded without a chat model")
+        checked = check_text(message, self.max_text_chars, "message")
+        chosen = mode or self.default_mode
+        if chosen not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, not {chosen!r}")
+        return Turn(voice=self.tts.resolve(voice), message=checked, past=normalize_history(history),
+                    mode=chosen, options=dict(options))  # type: ignore[arg-type]
 
     def sentences_for(self, text: str) -> list[str]:
         """Clean `text` for the backend (tags kept only where it honours them) and split it."""
         return split_sentences(clean_for_speech(text, keep_tags=bool(self.tts.tags)))
 
-    def prepare_say(self, text: str) -> list[str]:
-        """Validate a text to speak and return its sentences; raises on empty, unspeakable or long text."""
-        sentences = self.sentences_for(check_text(text, self.max_text_chars))
-        if not sentences:
-            raise EmptyTextError("text (after removing emoji, markup and links)")
-        return sentences
-
-    async def say(self, sentences: list[str], voice: str, state: TurnState) -> AsyncIterator[AudioChunk]:
-        """Speak prepared sentences one after the other."""
-        state.restart()
-        state.text = " ".join(sentences)
+    async def run(self, turn: Turn) -> AsyncIterator[AudioChunk]:
+        """Stream the turn's audio (say: its script; chat: the chat model's reply, in the turn's mode)."""
+        turn.restart()
         try:
-            for sentence in sentences:
-                async for chunk in self._speak(sentence, voice, state):
+            if turn.message is None:
+                for sentence in turn.script:
+                    async for chunk in self._speak(sentence, turn):
+                        yield chunk
+            else:
+                assert self.chat_model is not None  # chat_turn() checked it
+                replies = self.chat_model.stream_reply(turn.message, turn.past, **turn.options)
+                speak = self._converse_sequential if turn.mode == "sequential" else self._converse_overlap
+                async for chunk in speak(replies, turn):
                     yield chunk
         finally:
-            self._finish(state)
+            turn.finish()
 
-    async def converse(self, message: str, voice: str, state: TurnState, *, history: Iterable[HistoryItem] = (),
-                       mode: str = "sequential", **chat_options: Any) -> AsyncIterator[AudioChunk]:
-        """Have the chat model reply to `message` and speak the reply in `mode`."""
-        if self.chat_model is None:
-            raise RuntimeError("this kit has no chat model")
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
-        state.restart()
-        replies = self.chat_model.stream_reply(message, list(history), **chat_options)
-        speak = self._converse_sequential if mode == "sequential" else self._converse_overlap
-        try:
-            async for chunk in speak(replies, voice, state):
-                yield chunk
-        finally:
-            self._finish(state)
+    # -- the two schedules ----------------------------------------------------------------------------
 
-    async def _converse_sequential(self, replies: AsyncIterator[str], voice: str,
-                                   state: TurnState) -> AsyncIterator[AudioChunk]:
+    async def _converse_sequential(self, replies: AsyncIterator[str], turn: Turn) -> AsyncIterator[AudioChunk]:
         async with contextlib.aclosing(replies):  # type: ignore[type-var]
             async for piece in replies:
-                state.text += piece
-        state.text = state.text.strip()
-        state.timings.llm_s = state.elapsed()
-        for sentence in self.sentences_for(state.text):
-            async for chunk in self._speak(sentence, voice, state):
+                turn.text += piece
+        turn.text = turn.text.strip()
+        turn.timings.llm_s = turn.elapsed()
+        for sentence in self.sentences_for(turn.text):
+            async for chunk in self._speak(sentence, turn):
                 yield chunk
 
-    async def _converse_overlap(self, replies: AsyncIterator[str], voice: str,
-                                state: TurnState) -> AsyncIterator[AudioChunk]:
+    async def _converse_overlap(self, replies: AsyncIterator[str], turn: Turn) -> AsyncIterator[AudioChunk]:
         ready: asyncio.Queue[str | None] = asyncio.Queue()
-        writer = asyncio.create_task(self._write_sentences(replies, state, ready))
+        writer = asyncio.create_task(self._write_sentences(replies, turn, ready))
         try:
             while (sentence := await ready.get()) is not None:
-                async for chunk in self._speak(sentence, voice, state):
+                async for chunk in self._speak(sentence, turn):
                     yield chunk
             await writer  # re-raises a chat-model error
         finally:
@@ -171,47 +228,42 @@ class Pipeline:
             with contextlib.suppress(asyncio.CancelledError):
                 await writer
 
-    async def _write_sentences(self, replies: AsyncIterator[str], state: TurnState,
+    async def _write_sentences(self, replies: AsyncIterator[str], turn: Turn,
                                ready: asyncio.Queue[str | None]) -> None:
         splitter = SentenceStream(first_fragment_chars=self.first_fragment_chars,
                                   keep_tags=bool(self.tts.tags))
         try:
             async with contextlib.aclosing(replies):  # type: ignore[type-var]
                 async for piece in replies:
-                    state.text += piece
+                    turn.text += piece
                     for sentence in splitter.push(piece):
                         ready.put_nowait(sentence)
             for sentence in splitter.flush():
                 ready.put_nowait(sentence)
-            state.text = state.text.strip()
-            state.timings.llm_s = state.elapsed()
+            turn.text = turn.text.strip()
+            turn.timings.llm_s = turn.elapsed()
         finally:
             ready.put_nowait(None)
 
-    async def _speak(self, sentence: str, voice: str, state: TurnState) -> AsyncIterator[AudioChunk]:
-        index = len(state.sentences)
-        state.sentences.append(sentence)
-        state.timings.sentences = len(state.sentences)
-        stream = self.tts.synthesize(sentence, voice)
+    async def _speak(self, sentence: str, turn: Turn) -> AsyncIterator[AudioChunk]:
+        index = len(turn.sentences)
+        turn.sentences.append(sentence)
+        turn.timings.sentences = len(turn.sentences)
+        stream = self.tts.synthesize(sentence, turn.voice)
         try:
             while True:
                 began = time.perf_counter()
                 try:
                     samples = await anext(stream)
                 except StopAsyncIteration:
-                    state.timings.tts_s += time.perf_counter() - began
+                    turn.timings.tts_s += time.perf_counter() - began
                     return
-                state.timings.tts_s += time.perf_counter() - began
+                turn.timings.tts_s += time.perf_counter() - began
                 if not len(samples):
                     continue
-                if state.timings.ttfa_s is None:
-                    state.timings.ttfa_s = state.elapsed()
-                state.timings.audio_s += len(samples) / self.tts.sample_rate
+                if turn.timings.ttfa_s is None:
+                    turn.timings.ttfa_s = turn.elapsed()
+                turn.timings.audio_s += len(samples) / self.tts.sample_rate
                 yield AudioChunk(samples, self.tts.sample_rate, index, sentence)
         finally:
             await stream.aclose()  # type: ignore[attr-defined]
-
-    @staticmethod
-    def _finish(state: TurnState) -> None:
-        state.timings.total_s = state.elapsed()
-        state.done = True

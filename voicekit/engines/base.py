@@ -16,7 +16,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 Prompt = str | list[int]
 
@@ -60,6 +60,10 @@ class ChatMessage:
     role: str
     content: str
 
+    def as_dict(self) -> dict[str, str]:
+        """OpenAI's message form (`{"role", "content"}`), as chat templates and servers take it."""
+        return {"role": self.role, "content": self.content}
+
 
 _request_counter = itertools.count()
 _process_tag = f"{os.getpid():x}-{uuid.uuid4().hex[:6]}"
@@ -68,6 +72,42 @@ _process_tag = f"{os.getpid():x}-{uuid.uuid4().hex[:6]}"
 def new_request_id(prefix: str = "req") -> str:
     """Return a request id unique within this process and across processes (never a shared constant)."""
     return f"{prefix}-{_process_tag}-{next(_request_counter)}"
+
+
+class EngineBase:
+    """What every engine does the same way: unique request ids, the requests running, refusing work once closed.
+
+    `_begin(request_id, handle)` registers a request (its `handle`: whatever the engine needs to stop it) and
+    returns its id; `_end(request_id)` forgets it. Subclasses set `name` and `model` and implement the rest
+    of `Engine`.
+    """
+
+    name = "engine"
+    model = ""
+
+    def __init__(self) -> None:
+        self._running: dict[str, Any] = {}
+        self._closed = False
+
+    def _begin(self, request_id: str | None, handle: Any = None) -> str:
+        if self._closed:
+            raise RuntimeError(f"the {self.name} engine for {self.model} is closed")
+        request_id = request_id or new_request_id(self.name)
+        if request_id in self._running:
+            raise ValueError(f"request id {request_id!r} is already running")
+        self._running[request_id] = handle
+        return request_id
+
+    def _end(self, request_id: str) -> None:
+        self._running.pop(request_id, None)
+
+    def active_requests(self) -> set[str]:
+        """Ids of requests still generating (used to prove nothing leaked)."""
+        return set(self._running)
+
+    async def failure(self) -> str | None:
+        """Why this engine can no longer generate; here: only when it was closed."""
+        return f"the {self.name} engine for {self.model} is closed" if self._closed else None
 
 
 @runtime_checkable

@@ -23,11 +23,12 @@ import json
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
-from voicekit.engines.base import ChatMessage, Delta, Prompt, SamplingSettings, new_request_id
+from voicekit.engines.base import ChatMessage, Delta, EngineBase, Prompt, SamplingSettings
+from voicekit.engines.loop import Channel
 from voicekit.engines.vllm_engine import fold_system_message
 from voicekit.errors import ModelUnavailableError, VoicekitError, first_line
 
-_END = object()
+_DONE = object()  # the `[DONE]` event that ends a completion stream
 HEALTH_TIMEOUT_S = 5.0  # a server that takes longer to answer its health route is not serving
 
 
@@ -75,7 +76,7 @@ def completion_body(
     return body
 
 
-class HTTPEngine:
+class HTTPEngine(EngineBase):
     """A voicekit `Engine` backed by a `vllm serve` process (OpenAI-compatible API).
 
     `sampling_overrides` is merged into every completion body (any vLLM completion field, for example
@@ -94,6 +95,7 @@ class HTTPEngine:
         connect_timeout_s: float = 10.0,
         sampling_overrides: Mapping[str, Any] | None = None,
     ) -> None:
+        super().__init__()
         self._httpx = _import_httpx()
         self.base_url = base_url.rstrip("/")
         if self.base_url.endswith("/v1"):
@@ -103,8 +105,6 @@ class HTTPEngine:
         self._timeout = self._httpx.Timeout(timeout_s, connect=connect_timeout_s)
         self._sampling_overrides = dict(sampling_overrides or {})
         self._client: Any = None  # created on the loop that first uses it
-        self._readers: dict[str, asyncio.Task[None]] = {}
-        self._closed = False
 
     def _async_client(self) -> Any:
         if self._client is None:
@@ -117,79 +117,68 @@ class HTTPEngine:
         self, prompt: Prompt, sampling: SamplingSettings, request_id: str | None = None
     ) -> AsyncIterator[Delta]:
         """Stream one completion; closing this iterator closes the HTTP stream, which aborts it."""
-        if self._closed:
-            raise RuntimeError("the HTTP engine is closed")
-        request_id = request_id or new_request_id("http")
-        if request_id in self._readers:
-            raise ValueError(f"request id {request_id!r} is already running")
+        request_id = self._begin(request_id)
         body = completion_body(self.model, prompt, sampling, request_id, self._sampling_overrides)
-        channel: asyncio.Queue[Any] = asyncio.Queue()
+        channel: Channel[Delta] = Channel()
         reader = asyncio.create_task(self._read_stream(body, channel), name=f"voicekit-http-{request_id}")
-        self._readers[request_id] = reader
+        self._running[request_id] = reader  # abort() cancels it
         finished = False
         try:
-            while True:
-                item = await channel.get()
-                if item is _END:
-                    break
-                if isinstance(item, BaseException):
-                    raise item
-                finished = item.finished
-                yield item
+            async for delta in channel:
+                finished = delta.finished
+                yield delta
                 if finished:
                     break
             if not finished:
                 # The stream ended without a finish reason: it was closed by abort() or by the server.
                 yield Delta(finished=True, finish_reason="abort")
         finally:
-            self._readers.pop(request_id, None)
+            self._end(request_id)
             if not reader.done():
                 reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
 
-    async def _read_stream(self, body: dict[str, Any], channel: asyncio.Queue[Any]) -> None:
+    async def _read_stream(self, body: dict[str, Any], channel: Channel[Delta]) -> None:
+        from httpx_sse import aconnect_sse
+
         client = self._async_client()
         try:
-            async with client.stream("POST", "/v1/completions", json=body) as response:
+            async with aconnect_sse(client, "POST", "/v1/completions", json=body) as events:
+                response = events.response
                 if response.status_code != 200:
                     detail = (await response.aread()).decode("utf-8", "replace")
                     raise EngineHTTPError(
                         f"vLLM server at {self.base_url} refused the completion "
                         f"({response.status_code}): {_error_message(detail)}"
                     )
-                async for line in response.aiter_lines():
-                    delta = _parse_sse_line(line)
+                async for event in events.aiter_sse():
+                    delta = _delta_of(event.data)
                     if delta is None:
                         continue
-                    if delta is _END:
+                    if delta is _DONE:
                         break
-                    channel.put_nowait(delta)
+                    channel.put(delta)
                     if delta.finished:
                         break
-            channel.put_nowait(_END)
+            channel.end()
         except asyncio.CancelledError:
-            channel.put_nowait(_END)  # aborted: leaving the `async with` closed the connection
+            channel.end()  # aborted: leaving the `async with` closed the connection
             raise
         except EngineHTTPError as error:
-            channel.put_nowait(error)
+            channel.fail(error)
         except self._httpx.HTTPError as error:
-            channel.put_nowait(
-                EngineHTTPError(f"lost the vLLM server at {self.base_url}: {type(error).__name__}: {error}")
-            )
+            channel.fail(EngineHTTPError(f"lost the vLLM server at {self.base_url}: {type(error).__name__}: {error}"))
         except Exception as error:
-            channel.put_nowait(error)
+            channel.fail(error)
 
     async def abort(self, request_id: str) -> None:
         """Close the request's HTTP stream (vLLM aborts on disconnect); its stream ends with an abort delta."""
-        reader = self._readers.get(request_id)
+        reader = self._running.get(request_id)
         if reader is not None and not reader.done():
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
-
-    def active_requests(self) -> set[str]:
-        return {rid for rid, task in self._readers.items() if not task.done()}
 
     async def render_chat(self, messages: Sequence[ChatMessage]) -> list[int]:
         """Apply the served model's chat template (server side, `POST /tokenize`) and return ids.
@@ -198,7 +187,7 @@ class HTTPEngine:
         A system message is folded into the first user turn when the template refuses the system role.
         """
         client = self._async_client()
-        dicts = [{"role": m.role, "content": m.content} for m in messages]
+        dicts = [message.as_dict() for message in messages]
         response = await client.post("/tokenize", json=self._tokenize_body(dicts))
         if response.status_code != 200 and _refuses_system(dicts, response.text):
             response = await client.post("/tokenize", json=self._tokenize_body(fold_system_message(dicts)))
@@ -224,7 +213,7 @@ class HTTPEngine:
     async def close(self) -> None:
         """Abort running requests and close the HTTP client (the server keeps running)."""
         self._closed = True
-        for request_id in list(self._readers):
+        for request_id in list(self._running):
             await self.abort(request_id)
         if self._client is not None:
             await self._client.aclose()
@@ -244,14 +233,14 @@ class HTTPEngine:
         return [int(t) for t in response.json()["tokens"]]
 
 
-def _parse_sse_line(line: str) -> Any:
-    """One server-sent-events line -> a Delta, `_END` for `[DONE]`, or None for anything else."""
-    line = line.strip()
-    if not line.startswith("data:"):
+def _delta_of(data: str) -> Any:
+    """The data of one server-sent event (httpx-sse parses the stream) -> a Delta, `_DONE` for `[DONE]`, or
+    None for anything else."""
+    data = data.strip()
+    if not data:
         return None
-    data = line[len("data:") :].strip()
     if data == "[DONE]":
-        return _END
+        return _DONE
     payload = json.loads(data)
     if "error" in payload:
         raise EngineHTTPError(f"vLLM server error: {_error_message(json.dumps(payload))}")

@@ -16,10 +16,10 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from voicekit.engines.base import ChatMessage, Delta, Prompt, SamplingSettings, new_request_id
+from voicekit.engines.base import ChatMessage, Delta, EngineBase, Prompt, SamplingSettings
+from voicekit.engines.loop import Channel
 from voicekit.errors import ModelUnavailableError, VoicekitError
 
-_DONE = object()
 _PARAMS_LOCK = threading.Lock()
 
 
@@ -59,30 +59,30 @@ def _safe_weight_buffers() -> Any:
             llama_module.llama_cpp.llama_model_default_params = original
 
 
-class LlamaCppEngine:
+class LlamaCppEngine(EngineBase):
     """Engine over one GGUF file loaded with llama-cpp-python."""
 
     name = "llamacpp"
 
     def __init__(self, model_path: str | Path, n_ctx: int = 2048, n_threads: int | None = None,
-                 n_gpu_layers: int = -1) -> None:
-        """`n_gpu_layers`: layers to offload (-1 all, 0 none); a build that cannot offload always uses 0."""
+                 n_gpu_layers: int = 0) -> None:
+        """`n_gpu_layers`: layers to offload (-1 all, 0 none; `voicekit.device.llama_cpp_offload` says what the
+        build can)."""
         from llama_cpp import Llama  # heavy import, only when the engine is built
 
+        super().__init__()
         path = Path(model_path)
         if not path.is_file():
             raise ModelUnavailableError(f"GGUF model not found: {path}")
         self.model = path.name
         self.n_ctx = n_ctx
-        self.n_gpu_layers = offload_layers(n_gpu_layers)
+        self.n_gpu_layers = n_gpu_layers
         with _safe_weight_buffers():
             self._llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=n_threads or default_threads(),
                               n_gpu_layers=self.n_gpu_layers, verbose=False)
         self._add_bos = str(self._llm.metadata.get("tokenizer.ggml.add_bos_token", "true")).lower() == "true"
         self._template = self._llm.metadata.get("tokenizer.chat_template")
-        self._lock = asyncio.Lock()
-        self._cancel_flags: dict[str, threading.Event] = {}
-        self._closed = False
+        self._lock = asyncio.Lock()  # one Llama, one KV cache: requests take turns
 
     # -- protocol -----------------------------------------------------------------------------------
 
@@ -98,7 +98,7 @@ class LlamaCppEngine:
 
         formatter = Jinja2ChatFormatter(template=self._template, eos_token=self._token_text(self._llm.token_eos()),
                                         bos_token=self._token_text(self._llm.token_bos()))
-        rendered = formatter(messages=[{"role": m.role, "content": m.content} for m in messages])
+        rendered = formatter(messages=[message.as_dict() for message in messages])
         return rendered.prompt
 
     def tokenize(self, text: str) -> list[int]:
@@ -108,43 +108,30 @@ class LlamaCppEngine:
         """
         return self._llm.tokenize(text.encode("utf-8"), add_bos=self._add_bos, special=False)
 
-    def count_tokens(self, text: str) -> int:
-        """Number of tokens `text` takes (for fitting chat history into the context)."""
-        return len(self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))
-
     async def generate(self, prompt: Prompt, sampling: SamplingSettings,
                        request_id: str | None = None) -> AsyncIterator[Delta]:
         """Stream deltas for one prompt; see the module docstring for threading and aborts."""
-        request_id = request_id or new_request_id("llamacpp")
         prompt_ids = self._prompt_ids(prompt)
         cancel = threading.Event()
-        self._cancel_flags[request_id] = cancel
+        request_id = self._begin(request_id, cancel)
         try:
             async with self._lock:
                 async for delta in self._stream_worker(prompt_ids, sampling, cancel):
                     yield delta
         finally:
             cancel.set()  # stops the worker when the consumer leaves early
-            self._cancel_flags.pop(request_id, None)
+            self._end(request_id)
 
     async def abort(self, request_id: str) -> None:
         """Stop a running request; unknown or finished ids are ignored."""
-        flag = self._cancel_flags.get(request_id)
+        flag = self._running.get(request_id)
         if flag is not None:
             flag.set()
-
-    def active_requests(self) -> set[str]:
-        """Ids of requests that are queued or generating."""
-        return set(self._cancel_flags)
-
-    async def failure(self) -> str | None:
-        """None until closed: the model runs in this process, so nothing else can die under it."""
-        return f"the llama.cpp engine for {self.model} is closed" if self._closed else None
 
     async def close(self) -> None:
         """Abort everything and free the model."""
         self._closed = True
-        for flag in self._cancel_flags.values():
+        for flag in self._running.values():
             flag.set()
         async with self._lock:
             with contextlib.suppress(Exception):
@@ -168,34 +155,24 @@ class LlamaCppEngine:
 
     async def _stream_worker(self, prompt_ids: list[int], sampling: SamplingSettings,
                              cancel: threading.Event) -> AsyncIterator[Delta]:
-        loop = asyncio.get_running_loop()
-        channel: asyncio.Queue[Any] = asyncio.Queue()
-
-        def post(item: Any) -> None:
-            loop.call_soon_threadsafe(channel.put_nowait, item)
-
-        worker = loop.run_in_executor(None, self._run_generation, prompt_ids, sampling, cancel, post)
+        channel: Channel[Delta] = Channel()
+        worker = channel.loop.run_in_executor(None, self._run_generation, prompt_ids, sampling, cancel, channel)
         try:
-            while True:
-                item = await channel.get()
-                if item is _DONE:
-                    break
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
+            async for delta in channel:
+                yield delta
         finally:
             cancel.set()
             # Wait for the worker so the next request never shares the Llama object with this one.
             await asyncio.shield(worker)
 
     def _run_generation(self, prompt_ids: list[int], sampling: SamplingSettings, cancel: threading.Event,
-                        post: Any) -> None:
+                        channel: Channel[Delta]) -> None:
         try:
-            self._generate_sync(prompt_ids, sampling, cancel, post)
+            self._generate_sync(prompt_ids, sampling, cancel, channel.put)
         except BaseException as error:  # delivered to the async side
-            post(error)
+            channel.fail(error)
         finally:
-            post(_DONE)
+            channel.end()
 
     def _generate_sync(self, prompt_ids: list[int], sampling: SamplingSettings, cancel: threading.Event,
                        post: Any) -> None:
@@ -239,13 +216,6 @@ def default_threads() -> int:
     Measured on 2 cores with SmolLM2-135M: 1 thread wrote replies ~30% faster than 2, in both modes.
     """
     return max(1, min(4, (os.cpu_count() or 1) // 2))
-
-
-def offload_layers(requested: int) -> int:
-    """Layers to put on the GPU: `requested` (-1: all) when this llama.cpp build can offload (Metal, CUDA), else 0."""
-    import llama_cpp
-
-    return requested if llama_cpp.llama_supports_gpu_offload() else 0
 
 
 def _find_stop(text: str, stops: Sequence[str]) -> int | None:

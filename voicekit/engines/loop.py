@@ -14,12 +14,48 @@ import contextlib
 import queue
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
 _ITEM, _ERROR, _END = "item", "error", "end"
 _CLEANUP_TIMEOUT_S = 30.0
+
+
+class Channel(Generic[T]):
+    """Items handed from producers (worker threads, other loops, tasks) to one async consumer on `loop`.
+
+    Producers call `put`, then `end()`, or `fail(error)` to raise `error` in the consumer; any thread may call
+    them. The consumer iterates the channel (`async for item in channel`). Every engine and the loop bridge
+    use this one channel instead of a queue and a sentinel each.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self.loop = loop or asyncio.get_running_loop()
+        self._queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+
+    def _post(self, message: tuple[str, Any]) -> None:  # from any thread
+        with contextlib.suppress(RuntimeError):  # the consumer's loop is closed: nobody is listening
+            self.loop.call_soon_threadsafe(self._queue.put_nowait, message)
+
+    def put(self, item: T) -> None:
+        """Hand one item to the consumer."""
+        self._post((_ITEM, item))
+
+    def fail(self, error: BaseException) -> None:
+        """Make the consumer raise `error`."""
+        self._post((_ERROR, error))
+
+    def end(self) -> None:
+        """No more items: the consumer's iteration ends."""
+        self._post((_END, None))
+
+    def __aiter__(self) -> AsyncIterator[T]:
+        return self._items()
+
+    async def _items(self) -> AsyncIterator[T]:
+        while (message := await self._queue.get())[0] != _END:
+            yield _item(message)
 
 
 class EventLoopThread:
@@ -53,13 +89,11 @@ class EventLoopThread:
 
     def iterate(self, make_stream: Callable[[], AsyncIterator[T]]) -> Iterator[T]:
         """Iterate an async stream, created on the loop, from synchronous code."""
-        channel: queue.Queue[tuple[str, Any]] = queue.Queue()
+        sink = _SyncSink()
         finished = threading.Event()
-        future = asyncio.run_coroutine_threadsafe(
-            _produce(make_stream, channel.put, finished.set), self.loop
-        )
+        future = asyncio.run_coroutine_threadsafe(_produce(make_stream, sink, finished.set), self.loop)
         try:
-            while (message := channel.get())[0] != _END:
+            while (message := sink.queue.get())[0] != _END:
                 yield _item(message)
         finally:
             if not future.done():
@@ -73,21 +107,17 @@ class EventLoopThread:
                 async for item in stream:
                     yield item
             return
-        consumer_loop = asyncio.get_running_loop()
-        channel: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        channel: Channel[T] = Channel()
         finished = asyncio.Event()
-
-        def post(message: tuple[str, Any]) -> None:
-            consumer_loop.call_soon_threadsafe(channel.put_nowait, message)
 
         def mark_finished() -> None:
             with contextlib.suppress(RuntimeError):  # the consumer loop may already be closed
-                consumer_loop.call_soon_threadsafe(finished.set)
+                channel.loop.call_soon_threadsafe(finished.set)
 
-        future = asyncio.run_coroutine_threadsafe(_produce(make_stream, post, mark_finished), self.loop)
+        future = asyncio.run_coroutine_threadsafe(_produce(make_stream, channel, mark_finished), self.loop)
         try:
-            while (message := await channel.get())[0] != _END:
-                yield _item(message)
+            async for item in channel:
+                yield item
         finally:
             if not future.done():
                 future.cancel()
@@ -116,19 +146,32 @@ async def _as_coroutine(awaitable: Awaitable[T]) -> T:
     return await awaitable
 
 
-async def _produce(
-    make_stream: Callable[[], AsyncIterator[T]],
-    post: Callable[[tuple[str, Any]], None],
-    mark_finished: Callable[[], None],
-) -> None:
+class _SyncSink:
+    """The producer side of `iterate()`: the same put/fail/end as a `Channel`, into a thread-safe queue."""
+
+    def __init__(self) -> None:
+        self.queue: queue.Queue[tuple[str, Any]] = queue.Queue()
+
+    def put(self, item: Any) -> None:
+        self.queue.put((_ITEM, item))
+
+    def fail(self, error: BaseException) -> None:
+        self.queue.put((_ERROR, error))
+
+    def end(self) -> None:
+        self.queue.put((_END, None))
+
+
+async def _produce(make_stream: Callable[[], AsyncIterator[T]], sink: Channel[T] | _SyncSink,
+                   mark_finished: Callable[[], None]) -> None:
     try:
         async with contextlib.aclosing(make_stream()) as stream:
             async for item in stream:
-                post((_ITEM, item))
-        post((_END, None))
+                sink.put(item)
+        sink.end()
     except asyncio.CancelledError:
         raise
     except BaseException as error:  # delivered to the consumer, which re-raises it
-        post((_ERROR, error))
+        sink.fail(error)
     finally:
         mark_finished()

@@ -2,7 +2,7 @@
 
 Each `VLLMEngine` owns one vLLM `AsyncLLM`, whose engine core runs in its own child process, so a chat
 model and the Orpheus speech model can live side by side in one Python process (two engine cores, two
-child processes, no shared forward context). Facts this module relies on (shared REFERENCE.md, "vLLM"):
+child processes, no shared forward context). Facts this module relies on (vLLM's docs and code):
 
 * Requests stream with `RequestOutputKind.DELTA`; one output may carry several new token ids, and every
   one of them is forwarded in `Delta.token_ids` (Orpheus needs all of them, not the last).
@@ -29,7 +29,7 @@ import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
-from voicekit.engines.base import ChatMessage, Delta, Prompt, SamplingSettings, new_request_id
+from voicekit.engines.base import ChatMessage, Delta, EngineBase, Prompt, SamplingSettings
 from voicekit.errors import ModelUnavailableError, first_line
 from voicekit.hub import fetch_model
 
@@ -75,7 +75,7 @@ def sampling_params_from_settings(sampling: SamplingSettings, extra: Mapping[str
     return SamplingParams(**kwargs)
 
 
-class VLLMEngine:
+class VLLMEngine(EngineBase):
     """A voicekit `Engine` backed by an in-process vLLM `AsyncLLM`.
 
     Construction starts the engine core process and loads the model (tens of seconds; the call blocks):
@@ -103,6 +103,7 @@ class VLLMEngine:
         hf_token: str | None = None,
         **engine_kwargs: Any,
     ) -> None:
+        super().__init__()
         source = fetch_model(model, hf_token)  # first: a gated or unknown model is the error a user must see
         _import_vllm()
         from vllm.engine.arg_utils import AsyncEngineArgs
@@ -113,8 +114,6 @@ class VLLMEngine:
         self.model = model
         self.max_model_len = max_model_len
         self._sampling_overrides = dict(sampling_overrides or {})
-        self._active: set[str] = set()
-        self._closed = False
         engine_kwargs.setdefault("disable_log_stats", True)
         args = AsyncEngineArgs(
             model=source,
@@ -144,19 +143,14 @@ class VLLMEngine:
         """Stream the deltas of one request; closing this iterator aborts the request."""
         from vllm.inputs import TextPrompt, TokensPrompt
 
-        if self._closed:
-            raise RuntimeError("the vLLM engine is closed")
-        request_id = request_id or new_request_id("vllm")
-        if request_id in self._active:
-            raise ValueError(f"request id {request_id!r} is already running")
         if isinstance(prompt, str):
             engine_prompt: Any = TextPrompt(prompt=prompt)
         else:
             engine_prompt = TokensPrompt(prompt_token_ids=[int(t) for t in prompt])
         params = sampling_params_from_settings(sampling, self._sampling_overrides)
 
+        request_id = self._begin(request_id)
         llm = self._llm
-        self._active.add(request_id)
         stream = llm.generate(engine_prompt, params, request_id)
         finished = False
         try:
@@ -176,7 +170,7 @@ class VLLMEngine:
                 if finished:
                     break
         finally:
-            self._active.discard(request_id)
+            self._end(request_id)
             # Closing vLLM's generator aborts an unfinished request (its GeneratorExit path); abort by id
             # as well so the engine core drops it even if that generator never started.
             with contextlib.suppress(Exception):
@@ -190,9 +184,6 @@ class VLLMEngine:
         if self._closed:
             return
         await self._llm.abort(request_id)
-
-    def active_requests(self) -> set[str]:
-        return set(self._active)
 
     @property
     def tokenizer(self) -> Any:
@@ -225,7 +216,7 @@ class VLLMEngine:
         """Abort what is running and shut the engine core process down."""
         if self._closed:
             return
-        active = list(self._active)
+        active = list(self._running)
         if active and not self._llm.errored:
             with contextlib.suppress(Exception):
                 await self._llm.abort(active)
@@ -238,10 +229,6 @@ class VLLMEngine:
 
     # -- extras ------------------------------------------------------------------------------------------
 
-    @property
-    def is_running(self) -> bool:
-        return not self._closed and not self._llm.errored
-
     def num_unfinished_requests(self) -> int:
         """Requests vLLM itself still tracks (0 after every stream ended or was aborted)."""
         return 0 if self._closed else int(self._llm.get_num_unfinished_requests())
@@ -253,7 +240,7 @@ def render_chat_ids(tokenizer: Any, messages: Sequence[ChatMessage]) -> list[int
     If the template raises on a leading system message, the system text is prepended to the first user
     message and the template applied again.
     """
-    dicts = [{"role": m.role, "content": m.content} for m in messages]
+    dicts = [message.as_dict() for message in messages]
     try:
         return _apply_template(tokenizer, dicts)
     except Exception as error:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -262,18 +261,3 @@ def _kill_group(pgid: int) -> None:
     """SIGKILL the process group that `start_new_session=True` made for a server (it has the server's pid)."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGKILL)
-
-
-def find_vllm_python() -> str | None:
-    """An interpreter with vLLM: this one, else the repository's `.venv-vllm`, else a `vllm` on PATH."""
-    if vllm_importable(sys.executable):
-        return sys.executable
-    repo_venv = Path(__file__).resolve().parents[2] / ".venv-vllm" / "bin" / "python"
-    if repo_venv.exists() and vllm_importable(str(repo_venv)):
-        return str(repo_venv)
-    cli = shutil.which("vllm")
-    if cli:
-        python = Path(cli).with_name("python")
-        if python.exists():
-            return str(python)
-    return None

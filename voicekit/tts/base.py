@@ -1,4 +1,4 @@
-"""The protocol every speech backend implements (Piper, Orpheus, later Qwen3-TTS).
+"""The protocol every speech backend implements (Piper, Orpheus, Qwen3-TTS), and the base they share.
 
 A backend speaks one already-cleaned sentence (or short text) in one voice and streams float32 mono
 chunks in [-1, 1] at `sample_rate`. Splitting long text, cleaning and timing are the pipeline's job.
@@ -7,6 +7,7 @@ the iterator early must stop the work and abort any engine request behind it.
 
 A backend that generates on an engine also has `async failure() -> str | None` (see `Engine.failure`);
 `speech_failure()` reads it, and treats a backend without one (Piper: no engine to die) as healthy.
+`BackendBase` holds what every backend does the same way: its voices, the default, aliases, `resolve()`.
 """
 
 from __future__ import annotations
@@ -45,6 +46,37 @@ class SpeechBackend(Protocol):
     async def close(self) -> None:
         """Release models and worker threads."""
         ...
+
+
+class BackendBase:
+    """Voices, the default voice, aliases and `resolve()`, shared by the backends; `close()` does nothing.
+
+    Subclasses set `name`, `sample_rate` and `tags`, call `_set_voices()` once they know their voices, and
+    implement `synthesize()`.
+    """
+
+    name = "speech"
+    sample_rate = 24000
+    tags: Sequence[str] = ()
+    default_voice = ""
+
+    def _set_voices(self, voices: Sequence[str], default: str | None, fallback: str,
+                    aliases: dict[str, str] | None = None) -> None:
+        """The voices this backend speaks, its default (`default`, else `fallback`) and lowercase aliases."""
+        self._voices, self._aliases = list(voices), dict(aliases or {})
+        self.default_voice = resolve_voice(default, self._voices, fallback, self._aliases)
+
+    @property
+    def voices(self) -> list[str]:
+        """Names of the voices this backend can speak in."""
+        return list(self._voices)
+
+    def resolve(self, voice: str | None) -> str:
+        """Canonical voice name (case-insensitive, aliases too; None: the default); raises UnknownVoiceError."""
+        return resolve_voice(voice, self._voices, self.default_voice, self._aliases)
+
+    async def close(self) -> None:
+        """Release models and worker threads (nothing to release here)."""
 
 
 async def speech_failure(backend: Any) -> str | None:

@@ -21,7 +21,7 @@ import numpy as np
 from voicekit.engines.base import Engine, SamplingSettings, new_request_id
 from voicekit.errors import ModelUnavailableError, NoAudioError
 from voicekit.hub import explain
-from voicekit.tts.base import resolve_voice
+from voicekit.tts.base import BackendBase
 from voicekit.tts.orpheus_codes import (
     DEFAULT_VOICE,
     EMOTION_TAGS,
@@ -51,7 +51,7 @@ class OrpheusSampling:
     repetition_penalty: float = 1.1
 
 
-class OrpheusBackend:
+class OrpheusBackend(BackendBase):
     """Speech backend over an engine running an Orpheus model and a SNAC model."""
 
     name = "orpheus"
@@ -64,23 +64,13 @@ class OrpheusBackend:
         self.engine = engine
         self._tokenize = tokenize
         self.snac = snac
-        self._voices = list(voices)
-        self.default_voice = resolve_voice(default_voice, self._voices, DEFAULT_VOICE)
+        self._set_voices(voices, default_voice, DEFAULT_VOICE)
         self.sampling = sampling or OrpheusSampling()
         self._decoder_options = decoder_options or {}
         # One SNAC model serves every stream: the batcher runs one call at a time (torch modules are not
         # safe to run from two threads at once) and batches windows of concurrent streams on a GPU.
         self.snac_batcher = SnacBatcher(snac, snac_batch_frames)
         self.last_stats: Any = None  # ParseStats of the latest finished sentence (for logs and tests)
-
-    @property
-    def voices(self) -> list[str]:
-        """The Orpheus voices."""
-        return list(self._voices)
-
-    def resolve(self, voice: str | None) -> str:
-        """Canonical voice name; raises UnknownVoiceError listing the voices."""
-        return resolve_voice(voice, self._voices, self.default_voice)
 
     def prompt_ids(self, text: str, voice: str) -> list[int]:
         """Token ids of the Orpheus prompt for `text` spoken by `voice`."""
@@ -134,41 +124,8 @@ class OrpheusBackend:
         await self.engine.close()
 
 
-def build_orpheus_backend(settings: Any) -> OrpheusBackend:
-    """Orpheus on the engine the settings pick, with SNAC (on the GPU when there is one).
-
-    `tts_url`: `vllm serve` over HTTP; a GGUF `tts_model` (or the cpu preset with no model named): llama.cpp,
-    see orpheus_gguf.py; otherwise vLLM in this process.
-    """
-    from voicekit.tts.orpheus_gguf import LLAMACPP_TOP_K, build_llamacpp_engine, orpheus_gguf_spec
-    from voicekit.tts.snac_decoder import build_snac
-
-    sampling = None
-    gguf = orpheus_gguf_spec(settings)
-    if settings.tts_url:
-        from voicekit.engines.http_engine import HTTPEngine
-
-        engine: Any = HTTPEngine(settings.tts_url, settings.tts_model)
-        tokenize = _hub_tokenizer(settings.tts_model, settings.hf_token)
-    elif gguf is not None:
-        engine = build_llamacpp_engine(settings, gguf)
-        tokenize = engine.tokenize
-        sampling = OrpheusSampling(top_k=LLAMACPP_TOP_K)
-    else:
-        from voicekit.engines.vllm_engine import VLLMEngine
-        from voicekit.settings import vllm_engine_options
-
-        engine = VLLMEngine(settings.tts_model, hf_token=settings.hf_token,
-                            **vllm_engine_options(settings, settings.tts_memory_share))
-
-        def tokenize(text: str) -> list[int]:
-            return list(engine.tokenizer(text).input_ids)
-
-    snac = build_snac(device=None, weights=settings.snac_model, token=settings.hf_token)
-    return OrpheusBackend(engine, tokenize, snac, default_voice=settings.voice or None, sampling=sampling)
-
-
-def _hub_tokenizer(model: str, token: str) -> Tokenize:
+def hub_tokenizer(model: str, token: str | None) -> Tokenize:
+    """The hub tokenizer of `model` as a function of text (Orpheus behind `vllm serve` builds its ids with it)."""
     from transformers import AutoTokenizer
 
     try:

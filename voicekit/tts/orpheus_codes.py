@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from voicekit.text import EMOTION_TAGS as TEXT_EMOTION_TAGS
+
 # --- id layout (Llama-3 vocabulary is 128256 ids; Orpheus custom token N is id 128256 + N) ---
 BOS_ID = 128000  # <|begin_of_text|>, added by the tokenizer itself
 EOT_ID = 128009  # <|eot_id|>
@@ -40,16 +42,8 @@ CODES_PER_FRAME = (1, 2, 4)
 
 VOICES: tuple[str, ...] = ("tara", "leah", "jess", "leo", "dan", "mia", "zac", "zoe")
 DEFAULT_VOICE = "tara"
-EMOTION_TAGS: tuple[str, ...] = (
-    "<laugh>",
-    "<chuckle>",
-    "<sigh>",
-    "<cough>",
-    "<sniffle>",
-    "<groan>",
-    "<yawn>",
-    "<gasp>",
-)
+#: The tags the fine-tune honours inline (defined once, in voicekit.text, which keeps them when cleaning).
+EMOTION_TAGS = TEXT_EMOTION_TAGS
 
 PROMPT_PREFIX: tuple[int, ...] = (START_OF_HUMAN_ID,)
 PROMPT_SUFFIX: tuple[int, ...] = (EOT_ID, END_OF_HUMAN_ID, START_OF_AI_ID, START_OF_SPEECH_ID)
@@ -220,9 +214,6 @@ def frames_to_codes(frames: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.nda
     c2 = arr[:, [2, 3, 5, 6]].reshape(-1)
     return c0, c1, c2
 
-
-# The brief's name; both spellings are kept.
-frame_to_codes = frames_to_codes
 
 
 def codes_to_frames(c0: Sequence[int], c1: Sequence[int], c2: Sequence[int]) -> np.ndarray:

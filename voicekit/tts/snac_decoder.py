@@ -23,9 +23,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from voicekit.device import torch_device
 from voicekit.errors import ModelUnavailableError
 from voicekit.hub import fetch_model
-from voicekit.tts.orpheus_codes import CODEBOOK_SIZE, FRAME_TOKENS, SAMPLES_PER_FRAME, frames_to_codes
+from voicekit.tts.orpheus_codes import CODEBOOK_SIZE, FRAME_TOKENS, SAMPLE_RATE, SAMPLES_PER_FRAME, frames_to_codes
 
 if TYPE_CHECKING:
     import torch
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
 
 #: hubertsiuzdak/snac_24khz config.json; ``SNAC(**SNAC_24KHZ_CONFIG)`` builds it with random weights.
 SNAC_24KHZ_CONFIG: dict[str, Any] = {
-    "sampling_rate": 24000,
+    "sampling_rate": SAMPLE_RATE,
     "encoder_dim": 48,
     "encoder_rates": [2, 4, 8, 8],
     "decoder_dim": 1024,
@@ -49,13 +50,6 @@ DEFAULT_WEIGHTS = "hubertsiuzdak/snac_24khz"
 WARM_UP_FRAMES = 16  # ~1.4 s of audio: the small windows that start every reply, then a larger one
 
 log = logging.getLogger("voicekit.snac")
-
-
-def default_device() -> str:
-    """``"cuda"`` when a GPU is usable, else ``"cpu"``."""
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _import_snac() -> type[SNAC]:
@@ -127,7 +121,7 @@ def build_snac(device: str | None = "cpu", weights: str | None = DEFAULT_WEIGHTS
     if not noise:
         disable_noise(model)
     fold_weight_norm(model)
-    model = model.float().eval().requires_grad_(False).to(device or default_device())
+    model = model.float().eval().requires_grad_(False).to(device or torch_device())
     if warm or (warm is None and model_device(model).type == "cuda"):
         warm_up(model)
     return model

@@ -1,6 +1,6 @@
 """The HTTP API: `POST /chat`, OpenAI-compatible `POST /v1/audio/speech`, `GET /v1/audio/voices`, `GET /health`.
 
-`create_app(kit)` returns a FastAPI app (no Gradio here; `app.py` mounts the page beside it). Audio streams
+`create_app(kit)` returns a FastAPI app (no Gradio here; `voicekit.serve.app` mounts the page beside it). Audio streams
 as it is made: every route calls `kit.achat` / `kit.asay` (input is checked at call time, so a bad request
 gets a 4xx JSON error before any audio is promised) and closes the reply in `finally`, so a client that
 disconnects mid-stream aborts its engine requests. Errors use OpenAI's shape:
@@ -29,14 +29,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
 from voicekit.errors import VoicekitError
-from voicekit.server_audio import FORMATS, AudioFormat, encode_stream
-from voicekit.server_schema import (
+from voicekit.serve.audio import FORMATS, AudioFormat, encode_stream
+from voicekit.serve.auth import credentials_check
+from voicekit.serve.schema import (
     SPEECH_MODELS,
     ApiError,
     ChatRequest,
     SpeechRequest,
     VoiceId,
-    check_authorization,
     check_speech_options,
     error_body,
     validation_error,
@@ -54,26 +54,28 @@ MAX_TEXT_HEADER = 4096
 
 @dataclass
 class RequestRecord:
-    """One streaming request: what the server knows while it runs (tests read `reply.done`)."""
+    """One streaming request: its reply (the turn: voice, text, timings) and the server's own bookkeeping."""
 
     id: str
     route: str
-    voice: str
+    reply: Any
     started: float = field(default_factory=time.perf_counter)
-    reply: Any = None
     bytes_sent: int = 0
     outcome: str = "streaming"
+
+    @property
+    def voice(self) -> str:
+        return str(self.reply.voice)
 
 
 class ServerState:
     """Requests in flight and totals, shared by the routes (on `app.state.voicekit`)."""
 
-    def __init__(self, kit: Any, api_key: str | None, password: str | None) -> None:
+    def __init__(self, kit: Any) -> None:
         self.kit = kit
         self.active: dict[str, RequestRecord] = {}
         self.finished: OrderedDict[str, RequestRecord] = OrderedDict()  # the last FINISHED_KEPT, for GET /chat/{id}
         self.served = 0
-        self._api_key, self._password = api_key, password
 
     def finish(self, record: RequestRecord) -> None:
         """Move a request from the active ones to the recently finished ones."""
@@ -87,10 +89,6 @@ class ServerState:
     def find(self, request_id: str) -> RequestRecord | None:
         """An active or recently finished request."""
         return self.active.get(request_id) or self.finished.get(request_id)
-
-    def authorized(self, header: str | None) -> bool:
-        """Check an Authorization header against the configured API key / password (open when neither is set)."""
-        return check_authorization(header, self._api_key, self._password)
 
 
 class AudioStreamResponse(StreamingResponse):
@@ -111,16 +109,17 @@ def create_app(kit: Any, *, api_key: str | None = None, password: str | None = N
                title: str = "voicekit") -> FastAPI:
     """The API app for a loaded kit; `api_key` / `password` (VOICEKIT_API_KEY / VOICEKIT_PASSWORD) require auth."""
     app = FastAPI(title=title, docs_url="/api/docs", redoc_url=None, openapi_url="/api/openapi.json")
-    state = ServerState(kit, api_key, password)
+    state = ServerState(kit)
     app.state.voicekit = state
+    authorized = credentials_check(api_key, password)
 
     async def request_id(request: Request) -> str:
         rid = uuid.uuid4().hex[:12]
         request.state.request_id = rid
         return rid
 
-    async def authorize(request: Request, rid: str = Depends(request_id)) -> str:
-        if not state.authorized(request.headers.get("authorization")):
+    async def authorize(rid: str = Depends(request_id), ok: bool = Depends(authorized)) -> str:
+        if not ok:
             raise ApiError(401, "missing or wrong credentials: send 'Authorization: Bearer <API key or password>' "
                                 "or HTTP Basic auth",
                            code="invalid_api_key", headers={"WWW-Authenticate": 'Bearer realm="voicekit"'})
@@ -170,7 +169,7 @@ def create_app(kit: Any, *, api_key: str | None = None, password: str | None = N
             reply = kit.achat(body.message, voice=body.voice, history=body.history, mode=body.mode, **options)
         except VoicekitError as error:
             raise voicekit_error(error, "message") from None
-        record = RequestRecord(rid, "chat", kit.resolve_voice(body.voice), reply=reply)
+        record = RequestRecord(rid, "chat", reply)
         return await _stream_reply(state, record, FORMATS["wav"], request)
 
     @app.get("/chat/{request_id}")
@@ -192,7 +191,7 @@ def create_app(kit: Any, *, api_key: str | None = None, password: str | None = N
             reply = kit.asay(body.input, voice=voice)
         except VoicekitError as error:
             raise voicekit_error(error, "input") from None
-        record = RequestRecord(rid, "speech", kit.resolve_voice(voice), reply=reply)
+        record = RequestRecord(rid, "speech", reply)
         return await _stream_reply(state, record, fmt, request)
 
     @app.get("/v1/models")
@@ -225,10 +224,9 @@ async def _stream_reply(state: ServerState, record: RequestRecord, fmt: AudioFor
     A client that goes away before the first audio aborts the reply at once, like one that leaves mid-stream.
     """
     kit, reply = state.kit, record.reply
-    chunks = reply.__aiter__()
     state.active[record.id] = record
     log.info("request %s %s started: voice=%s format=%s", record.id, record.route, record.voice, fmt.name)
-    first_task = asyncio.ensure_future(_next_chunk(chunks))
+    first_task = asyncio.ensure_future(_next_chunk(reply))
     watcher = asyncio.ensure_future(_wait_for_disconnect(request))
     gone, first, error = True, None, None
     try:
@@ -246,7 +244,6 @@ async def _stream_reply(state: ServerState, record: RequestRecord, fmt: AudioFor
         with anyio.CancelScope(shield=True):
             await asyncio.gather(first_task, watcher, return_exceptions=True)
             if gone or error is not None:
-                await chunks.aclose()  # type: ignore[attr-defined]
                 await reply.aclose()
         if gone or error is not None:
             record.outcome = "disconnected" if gone else "failed"
@@ -266,7 +263,7 @@ async def _stream_reply(state: ServerState, record: RequestRecord, fmt: AudioFor
     if fmt.name == "pcm":
         headers["X-Audio-Format"] = "s16le; channels=1"
     headers.update(_known_reply_headers(record))
-    return AudioStreamResponse(_body(state, record, fmt, chunks, first), media_type=fmt.media_type,
+    return AudioStreamResponse(_body(state, record, fmt, first), media_type=fmt.media_type,
                                headers=headers)
 
 
@@ -292,14 +289,13 @@ async def _wait_for_disconnect(request: Request) -> None:
         pass
 
 
-async def _body(state: ServerState, record: RequestRecord, fmt: AudioFormat, chunks: AsyncIterator[Any],
-                first: Any) -> AsyncIterator[bytes]:
+async def _body(state: ServerState, record: RequestRecord, fmt: AudioFormat, first: Any) -> AsyncIterator[bytes]:
     reply = record.reply
 
     async def samples() -> AsyncIterator[np.ndarray]:
         if first is not None:
             yield first.samples
-        async for chunk in chunks:
+        async for chunk in reply:
             yield chunk.samples
 
     source = samples()
@@ -320,7 +316,7 @@ async def _body(state: ServerState, record: RequestRecord, fmt: AudioFormat, chu
         raise
     finally:
         with anyio.CancelScope(shield=True):  # close even when the disconnect cancelled this task
-            for closable in (stream, source, chunks, reply):
+            for closable in (stream, source, reply):
                 await closable.aclose()  # type: ignore[attr-defined]
         state.finish(record)
 

@@ -1,7 +1,7 @@
 """The web page: a Gradio 6 `gr.Blocks` with Chat, Speak and Settings tabs, built on a loaded kit.
 
-The page only calls the kit (`kit.achat`, `kit.asay`) and shows what it returns; `app.py` mounts it beside
-the HTTP API (`voicekit.server`). Streamed audio: Gradio re-encodes every streamed chunk with ffmpeg and
+The page only calls the kit (`kit.achat`, `kit.asay`) and shows what it returns; `voicekit.serve.app` mounts it
+beside the HTTP API (`voicekit.serve.api`). Streamed audio: Gradio re-encodes every streamed chunk with ffmpeg and
 chunks shorter than about a second stutter, so sentence chunks are grouped to at least `MIN_CHUNK_S`
 before they are sent (the first group goes out as soon as it is that long, the rest of the reply follows).
 """
@@ -19,13 +19,13 @@ import gradio as gr
 import numpy as np
 
 from voicekit.errors import VoicekitError
-from voicekit.server_audio import pcm16_array
+from voicekit.pipeline import MODES, Timings
+from voicekit.serve.audio import pcm16_array
 
 log = logging.getLogger("voicekit.web")
 
 MIN_CHUNK_S = 1.0
 MAX_TURNS_SHOWN = 8
-MODES = ("sequential", "overlap")
 
 
 # -- helpers the page uses (plain functions, tested without a browser) ------------------------------
@@ -88,14 +88,8 @@ def _seconds(value: float | None) -> str:
 
 
 def format_timings(timings: dict[str, Any]) -> str:
-    """One line: time to first audio, LLM, TTS, audio length, real-time factor."""
-    rtf = timings.get("rtf")
-    parts = [f"first audio {_seconds(timings.get('ttfa_s'))}"]
-    if timings.get("llm_s"):
-        parts.append(f"LLM {_seconds(timings['llm_s'])}")
-    parts += [f"TTS {_seconds(timings.get('tts_s'))}", f"audio {_seconds(timings.get('audio_s'))}",
-              f"RTF {'–' if rtf is None else f'{rtf:.2f}'}"]
-    return " · ".join(parts)
+    """`Timings.line()` of a timings dict (a turn of the table)."""
+    return Timings.from_dict(timings).line()
 
 
 def turns_table(turns: list[dict[str, Any]]) -> str:
@@ -212,9 +206,8 @@ def build_blocks(kit: Any, *, assets_dir: str | Path | None = None, title: str =
             shown = [*past, {"role": "user", "content": text.strip()}, {"role": "assistant", "content": "…"}]
             yield "", shown, None, "", gr.skip(), past_turns
             grouper = ChunkGrouper(rate)
-            chunks = reply.__aiter__()
             try:
-                async for chunk in chunks:
+                async for chunk in reply:
                     block = grouper.add(chunk.samples)
                     if block is not None:
                         shown[-1]["content"] = reply.text or "…"
@@ -222,11 +215,10 @@ def build_blocks(kit: Any, *, assets_dir: str | Path | None = None, title: str =
                 tail = grouper.flush()
                 turn = {"turn": len(past_turns) + 1, **reply.timings.as_dict()}
                 all_turns = [*past_turns, turn]
-                log.info("web session %s turn %d: %s", _session(request), turn["turn"], format_timings(turn))
+                log.info("web session %s turn %d: %s", _session(request), turn["turn"], reply.timings.line())
                 yield ("", reply.history, (rate, tail) if tail is not None else None, reply.text,
                        turns_table(all_turns), all_turns)
             finally:
-                await chunks.aclose()  # type: ignore[attr-defined]
                 await reply.aclose()
 
         async def speak(text: str, voice_name: str, request: gr.Request) -> tuple[tuple[int, np.ndarray], str]:
@@ -238,7 +230,7 @@ def build_blocks(kit: Any, *, assets_dir: str | Path | None = None, title: str =
                 samples = await reply.audio()
             finally:
                 await reply.aclose()
-            readout = format_timings(reply.timings.as_dict())
+            readout = reply.timings.line()
             log.info("web session %s speak: %s", _session(request), readout)
             return (rate, pcm16_array(samples)), readout
 

@@ -1,18 +1,16 @@
-"""Request bodies, OpenAI-shaped errors and password checks of the HTTP API (see voicekit.server)."""
+"""Request bodies and OpenAI-shaped errors of the HTTP API (routes: voicekit.serve.api)."""
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hmac
 import shutil
-from typing import Any, Literal
+from typing import Any
 
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field
 
 from voicekit.errors import EmptyTextError, TextTooLongError, UnknownVoiceError, VoicekitError
-from voicekit.server_audio import FORMATS, AudioFormat
+from voicekit.pipeline import Mode
+from voicekit.serve.audio import FORMATS, AudioFormat
 
 SPEECH_MODELS = ("voicekit", "tts-1", "tts-1-hd", "gpt-4o-mini-tts")  # any name is accepted; these are listed
 
@@ -58,7 +56,7 @@ class ChatRequest(BaseModel):
     message: str
     voice: str | None = None
     history: list[dict[str, Any]] = Field(default_factory=list)
-    mode: Literal["sequential", "overlap"] | None = None
+    mode: Mode | None = None
     system_prompt: str | None = None
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     max_tokens: int | None = Field(default=None, ge=1, le=4096)
@@ -129,37 +127,5 @@ def validation_error(error: RequestValidationError) -> ApiError:
                     code="invalid_value")
 
 
-def password_secret(password: str | None) -> str | None:
-    """The secret part of VOICEKIT_PASSWORD (`password` or `user:password`)."""
-    if not password:
-        return None
-    return password.split(":", 1)[1] if ":" in password else password
-
-
-def check_password(configured: str, user: str, given: str) -> bool:
-    """True when `user`/`given` match VOICEKIT_PASSWORD (any user name when it names none)."""
-    expected_user, _, secret = configured.partition(":") if ":" in configured else ("", "", configured)
-    user_ok = not expected_user or hmac.compare_digest(user.encode(), expected_user.encode())
-    return hmac.compare_digest(given.encode(), secret.encode()) and user_ok
-
-
 def _ffmpeg_available() -> bool:
     return shutil.which("ffmpeg") is not None
-
-
-def check_authorization(header: str | None, api_key: str | None, password: str | None) -> bool:
-    """`Bearer <api key or password>`, or HTTP Basic with VOICEKIT_PASSWORD; True when neither is configured."""
-    secrets = [secret for secret in (api_key, password_secret(password)) if secret]
-    if not secrets:
-        return True
-    scheme, _, value = (header or "").strip().partition(" ")
-    value = value.strip()
-    if scheme.lower() == "bearer":
-        return any(hmac.compare_digest(value.encode(), secret.encode()) for secret in secrets)
-    if scheme.lower() == "basic" and password:
-        try:
-            user, _, given = base64.b64decode(value, validate=True).decode("utf-8").partition(":")
-        except (binascii.Error, UnicodeDecodeError):
-            return False
-        return check_password(password, user, given)
-    return False

@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from voicekit.pipeline import MODES
+
 SAY_TEXTS: dict[int, str] = {
     2: "Hello there.",
     12: "The quick brown fox jumps over the lazy dog near the quiet river.",
@@ -94,7 +96,7 @@ def _chat_cases(kit: Any, repeats: int, quick: bool) -> list[dict[str, Any]]:
     names = ("chat-hello",) if quick else tuple(CHAT_PROMPTS)
     records = []
     for name in names:
-        for mode in ("sequential", "overlap"):
+        for mode in MODES:
             # The same seeds in both modes give the same replies, so the modes are compared on equal text.
             runs = [_timed(lambda seed=seed, mode=mode, name=name: kit.chat(CHAT_PROMPTS[name], mode=mode, seed=seed))
                     for seed in range(repeats)]

