@@ -3,6 +3,7 @@
 #   - a test venv, .venv-test (gitignored), built only from the project's own files (requirements-dev.txt), so a
 #     dependency missing from them fails here the way it fails a new user; reused while those files are unchanged
 #   - Debian's chromium for the browser test (tests/install_browser.sh; needs root, else that test skips)
+#   - Kokoro's voices from the npm package kokoro-js (tests/fetch_kokoro_voices.sh; without npm those tests skip)
 #   - the vLLM CPU build in its own venv, .venv-vllm (scripts/vllm_env.sh; it conflicts with the main env)
 # then ruff and pytest inside the test venv. tests/test_requirements.py checks that every requirements file
 # resolves (pip install --dry-run), requirements-gpu.txt included.
@@ -36,6 +37,7 @@ export PATH="$VIRTUAL_ENV/bin:$PATH"
 hash -r
 
 sh tests/install_browser.sh
+sh tests/fetch_kokoro_voices.sh  # Kokoro's voices from the npm registry (the hub is not reachable here)
 # shellcheck lints the pod scripts in tests/test_runpod.py (Debian package; root only, else that test skips)
 command -v shellcheck >/dev/null || { [ "$(id -u)" = 0 ] && apt-get install -y -qq shellcheck >/dev/null; } || true
 bash scripts/vllm_env.sh

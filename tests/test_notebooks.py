@@ -75,6 +75,9 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     log = (tmp_path_factory.mktemp("server") / "app.log").open("w")
     env = {**QUICK_SETTINGS, **os.environ, "VOICEKIT_API_KEY": SERVER_KEY}
+    kokoro = Path.home() / ".cache" / "voicekit-tests" / "kokoro-voices"  # tests/fetch_kokoro_voices.sh
+    if (kokoro / "af_heart.bin").is_file():
+        env.setdefault("VOICEKIT_KOKORO_VOICES", str(kokoro))  # the gallery then shows two voice families
     process = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--host", "127.0.0.1", "--port", str(port),
                                 "--preset", "cpu"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"

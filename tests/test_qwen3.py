@@ -281,14 +281,14 @@ def test_module_imports_without_qwen_tts():
 
 
 def test_build_qwen3_backend_from_settings():
-    from voicekit.build import build_qwen3
+    from voicekit.build import build_speech
     from voicekit.settings import Settings
 
-    backend = build_qwen3(Settings(tts="qwen3", tts_url="http://127.0.0.1:8091/v1", voice="serena"))
+    backend = build_speech(Settings(tts="qwen3", tts_url="http://127.0.0.1:8091/v1", voice="serena", extra_voices=()))
     assert isinstance(backend, Qwen3OmniBackend) and backend.default_voice == "Serena"
     assert backend.model == DEFAULT_MODEL and backend.endpoint == "http://127.0.0.1:8091/v1/audio/speech"
     try:
         import qwen_tts  # noqa: F401
     except ImportError:
         with pytest.raises(ModelUnavailableError, match="qwen-tts"):
-            build_qwen3(Settings(tts="qwen3"))
+            build_speech(Settings(tts="qwen3", extra_voices=()))

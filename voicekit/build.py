@@ -51,7 +51,8 @@ class EngineChoice:
 
     def __str__(self) -> str:
         where = f" at {self.url}" if self.url else ""
-        return f"{self.model or 'the bundled model'} on {self.kind}{where}"
+        model = Path(self.model).name if Path(self.model).is_absolute() else self.model
+        return f"{model or 'the default model'} on {self.kind}{where}"
 
 
 def chat_engine_choice(settings: Settings) -> EngineChoice:
@@ -152,20 +153,51 @@ def build_chat(settings: Settings, engine: Engine | None = None) -> ChatModel:
 
 
 def build_speech(settings: Settings) -> SpeechBackend:
-    """The speech backend named by `settings.tts`."""
-    if settings.tts == "piper":
+    """The voices: the `tts` family, and a `VoiceCatalogue` over it and the `extra_voices` families that have
+    voices on this machine (voicekit/tts/catalogue.py says how voices route)."""
+    extras = [family for family in (build_family(name, settings, extra=True) for name in settings.extra_voices
+                                    if name != settings.tts) if family is not None]
+    if not extras:
+        main = build_family(settings.tts, settings, voice=settings.voice or None)
+        assert main is not None
+        return main
+    from voicekit.tts.catalogue import VoiceCatalogue
+
+    main = build_family(settings.tts, settings)
+    assert main is not None
+    return VoiceCatalogue([main, *extras], default_voice=settings.voice or None)
+
+
+def build_family(name: str, settings: Settings, *, voice: str | None = None, extra: bool = False) -> Any:
+    """One voice family's backend. An `extra` family that has no voices on this machine is None (never fetched)."""
+    if name == "piper":
         from voicekit.tts.piper import PiperBackend
 
         backend = PiperBackend(voices_dir=settings.piper_voices_dir or None, hub_voices=settings.piper_hub_voices,
-                               default_voice=settings.voice or None, hf_token=settings.token)
+                               default_voice=voice, hf_token=settings.token)
         backend.preload()
         return backend
-    if settings.tts == "orpheus":
-        return build_orpheus(settings)
-    return build_qwen3(settings)
+    if name == "kokoro":
+        return build_kokoro(settings, voice=voice, download=not extra)
+    if name == "orpheus":
+        return build_orpheus(settings, voice)
+    return build_qwen3(settings, voice)
 
 
-def build_orpheus(settings: Settings) -> SpeechBackend:
+def build_kokoro(settings: Settings, *, voice: str | None = None, download: bool = True) -> Any:
+    """Kokoro with the voices of `kokoro_voices` and the English ones of the hub (`download=False`: only those
+    already in the cache; then None when there are none)."""
+    from voicekit.tts.kokoro import ENGLISH_VOICES, KokoroBackend, voices_for
+
+    files = voices_for(ENGLISH_VOICES, settings.kokoro_voices or None, settings.token, download=download)
+    if not files:
+        log.info("Kokoro voices: none on this machine (set VOICEKIT_KOKORO_VOICES, or run "
+                 "`python -m voicekit voices --fetch kokoro` once)")
+        return None
+    return KokoroBackend(files, default_voice=voice, speed=settings.kokoro_speed)
+
+
+def build_orpheus(settings: Settings, voice: str | None = None) -> SpeechBackend:
     """Orpheus on the engine `orpheus_engine_choice` picks, with SNAC (on the GPU when there is one)."""
     from voicekit.tts.orpheus import OrpheusBackend, OrpheusSampling, hub_tokenizer
     from voicekit.tts.orpheus_gguf import LLAMACPP_TOP_K, orpheus_context
@@ -189,14 +221,14 @@ def build_orpheus(settings: Settings) -> SpeechBackend:
             return list(engine.tokenizer(text).input_ids)
 
     snac = build_snac(device=device.torch_device(), weights=settings.snac_model, token=settings.token)
-    return OrpheusBackend(engine, tokenize, snac, default_voice=settings.voice or None, sampling=sampling)
+    return OrpheusBackend(engine, tokenize, snac, default_voice=voice, sampling=sampling)
 
 
-def build_qwen3(settings: Settings) -> SpeechBackend:
+def build_qwen3(settings: Settings, voice: str | None = None) -> SpeechBackend:
     """Qwen3-TTS: the vLLM-Omni server at `tts_url`, else the official qwen-tts package."""
     from voicekit.tts.qwen3 import DEFAULT_MODEL, Qwen3OfficialBackend, Qwen3OmniBackend
 
-    model, voice = settings.tts_model or DEFAULT_MODEL, settings.voice or None
+    model = settings.tts_model or DEFAULT_MODEL
     options = {"default_voice": voice, "language": settings.qwen3_language, "instruct": settings.qwen3_instruct}
     if settings.tts_url:
         return Qwen3OmniBackend(settings.tts_url, model, **options)
@@ -244,7 +276,8 @@ def describe(settings: Settings, tts: SpeechBackend, chat_model: ChatModel | Non
     return {
         "preset": settings.preset,
         "chat": f"{chat_model.engine.model} on {chat_model.engine.name}" if chat_model else "none",
-        "tts": f"{tts.name} ({tts.default_voice}, {tts.sample_rate} Hz)",
+        "tts": f"{' + '.join(family.name for family in getattr(tts, 'families', [tts]))} "
+               f"({tts.default_voice}, {tts.sample_rate} Hz)",
         "device": f"GPU {name}" if name else ("GPU" if settings.preset == "gpu" else f"CPU ({os.cpu_count()} cores)"),
         "mode": settings.mode,
     }

@@ -53,8 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--json", action="store_true", help="print the reply and timings as JSON")
     chat.set_defaults(run=run_chat)
 
-    voices = commands.add_parser("voices", help="list the voices of the active speech backend")
-    voices.add_argument("--preset", help="auto (default), cpu or gpu")
+    voices = commands.add_parser("voices", help="list the voices (by family), or fetch a family's voices once")
+    voices.add_argument("--preset", help="auto (default), cpu, gpu or laptop")
+    voices.add_argument("--fetch", choices=("kokoro",), help="download Kokoro's 28 English voices into the Hugging "
+                        "Face cache (then every preset offers them)")
     voices.set_defaults(run=run_voices)
 
     serve = commands.add_parser("serve", help="serve the web page and the HTTP API on one port (as app.py does)")
@@ -74,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     config.set_defaults(run=run_config)
 
     bench = commands.add_parser("bench", help="measure latency and speed, write JSON")
-    bench.add_argument("what", choices=("pipeline", "snac"), help="what to measure")
+    bench.add_argument("what", choices=("pipeline", "snac", "llm"), help="what to measure")
     bench.add_argument("--json", metavar="FILE", required=True, help="where to write the results")
     bench.add_argument("--preset", help="auto (default), cpu or gpu")
     bench.add_argument("--repeats", type=int, default=3, help="runs per case (default 3)")
@@ -84,7 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--streams", type=int, default=1, help="snac: also N concurrent streams, batched or not")
     bench.add_argument("--upstream-window", action="store_true", help="snac: also time upstream's 4-frame window")
     bench.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="snac: timer (default: wall)")
-    bench.add_argument("--threads", type=int, help="snac: torch CPU threads (default: torch's)")
+    bench.add_argument("--threads", type=int, help="snac: torch CPU threads; llm: llama.cpp threads")
+    bench.add_argument("--gguf", help="llm: a GGUF file to time")
+    bench.add_argument("--shape", action="append", help="llm: time a model of this shape with random weights "
+                       "(qwen2.5-0.5b, qwen2.5-1.5b, smollm2-135m; repeatable)")
     bench.set_defaults(run=run_bench)
     return parser
 
@@ -136,12 +141,21 @@ def run_chat(args: argparse.Namespace) -> int:
 
 
 def run_voices(args: argparse.Namespace) -> int:
-    """`voices`: one voice per line, the default marked."""
+    """`voices`: one voice per line with its family and what it is, the default marked; `--fetch kokoro`."""
     import voicekit
 
+    if args.fetch == "kokoro":
+        from voicekit.settings import Settings
+        from voicekit.tts.kokoro import ENGLISH_VOICES, hub_voices
+
+        logging.getLogger().setLevel(logging.INFO)  # huggingface_hub draws its progress bars meanwhile
+        found = hub_voices(ENGLISH_VOICES, Settings.resolve(args.preset).token, download=True)
+        print(f"{len(found)} Kokoro voices in the Hugging Face cache ({next(iter(found.values())).parent})")
+        return 0
     with voicekit.load(args.preset, chat=False) as kit:
         for voice in kit.voices:
-            print(f"{voice}{'  (default)' if voice == kit.default_voice else ''}")
+            marker = "  (default)" if voice == kit.default_voice else ""
+            print(f"{voice:<22} {voice.family:<8} {voice.description}{marker}")
         if kit.tags:
             print(f"emotion tags: {' '.join(kit.tags)}")
     return 0
@@ -181,14 +195,18 @@ def run_config(args: argparse.Namespace) -> int:
 
 def run_bench(args: argparse.Namespace) -> int:
     """`bench`: run a benchmark and write its JSON."""
-    if args.what == "snac":
+    if args.what == "llm":
+        from voicekit.bench.llm import run_llm_bench
+
+        results: Any = run_llm_bench(args.gguf, args.shape, repeats=args.repeats, threads=args.threads)
+    elif args.what == "snac":
         from voicekit.bench import run_snac_bench
 
         if args.threads:
             import torch
 
             torch.set_num_threads(args.threads)
-        results: Any = run_snac_bench(args.frames, args.device, args.repeats, streams=args.streams,
+        results = run_snac_bench(args.frames, args.device, args.repeats, streams=args.streams,
                                       upstream_window=args.upstream_window, clock=args.clock)
     else:
         from voicekit.bench import run_pipeline_bench

@@ -46,6 +46,7 @@ from voicekit.kit import AsyncReply, Reply
 from voicekit.pipeline import Turn
 from voicekit.text import clean_for_speech, split_sentences
 from voicekit.tts.base import resolve_voice
+from voicekit.tts.catalogue import Voice
 
 log = logging.getLogger("voicekit.client")
 
@@ -154,7 +155,8 @@ class RemoteKit:
         except BaseException:
             self._client.close()
             raise
-        self.voices: list[str] = [item["id"] for item in info["data"]]
+        self.voices: list[Voice] = [Voice(item["id"], item.get("family", ""), item.get("language", ""),
+                                          item.get("description", "")) for item in info["data"]]
         self.default_voice: str = info["default"]
         self.sample_rate: int = int(info["sample_rate"])
         self.tags: list[str] = list(info.get("tags", []))

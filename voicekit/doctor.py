@@ -7,6 +7,7 @@ pure functions of the facts (`cuda_driver_problem`, `_advice`), so tests feed th
 
 from __future__ import annotations
 
+import os
 import platform
 import re
 import sys
@@ -36,6 +37,8 @@ class Report:
     preset: str
     reason: str
     advice: list[str] = field(default_factory=list)
+    chat: str = ""  # which chat model the auto preset (or VOICEKIT_PRESET) would run, on which engine
+    voices: str = ""  # its voice families, and how many voices each has on this machine
 
 
 def _major_minor(version: str) -> tuple[int, int]:
@@ -85,7 +88,40 @@ def diagnose(gpus: list[str] | bool | None = False,
             f" (its driver supports CUDA {report.driver_cuda} at most, torch is built for CUDA {cuda_build})"
             if cuda_build and cuda_driver_problem(report.driver_cuda, cuda_build, sees_cuda) else " (see advice)")
     report.advice = _advice(report)
+    report.chat, report.voices = _kit_lines(report.preset)
     return report
+
+
+def _kit_lines(auto: str) -> tuple[str, str]:
+    """What `voicekit.load()` would run here (VOICEKIT_PRESET, else the auto preset), loading nothing."""
+    from voicekit.build import chat_engine_choice
+    from voicekit.errors import VoicekitError
+    from voicekit.settings import Settings
+    from voicekit.tts.kokoro import ENGLISH_VOICES, voices_for
+
+    try:
+        settings = Settings.resolve(None if os.environ.get("VOICEKIT_PRESET") else auto)
+        chat = f"{chat_engine_choice(settings)} (preset {settings.preset}; VOICEKIT_CHAT_MODEL changes it)"
+    except VoicekitError as error:
+        return f"cannot load: {error}", ""
+    families = [settings.tts, *(name for name in settings.extra_voices if name != settings.tts)]
+    shown = []
+    for family in families:
+        if family == "kokoro":
+            try:
+                count = len(voices_for(ENGLISH_VOICES, settings.kokoro_voices or None, None, download=False))
+            except VoicekitError as error:
+                count, family = 0, f"kokoro ({error})"
+            if count:
+                shown.append(f"{family}: {count} voices here")
+            elif family == settings.tts:
+                shown.append(f"{family}: fetched on first load")
+            else:
+                shown.append(f"{family}: none here (VOICEKIT_KOKORO_VOICES, or python -m voicekit voices --fetch "
+                             "kokoro)")
+        else:
+            shown.append(family)
+    return chat, ", ".join(shown)
 
 
 def _advice(report: Report) -> list[str]:
@@ -145,6 +181,8 @@ def format_report(report: Report) -> str:
         f"vllm        {report.vllm or 'not installed'}",
         f"llama.cpp   {_llama_cpp_line(report.llama_cpp)}",
         f"auto preset {report.preset}: {report.reason}",
+        f"chat model  {report.chat}",
+        f"voices      {report.voices}",
     ]
     lines += [f"advice      {line}" for line in report.advice]
     return "\n".join(lines)

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from voicekit.errors import ModelUnavailableError, first_line
 
-__all__ = ["IGNORE_PATTERNS", "ModelUnavailableError", "check_access", "explain", "fetch_file", "fetch_model",
-           "is_local"]
+__all__ = ["IGNORE_PATTERNS", "ModelUnavailableError", "cached_file", "check_access", "explain", "fetch_file",
+           "fetch_model", "is_local"]
 
 log = logging.getLogger("voicekit.hub")
 
@@ -88,6 +88,14 @@ def fetch_model(spec: str, token: str | None, *, endpoint: str | None = None) ->
         return str(snapshot_download(spec, token=token or None, ignore_patterns=IGNORE_PATTERNS, endpoint=endpoint))
     except Exception as error:
         raise ModelUnavailableError(explain(spec, error)) from error
+
+
+def cached_file(repo: str, filename: str, cache_dir: str | None = None) -> str | None:
+    """The local path of a hub file already in the cache, else None (never touches the network)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(repo, filename, cache_dir=cache_dir)
+    return found if isinstance(found, str) else None
 
 
 def fetch_file(repo: str, filename: str, token: str | None, *, endpoint: str | None = None,

@@ -21,6 +21,7 @@ from voicekit.engines.loop import EventLoopThread
 from voicekit.pipeline import AudioChunk, Pipeline, Timings, Turn
 from voicekit.settings import Settings
 from voicekit.tts.base import SpeechBackend, speech_failure
+from voicekit.tts.catalogue import Voice, voice_facts
 
 log = logging.getLogger("voicekit")
 
@@ -149,9 +150,10 @@ class Kit:
         self.description = description or {}
 
     @property
-    def voices(self) -> list[str]:
-        """Voices of the active speech backend."""
-        return self.tts.voices
+    def voices(self) -> list[Voice]:
+        """Every voice of the kit, by family (the default voice's first). A `Voice` is its id (a str) with its
+        `family`, `language` and `description`."""
+        return [voice_facts(self.tts, name) for name in self.tts.voices]
 
     @property
     def default_voice(self) -> str:

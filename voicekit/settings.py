@@ -28,7 +28,9 @@ from voicekit.errors import SettingsError
 from voicekit.pipeline import MODES, Mode  # noqa: F401 (MODES: re-exported)
 
 ENV_PREFIX = "VOICEKIT_"
-PRESETS = ("cpu", "gpu")
+PRESETS = ("cpu", "gpu", "laptop")
+#: The laptop preset's chat model: a small instruct GGUF from the hub (downloaded once, ~0.4 GB); docs/VOICES.md
+LAPTOP_CHAT_MODEL = "Qwen/Qwen2.5-0.5B-Instruct-GGUF/qwen2.5-0.5b-instruct-q4_k_m.gguf"
 MAX_TOTAL_MEMORY_SHARE = 0.9  # vLLM engines of one kit on one GPU, together
 
 DEFAULT_SYSTEM_PROMPT = (
@@ -48,14 +50,17 @@ PRESET_DEFAULTS: dict[str, dict[str, Any]] = {
         "top_k": 0,
         "repetition_penalty": 1.0,
     },
+    # A laptop with internet: Kokoro's voices (fetched once) and a chat model worth hearing, on llama.cpp.
+    "laptop": {"chat_engine": "llamacpp", "chat_model": LAPTOP_CHAT_MODEL, "tts": "kokoro", "extra_voices": ("piper",),
+               "top_k": 40, "repetition_penalty": 1.05},
 }
 
 
 def _split_list(value: Any) -> Any:
-    """A comma-separated environment value as a tuple ("a, b" -> ("a", "b"))."""
-    if isinstance(value, str):
-        return tuple(part.strip() for part in value.split(",") if part.strip())
-    return value
+    """A comma-separated environment value as a tuple ("a, b" -> ("a", "b"); "none" -> ())."""
+    if not isinstance(value, str):
+        return value
+    return () if value.strip().lower() == "none" else tuple(part.strip() for part in value.split(",") if part.strip())
 
 
 class _Schema(BaseSettings):
@@ -87,8 +92,9 @@ class _Schema(BaseSettings):
 class Settings(_Schema):
     """Every knob of a kit. Each field's description is its line in docs/CONFIGURATION.md."""
 
-    preset: Literal["cpu", "gpu"] = Field("cpu", description="`cpu`, `gpu` or `auto` (the first argument of "
-                                          "`voicekit.load()`, `--preset`, or `VOICEKIT_PRESET`)")
+    preset: Literal["cpu", "gpu", "laptop"] = Field(
+        "cpu", description="`cpu`, `gpu`, `laptop` or `auto` (the first argument of `voicekit.load()`, `--preset`, "
+        "or `VOICEKIT_PRESET`). `auto` never picks `laptop`, the one preset that downloads its models")
     # chat model
     chat_engine: Literal["llamacpp", "vllm", "http"] = Field(
         "llamacpp", description="`llamacpp`, `vllm` (in-process) or `http` (an OpenAI-compatible `vllm serve`)")
@@ -112,8 +118,13 @@ class Settings(_Schema):
                               "`-1` all, `0` none, `N` the first N. Only a Metal or CUDA build of "
                               "llama-cpp-python can offload; a CPU-only build always runs on the CPU")
     # speech
-    tts: Literal["piper", "orpheus", "qwen3"] = Field(
-        "piper", description="speech backend: `piper`, `orpheus`, `qwen3` (see [QWEN3.md](QWEN3.md))")
+    tts: Literal["piper", "orpheus", "qwen3", "kokoro"] = Field(
+        "piper", description="the default voice family: `piper`, `orpheus`, `qwen3` (see [QWEN3.md](QWEN3.md)) or "
+        "`kokoro` ([VOICES.md](VOICES.md)); its default voice is the kit's")
+    extra_voices: Annotated[tuple[str, ...], NoDecode] = Field(
+        ("kokoro",), description="comma-separated voice families offered beside `tts`, when their voices are on this "
+        "machine: `kokoro` (the `VOICEKIT_KOKORO_VOICES` folder, or voices already in the Hugging Face cache: "
+        "`python -m voicekit voices --fetch kokoro` downloads the English ones), `piper`; empty: `tts`'s voices only")
     tts_model: str = Field("", description="speech model hub id or path; empty: the backend's default (cpu with "
                            "`tts=orpheus`: the Q4_K_M GGUF `isaiahbjork/orpheus-3b-0.1-ft-Q4_K_M-GGUF/"
                            "orpheus-3b-0.1-ft-q4_k_m.gguf`). For Orpheus, a `.gguf` file path or "
@@ -132,6 +143,10 @@ class Settings(_Schema):
     qwen3_instruct: str = Field("", description="Qwen3-TTS style instruction, e.g. \"Calm and warm.\" "
                                 "(1.7B models)")
     snac_model: str = Field("hubertsiuzdak/snac_24khz", description="SNAC codec for Orpheus")
+    kokoro_voices: str = Field("", description="folder of Kokoro voices (`NAME.bin` style vectors, as in the hub's "
+                               "onnx-community/Kokoro-82M-v1.0-ONNX `voices/` or the npm package kokoro-js); read "
+                               "before the hub")
+    kokoro_speed: float = Field(1.0, ge=0.5, le=2.0, description="Kokoro's speaking rate (0.5 to 2)")
     # pipeline
     mode: Mode = Field("sequential", description="`sequential` (write the whole reply, then speak) or `overlap` "
                        "(speak the first sentence while the model writes)")
@@ -162,12 +177,15 @@ class Settings(_Schema):
     cache_dir: str = Field("", description="where models are cached (on pods: under `/workspace`); empty: "
                            "`HF_HOME` or the hub default")
 
-    _split_voices = field_validator("piper_hub_voices", mode="before")(_split_list)
+    _split_voices = field_validator("piper_hub_voices", "extra_voices", mode="before")(_split_list)
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
         if self.chat_engine == "http" and not self.chat_url:
             raise ValueError("chat_engine 'http' needs chat_url (VOICEKIT_CHAT_URL)")
+        unknown = set(self.extra_voices) - {"piper", "kokoro"}
+        if unknown:
+            raise ValueError(f"extra_voices may name piper and kokoro, not {', '.join(sorted(unknown))}")
         if self.n_gpu_layers < -1:
             raise ValueError(f"n_gpu_layers must be -1 (all), 0 (none) or a layer count, not {self.n_gpu_layers}")
         _check_memory_shares(vllm_memory_shares(self))
@@ -301,8 +319,9 @@ _DOC_HEAD = """# Configuration
 Every setting of a kit is a field of `voicekit.Settings` (voicekit/settings.py, on pydantic-settings). Values
 come from, lowest first:
 
-1. the field's **default**, then the **preset**'s (`cpu` or `gpu`; `auto`, the default, picks `gpu` when torch
-   sees CUDA and vLLM is installed, otherwise `cpu`; `python -m voicekit doctor` says which and why);
+1. the field's **default**, then the **preset**'s (`cpu`, `gpu` or `laptop`; `auto`, the default, picks `gpu`
+   when torch sees CUDA and vLLM is installed, otherwise `cpu`, never `laptop`, the preset that downloads its
+   models; `python -m voicekit doctor` says which and why);
 2. **environment variables** `VOICEKIT_<NAME>` (an empty one counts as unset);
 3. **keyword arguments**: `voicekit.load("cpu", mode="overlap", temperature=0.4)`.
 
@@ -350,9 +369,10 @@ def _kit_rows() -> list[str]:
     rows = []
     for name, field in Settings.model_fields.items():
         cpu = PRESET_DEFAULTS["cpu"].get(name, field.default)
-        gpu = PRESET_DEFAULTS["gpu"].get(name, field.default)
+        others = [PRESET_DEFAULTS[preset].get(name, field.default) for preset in ("gpu", "laptop")]
         cells = [_variable(name, field), f"`{name}`", "`auto`" if name == "preset" else _shown(cpu),
-                 "" if name == "preset" or gpu == cpu else _shown(gpu), str(field.description or "")]
+                 *("" if name == "preset" or value == cpu else _shown(value) for value in others),
+                 str(field.description or "")]
         rows.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
     return rows
 
@@ -371,7 +391,7 @@ def _serve_rows() -> list[str]:
 
 def configuration_markdown() -> str:
     """docs/CONFIGURATION.md: every field of `Settings` and `ServeSettings`, from the schema."""
-    kit_table = ["| variable | keyword | cpu preset | gpu preset (when different) | meaning |", "|---|---|---|---|---|",
-                 *_kit_rows()]
+    kit_table = ["| variable | keyword | cpu preset | gpu (when different) | laptop (when different) | meaning |",
+                 "|---|---|---|---|---|---|", *_kit_rows()]
     serve_table = ["| variable | flag | default | meaning |", "|---|---|---|---|", *_serve_rows()]
     return _DOC_HEAD + "\n".join(kit_table) + "\n" + _DOC_SERVE + "\n".join(serve_table) + "\n" + _DOC_TAIL

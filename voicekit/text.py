@@ -58,6 +58,11 @@ _NUMBER_ABBREVIATIONS = frozenset(("no", "nos", "fig", "figs", "vol", "pp", "ch"
 DEFAULT_MIN_CHARS = 3  # fewer letters and digits than this cannot be spoken well alone: "Hi.", "A.", "1."
 
 
+def strip_tags(text: str) -> str:
+    """`text` without emotion tags (for a voice that would read "<laugh>" aloud), spaces tidied."""
+    return re.sub(r"\s{2,}", " ", _TAG_RE.sub(" ", text)).strip()
+
+
 def word_count(text: str) -> int:
     """Number of words in `text` (emotion tags, emoji and punctuation are not words)."""
     return len(_WORD_RE.findall(_TAG_RE.sub(" ", text)))

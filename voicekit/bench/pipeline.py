@@ -83,13 +83,35 @@ def run_pipeline_bench(preset: str | None = None, repeats: int = 3, quick: bool 
             kit.close()
 
 
+def family_voices(kit: Any) -> dict[str, str]:
+    """One voice per voice family of the kit: each family's own default voice (the kit's for its family)."""
+    families = getattr(getattr(kit, "tts", None), "families", None)
+    if families:
+        return {family.name: family.default_voice if index else kit.default_voice
+                for index, family in enumerate(families)}
+    voices: dict[str, str] = {}  # a kit behind a server: its catalogue says only which family each voice is
+    for voice in kit.voices:
+        family = getattr(voice, "family", "")
+        if family not in voices or voice == kit.default_voice:
+            voices[family] = str(voice)
+    return voices
+
+
 def _say_cases(kit: Any, repeats: int, quick: bool) -> list[dict[str, Any]]:
+    """The say cases in every voice family of the kit (the default family's cases keep their plain names)."""
     counts = (2, 12) if quick else tuple(SAY_TEXTS)
-    return [
-        summarize(f"say-{words}w", "sequential", words,
-                  [_timed(lambda text=SAY_TEXTS[words]: kit.say(text)) for _ in range(repeats)])
-        for words in counts
-    ]
+    families = family_voices(kit)
+    records = []
+    for family, voice in families.items():
+        if voice != kit.default_voice:
+            _timed(lambda voice=voice: kit.say("Warming up the voice.", voice=voice))
+        prefix = "say" if voice == kit.default_voice else f"say-{family}"
+        for words in counts:
+            runs = [_timed(lambda text=SAY_TEXTS[words], voice=voice: kit.say(text, voice=voice))
+                    for _ in range(repeats)]
+            record = summarize(f"{prefix}-{words}w", "sequential", words, runs)
+            records.append({**record, "voice": voice, "family": family})
+    return records
 
 
 def _chat_cases(kit: Any, repeats: int, quick: bool) -> list[dict[str, Any]]:

@@ -157,7 +157,7 @@ def create_app(kit: Any, *, api_key: str | None = None, password: str | None = N
     @app.get("/v1/audio/voices")
     async def voices(rid: str = Depends(authorize)) -> dict[str, Any]:
         return {"object": "list", "default": kit.default_voice, "sample_rate": kit.sample_rate,
-                "tags": kit.tags, "data": [{"id": name, "object": "voice"} for name in kit.voices]}
+                "tags": kit.tags, "data": [{**_voice_entry(voice), "object": "voice"} for voice in kit.voices]}
 
     @app.post("/chat")
     async def chat(body: ChatRequest, request: Request, rid: str = Depends(authorize)) -> Response:
@@ -204,6 +204,11 @@ def create_app(kit: Any, *, api_key: str | None = None, password: str | None = N
         raise ApiError(404, f"no such route: /v1/{rest}; see /api/docs", code="not_found")
 
     return app
+
+
+def _voice_entry(voice: Any) -> dict[str, str]:
+    as_dict = getattr(voice, "as_dict", None)
+    return as_dict() if as_dict else {"id": str(voice)}
 
 
 def _error_response(request: Request, error: ApiError) -> JSONResponse:

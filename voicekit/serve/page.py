@@ -139,6 +139,21 @@ def _header(assets_dir: Path | None) -> str:
 # -- the page ---------------------------------------------------------------------------------------
 
 
+PREVIEW_TEXT = "Hello! This is how I sound. Pick me for your next reply."
+
+
+def voice_choices(kit: Any) -> list[tuple[str, str]]:
+    """(label, id) for the voice dropdowns, grouped by family (the kit lists them so); labels say what each is."""
+    voices = kit.voices
+    several = len({getattr(voice, "family", "") for voice in voices}) > 1
+    choices = []
+    for voice in voices:
+        family, description = getattr(voice, "family", ""), getattr(voice, "description", "")
+        label = f"{family} · {voice}" if several else str(voice)
+        choices.append((f"{label} — {description}" if description else label, str(voice)))
+    return choices
+
+
 def build_blocks(kit: Any, *, assets_dir: str | Path | None = None, title: str = "voicekit",
                  notice: str | None = None) -> gr.Blocks:
     """The page for `kit`; `notice` is one line above the tabs (e.g. why a pod runs the cpu preset).
@@ -160,7 +175,7 @@ def build_blocks(kit: Any, *, assets_dir: str | Path | None = None, title: str =
                                          scale=5, elem_id="vk-message", max_lines=6)
                     send = gr.Button("Send", variant="primary", scale=1, elem_id="vk-send")
                 with gr.Row():
-                    voice = gr.Dropdown(kit.voices, value=kit.default_voice, label="Voice", scale=2,
+                    voice = gr.Dropdown(voice_choices(kit), value=kit.default_voice, label="Voice", scale=2,
                                         elem_id="vk-voice")
                     stop = gr.Button("Stop", variant="stop", scale=1)
                     clear = gr.Button("Clear conversation", scale=1)
@@ -179,7 +194,8 @@ def build_blocks(kit: Any, *, assets_dir: str | Path | None = None, title: str =
                 speak_text = gr.Textbox(label="Text to speak", lines=4, elem_id="vk-speak-text",
                                         placeholder="Type any text to hear it in the chosen voice")
                 with gr.Row():
-                    speak_voice = gr.Dropdown(kit.voices, value=kit.default_voice, label="Voice", scale=3)
+                    speak_voice = gr.Dropdown(voice_choices(kit), value=kit.default_voice, label="Voice", scale=3)
+                    preview = gr.Button("Preview voice", scale=1, elem_id="vk-preview")
                     speak_button = gr.Button("Speak", variant="primary", scale=1, elem_id="vk-speak")
                 speak_audio = gr.Audio(label="Speech", interactive=False, buttons=["download"],
                                        elem_id="vk-speak-audio")
@@ -234,6 +250,10 @@ def build_blocks(kit: Any, *, assets_dir: str | Path | None = None, title: str =
             log.info("web session %s speak: %s", _session(request), readout)
             return (rate, pcm16_array(samples)), readout
 
+        async def preview_voice(voice_name: str, request: gr.Request) -> tuple[tuple[int, np.ndarray], str]:
+            """A short sentence in the chosen voice (the Speak tab's Preview button)."""
+            return await speak(PREVIEW_TEXT, voice_name, request)
+
         chat_inputs = [message, chatbot, voice, system_prompt, temperature, mode, turns]
         chat_outputs = [message, chatbot, audio, reply_text, timings, turns]
         submitted = message.submit(respond, chat_inputs, chat_outputs, api_name="chat")
@@ -242,6 +262,7 @@ def build_blocks(kit: Any, *, assets_dir: str | Path | None = None, title: str =
         clear.click(lambda: ([], None, "", turns_table([]), []), None, [chatbot, audio, reply_text, timings, turns],
                     queue=False, api_visibility="private")
         speak_button.click(speak, [speak_text, speak_voice], [speak_audio, speak_timings], api_name="speak")
+        preview.click(preview_voice, [speak_voice], [speak_audio, speak_timings], api_name="preview")
         speak_text.submit(speak, [speak_text, speak_voice], [speak_audio, speak_timings],
                           api_visibility="private")
     return blocks

@@ -75,6 +75,10 @@ class BackendBase:
         """Canonical voice name (case-insensitive, aliases too; None: the default); raises UnknownVoiceError."""
         return resolve_voice(voice, self._voices, self.default_voice, self._aliases)
 
+    def about(self, voice: str) -> tuple[str, str]:
+        """(language, a short description) of one of this backend's voices; unknown facts are empty."""
+        return "", f"{self.name} voice {voice}"
+
     async def close(self) -> None:
         """Release models and worker threads (nothing to release here)."""
 

@@ -72,6 +72,10 @@ class OrpheusBackend(BackendBase):
         self.snac_batcher = SnacBatcher(snac, snac_batch_frames)
         self.last_stats: Any = None  # ParseStats of the latest finished sentence (for logs and tests)
 
+    def about(self, voice: str) -> tuple[str, str]:
+        """Orpheus 3B's English voices (emotion tags work with every one)."""
+        return "en", f"English, {voice}, with emotion tags"
+
     def prompt_ids(self, text: str, voice: str) -> list[int]:
         """Token ids of the Orpheus prompt for `text` spoken by `voice`."""
         return build_prompt_ids(list(self._tokenize(prompt_text(voice, text))))

@@ -109,6 +109,13 @@ class PiperBackend(BackendBase):
         self._load_lock = threading.Lock()
         self.sample_rate = _config_sample_rate(self._paths[self.default_voice])
 
+    def about(self, voice: str) -> tuple[str, str]:
+        """("en-us", "en_US, joe, medium quality") from Piper's language-name-quality voice names."""
+        locale, _, rest = voice.partition("-")
+        speaker, _, quality = rest.rpartition("-")
+        language = locale.replace("_", "-").lower() if "_" in locale else ""
+        return language, f"{locale}, {speaker or rest}" + (f", {quality} quality" if quality else "")
+
     def preload(self, voice: str | None = None) -> None:
         """Load a voice now rather than on its first sentence."""
         self._voice(self.resolve(voice))

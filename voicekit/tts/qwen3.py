@@ -128,6 +128,10 @@ class Qwen3OfficialBackend(BackendBase):
             kwargs["max_new_tokens"] = max_new_tokens_for_text(sentence)
         return kwargs
 
+    def about(self, voice: str) -> tuple[str, str]:
+        """A Qwen3-TTS CustomVoice speaker (it speaks several languages)."""
+        return "", f"Qwen3-TTS speaker {voice}"
+
     async def synthesize(self, text: str, voice: str) -> AsyncIterator[np.ndarray]:
         """Stream 24 kHz float32 audio of `text` in `voice`, one chunk per sentence."""
         speaker = self.resolve(voice)
@@ -229,6 +233,10 @@ class Qwen3OmniBackend(BackendBase):
 
             self._client = httpx.AsyncClient(timeout=httpx.Timeout(self.timeout, connect=10.0))
         return self._client
+
+    def about(self, voice: str) -> tuple[str, str]:
+        """A Qwen3-TTS CustomVoice speaker (it speaks several languages)."""
+        return "", f"Qwen3-TTS speaker {voice}"
 
     async def synthesize(self, text: str, voice: str) -> AsyncIterator[np.ndarray]:
         """Stream 24 kHz float32 chunks of `text` in `voice` as the server sends PCM."""
