@@ -49,6 +49,8 @@ export VLLM_CACHE_ROOT="${VLLM_CACHE_ROOT:-$WORKSPACE/cache/vllm}"
 export FLASHINFER_WORKSPACE_BASE="${FLASHINFER_WORKSPACE_BASE:-$WORKSPACE/cache/flashinfer}"
 export TRITON_CACHE_DIR="${TRITON_CACHE_DIR:-$WORKSPACE/cache/triton}"
 export TORCHINDUCTOR_CACHE_DIR="${TORCHINDUCTOR_CACHE_DIR:-$WORKSPACE/cache/torchinductor}"
+# RunPod's proxy cuts a request at 100 s: the app stops one before that, cleanly (docs/API.md, "Limits")
+export VOICEKIT_REQUEST_TIMEOUT_S="${VOICEKIT_REQUEST_TIMEOUT_S:-95}"
 unset VOICEKIT_FALLBACK_REASON  # set below when the gpu preset cannot run here; app.py shows it on the page
 LOG_DIR="$WORKSPACE/logs"
 RUN_DIR="$WORKSPACE/run"

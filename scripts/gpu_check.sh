@@ -14,15 +14,18 @@
 #   4. python -m voicekit bench snac --device cuda --streams 4                               snac.json, snac.log
 #   5. python -m voicekit bench pipeline --preset gpu --repeats 2 (loads the gpu preset)
 #                                                                                    pipeline.json, pipeline.log
-#   6. a summary of the figures, printed and written to                                             summary.txt
+#   6. python -m voicekit serve --preset gpu + bench load --clients 16 --requests 4 (not with --quick)
+#                                                                                    load.json, serve.log
+#   7. a summary of the figures, printed and written to                                             summary.txt
 # Time: under 10 minutes on an H100-class GPU with the packages installed and the weights in the HF cache
-# (limits: doctor 60 s, snac 90 s, pipeline 420 s); a first install adds a few minutes (limit 1200 s), and the
+# (limits: doctor 60 s, snac 90 s, pipeline 420 s, load 300 s); a first install adds a few minutes (limit 1200 s), and the
 # first vLLM start compiles its graphs (cached for the next run).
 #
 # Options: --quick, --repeats N (pipeline runs per case, default 2), --no-install, --venv DIR (create it if
 # missing and install there; default: the current python3 or $PYTHON), -h/--help.
 # Environment: OUT (default gpu-check-<date>/ here), HF_TOKEN (Gemma 2 and Orpheus are gated: needed unless the
-# weights are already cached), PYTHON, GPU_CHECK_TIMEOUT_{INSTALL,DOCTOR,SNAC,PIPELINE} (seconds).
+# weights are already cached), PYTHON, GPU_CHECK_TIMEOUT_{INSTALL,DOCTOR,SNAC,PIPELINE,LOAD} (seconds),
+# GPU_CHECK_LOAD_PORT (default 7861).
 # Stop the voicekit app on the same GPU first: vLLM needs its memory shares free.
 # Exit status: 0 all steps passed, 1 a step failed (its log says why), 2 no usable GPU or a bad option.
 
@@ -43,7 +46,7 @@ while [[ $# -gt 0 ]]; do
         --repeats) [[ "${2:-}" =~ ^[1-9][0-9]*$ ]] || die "--repeats needs a positive number"; REPEATS="$2"; shift ;;
         --no-install) INSTALL=0 ;;
         --venv) [[ -n "${2:-}" ]] || die "--venv needs a folder"; VENV="$2"; shift ;;
-        -h|--help) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown option: $1 (try --help)" ;;
     esac
     shift
@@ -134,7 +137,33 @@ if [[ $QUICK -eq 1 ]]; then PIPELINE_ARGS=(--preset gpu --repeats 1 --quick); fi
 step "bench pipeline ${PIPELINE_ARGS[*]} (loads the gpu preset)" "${GPU_CHECK_TIMEOUT_PIPELINE:-420}" \
     "$OUT/pipeline.log" "$PYTHON" -m voicekit bench pipeline "${PIPELINE_ARGS[@]}" --json "$OUT/pipeline.json"
 
-# ---- 6. summary ------------------------------------------------------------------------------------------
+# ---- 6. load: the gpu preset served, many clients at once -----------------------------------------------
+LOAD_PORT="${GPU_CHECK_LOAD_PORT:-7861}"
+load_step() {  # serve the gpu preset, wait for /health, run bench load against it, stop the server
+    "$PYTHON" -m voicekit serve --preset gpu --host 127.0.0.1 --port "$LOAD_PORT" >"$OUT/serve.log" 2>&1 &
+    local server=$! status=1
+    for _ in $(seq 1 600); do
+        if "$PYTHON" "$ROOT/runpod/checks.py" health "http://127.0.0.1:$LOAD_PORT/health" >/dev/null 2>&1; then
+            "$PYTHON" -m voicekit bench load --url "http://127.0.0.1:$LOAD_PORT" --clients 16 --requests 4 \
+                --json "$OUT/load.json"
+            status=$?
+            break
+        fi
+        kill -0 "$server" 2>/dev/null || break
+        sleep 0.5
+    done
+    kill "$server" 2>/dev/null
+    wait "$server" 2>/dev/null
+    return "$status"
+}
+if [[ $QUICK -eq 0 ]]; then
+    export -f load_step
+    export PYTHON OUT ROOT LOAD_PORT
+    step "bench load: 16 clients x 4 requests on the served gpu preset" "${GPU_CHECK_TIMEOUT_LOAD:-300}" \
+        "$OUT/load.log" bash -c load_step
+fi
+
+# ---- 7. summary ------------------------------------------------------------------------------------------
 "$PYTHON" - "$OUT" <<'SUMMARY' | tee "$OUT/summary.txt"
 import json
 import sys
@@ -150,6 +179,12 @@ if snac_file.is_file():
           f"snr {snac['snr_db']} dB, first audio after {snac['first_audio_frames']} frames; "
           f"{streams.get('streams', 1)} streams: unbatched {streams.get('unbatched_s')} s, "
           f"batched {streams.get('batched_s')} s, batch_gain {streams.get('batch_gain')} (> 1: batching pays)")
+load_file = out / "load.json"
+if load_file.is_file():
+    load = json.loads(load_file.read_text())
+    print(f"load: {load['clients']} clients x {load['requests_per_client']}: statuses {load['statuses']}, first audio "
+          f"p50 {load['first_audio_s']['p50']} s p95 {load['first_audio_s']['p95']} s, memory "
+          f"{load['memory_mb']['before']} -> {load['memory_mb']['after']} MB, left running {load['left_running']}")
 if pipeline_file.is_file():
     pipeline = json.loads(pipeline_file.read_text())
     described = pipeline.get("description", {})

@@ -46,6 +46,15 @@ def test_speech_is_audible_float32_and_grows_with_the_text(kit, piper) -> None:
     assert len(long) > 2.5 * len(short)
 
 
+def test_the_voice_session_gives_arena_memory_back_after_each_sentence(kit, piper) -> None:
+    # Without it a server's memory climbs with every new sentence length (docs/BENCHMARKS.md, "Many listeners").
+    speak(kit, piper, "Load it first.")
+    session = piper._voice(BUNDLED_VOICE).session
+    options = session._run_options
+    assert options.get_run_config_entry("memory.enable_memory_arena_shrinkage") == "cpu:0"
+    assert [i.name for i in session.get_inputs()][:1] == ["input"], "the rest of the session shows through"
+
+
 def test_short_speaker_name_is_an_alias(kit, piper) -> None:
     assert piper.resolve("joe") == BUNDLED_VOICE
     assert piper.resolve("JOE") == BUNDLED_VOICE

@@ -135,3 +135,19 @@ def test_load_takes_a_users_own_engine_and_backend() -> None:
     finally:
         kit.close()
     assert engine.failure is not None and asyncio.run(engine.failure()) == "the scripted engine for script is closed"
+
+
+def test_a_turn_stops_at_its_time_limit_and_aborts_the_engine() -> None:
+    events: list[str] = []
+    engine = ScriptedEngine(REPLY, events, hold_after=3)  # never released: only the time limit ends it
+    with kit_over(engine, ScriptedBackend(events)) as kit:
+        started = time.monotonic()
+        reply = kit.chat("Hi", mode="overlap", time_limit_s=0.3)
+        chunks = list(reply)
+        assert 0.25 < time.monotonic() - started < 5.0
+        assert reply.turn.timed_out and reply.done and [c.sentence for c in chunks] == ["One two.", "One two."]
+        wait_until(lambda: engine.aborted != [])
+        assert engine.active_requests() == set()
+        later = kit.say("Fine.", time_limit_s=5)
+        later.audio()
+        assert not later.turn.timed_out, "a later turn starts afresh"

@@ -246,8 +246,11 @@ def test_disconnect_before_first_audio_aborts_the_chat_engine(server: Background
         assert gate.closed_early
     finally:
         gate.release.set()
-    assert httpx.get(f"{server.url}/health").json() | {"served": 0} == {
-        "status": "ok", "preset": "cpu", "active_requests": 0, "engine_requests": 0, "served": 0}
+    health = httpx.get(f"{server.url}/health").json()
+    assert health | {"served": 0, "admission": {}, "rss_mb": 0} == {
+        "status": "ok", "preset": "cpu", "active_requests": 0, "engine_requests": 0, "served": 0, "admission": {},
+        "rss_mb": 0}
+    assert health["admission"]["running"] == health["admission"]["waiting"] == 0, "the slot was given back"
 
 
 def test_concurrent_requests(server: BackgroundServer, kit: Any, state: Any) -> None:
@@ -372,9 +375,10 @@ def test_health_is_503_with_the_reason_when_the_chat_server_dies(kit: Any) -> No
         VLLMHealthStandIn.status = 503  # vLLM's engine core died; the server process still answers
         dead = httpx.get(f"{api.url}/health")
         assert dead.status_code == 503
-        assert dead.json() == {"status": "error",
-                               "reason": f"chat model: the server at {url} answered GET /health with 503",
-                               "preset": "cpu", "active_requests": 0, "engine_requests": 0, "served": 0}
+        body = dead.json()
+        assert body.pop("admission")["running"] == 0 and body.pop("rss_mb") > 0
+        assert body == {"status": "error", "reason": f"chat model: the server at {url} answered GET /health with 503",
+                        "preset": "cpu", "active_requests": 0, "engine_requests": 0, "served": 0}
 
         stand_in.shutdown()
         stand_in.server_close()  # the whole server is gone: nothing listens on its port any more

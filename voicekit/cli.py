@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     config.set_defaults(run=run_config)
 
     bench = commands.add_parser("bench", help="measure latency and speed, write JSON")
-    bench.add_argument("what", choices=("pipeline", "snac", "llm"), help="what to measure")
+    bench.add_argument("what", choices=("pipeline", "snac", "llm", "load", "soak"), help="what to measure")
     bench.add_argument("--json", metavar="FILE", required=True, help="where to write the results")
     bench.add_argument("--preset", help="auto (default), cpu or gpu")
     bench.add_argument("--repeats", type=int, default=3, help="runs per case (default 3)")
@@ -88,6 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="snac: timer (default: wall)")
     bench.add_argument("--threads", type=int, help="snac: torch CPU threads; llm: llama.cpp threads")
     bench.add_argument("--gguf", help="llm: a GGUF file to time")
+    bench.add_argument("--url", help="load: the running voicekit server (e.g. http://127.0.0.1:7860)")
+    bench.add_argument("--clients", type=int, default=8, help="load: clients at once (default 8)")
+    bench.add_argument("--requests", type=int, default=5, help="load: requests per client (default 5)")
+    bench.add_argument("--drop-every", type=int, default=5, help="load: every Nth request hangs up (default 5)")
+    bench.add_argument("--api-key", help="load: the server's API key or password (default VOICEKIT_API_KEY)")
+    bench.add_argument("--minutes", type=float, default=10.0, help="soak: how long to keep the load on (default 10)")
     bench.add_argument("--shape", action="append", help="llm: time a model of this shape with random weights "
                        "(qwen2.5-0.5b, qwen2.5-1.5b, smollm2-135m; repeatable)")
     bench.set_defaults(run=run_bench)
@@ -195,10 +201,22 @@ def run_config(args: argparse.Namespace) -> int:
 
 def run_bench(args: argparse.Namespace) -> int:
     """`bench`: run a benchmark and write its JSON."""
-    if args.what == "llm":
+    if args.what in ("load", "soak"):
+        import os
+
+        from voicekit.bench.load import run_load_bench, run_soak
+
+        if not args.url:
+            raise VoicekitError(f"bench {args.what} needs --url of a running voicekit server "
+                                "(python -m voicekit serve)")
+        key = args.api_key or os.environ.get("VOICEKIT_API_KEY")
+        results: Any = (run_load_bench(args.url, args.clients, args.requests, args.drop_every, key)
+                        if args.what == "load" else
+                        run_soak(args.url, args.minutes, args.clients, args.requests, args.drop_every, key))
+    elif args.what == "llm":
         from voicekit.bench.llm import run_llm_bench
 
-        results: Any = run_llm_bench(args.gguf, args.shape, repeats=args.repeats, threads=args.threads)
+        results = run_llm_bench(args.gguf, args.shape, repeats=args.repeats, threads=args.threads)
     elif args.what == "snac":
         from voicekit.bench import run_snac_bench
 

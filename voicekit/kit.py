@@ -176,28 +176,34 @@ class Kit:
 
     # -- say and chat ---------------------------------------------------------------------------------
 
-    def say(self, text: str, voice: str | None = None) -> Reply:
-        """Speak `text` in `voice`; iterate the reply for audio chunks (sync)."""
-        turn = self.pipeline.say_turn(text, voice)
+    def say(self, text: str, voice: str | None = None, *, time_limit_s: float | None = None) -> Reply:
+        """Speak `text` in `voice`; iterate the reply for audio chunks (sync). `time_limit_s` stops the turn
+        once it has taken that long (`reply.turn.timed_out`)."""
+        turn = self._limited(self.pipeline.say_turn(text, voice), time_limit_s)
         return Reply(turn, self.loop.iterate(lambda: self.pipeline.run(turn)), self.sample_rate)
 
-    def asay(self, text: str, voice: str | None = None) -> AsyncReply:
+    def asay(self, text: str, voice: str | None = None, *, time_limit_s: float | None = None) -> AsyncReply:
         """Speak `text` in `voice`; `async for` the reply for audio chunks."""
-        turn = self.pipeline.say_turn(text, voice)
+        turn = self._limited(self.pipeline.say_turn(text, voice), time_limit_s)
         return AsyncReply(turn, self.loop.aiterate(lambda: self.pipeline.run(turn)), self.sample_rate)
 
     def chat(self, message: str, voice: str | None = None, history: Iterable[HistoryItem] | None = None,
-             mode: str | None = None, **options: Any) -> Reply:
+             mode: str | None = None, *, time_limit_s: float | None = None, **options: Any) -> Reply:
         """Reply to `message` with the chat model and speak it (sync). Options: system_prompt, temperature,
         max_tokens, seed."""
-        turn = self.pipeline.chat_turn(message, voice, history, mode, **options)
+        turn = self._limited(self.pipeline.chat_turn(message, voice, history, mode, **options), time_limit_s)
         return Reply(turn, self.loop.iterate(lambda: self.pipeline.run(turn)), self.sample_rate)
 
     def achat(self, message: str, voice: str | None = None, history: Iterable[HistoryItem] | None = None,
-              mode: str | None = None, **options: Any) -> AsyncReply:
+              mode: str | None = None, *, time_limit_s: float | None = None, **options: Any) -> AsyncReply:
         """Reply to `message` and speak it; `async for` the reply for audio chunks."""
-        turn = self.pipeline.chat_turn(message, voice, history, mode, **options)
+        turn = self._limited(self.pipeline.chat_turn(message, voice, history, mode, **options), time_limit_s)
         return AsyncReply(turn, self.loop.aiterate(lambda: self.pipeline.run(turn)), self.sample_rate)
+
+    @staticmethod
+    def _limited(turn: Turn, time_limit_s: float | None) -> Turn:
+        turn.time_limit_s = time_limit_s
+        return turn
 
     def health(self, timeout: float = 15.0) -> str | None:
         """Why this kit cannot serve now (an engine died, a model server is gone), or None when it can.

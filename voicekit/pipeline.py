@@ -111,6 +111,8 @@ class Turn:
     timings: Timings = field(default_factory=Timings)
     started: float = field(default_factory=time.perf_counter)
     done: bool = False
+    time_limit_s: float | None = None  # the turn stops when it has taken this long (a server's request limit)
+    timed_out: bool = False  # it did
 
     @property
     def history(self) -> list[dict[str, str]]:
@@ -186,21 +188,33 @@ class Pipeline:
         return split_sentences(clean_for_speech(text, keep_tags=bool(self.tts.tags)))
 
     async def run(self, turn: Turn) -> AsyncIterator[AudioChunk]:
-        """Stream the turn's audio (say: its script; chat: the chat model's reply, in the turn's mode)."""
+        """Stream the turn's audio (say: its script; chat: the chat model's reply, in the turn's mode).
+
+        With `turn.time_limit_s` the turn ends there (`turn.timed_out`), its model requests aborted. The limit is
+        enforced here, on the kit's own loop, where one task drives the whole stream: a deadline held by the
+        consumer (another loop, a server's cancel scopes) could not stop a stream that is inside a model call."""
         turn.restart()
         try:
-            if turn.message is None:
-                for sentence in turn.script:
-                    async for chunk in self._speak(sentence, turn):
-                        yield chunk
-            else:
-                assert self.chat_model is not None  # chat_turn() checked it
-                replies = self.chat_model.stream_reply(turn.message, turn.past, **turn.options)
-                speak = self._converse_sequential if turn.mode == "sequential" else self._converse_overlap
-                async for chunk in speak(replies, turn):
+            async with asyncio.timeout(turn.time_limit_s):
+                async for chunk in self._turn_audio(turn):
                     yield chunk
+        except TimeoutError:
+            turn.timed_out = True
         finally:
             turn.finish()
+
+    async def _turn_audio(self, turn: Turn) -> AsyncIterator[AudioChunk]:
+        if turn.message is None:
+            for sentence in turn.script:
+                async for chunk in self._speak(sentence, turn):
+                    yield chunk
+            return
+        assert self.chat_model is not None  # chat_turn() checked it
+        replies = self.chat_model.stream_reply(turn.message, turn.past, **turn.options)
+        speak = self._converse_sequential if turn.mode == "sequential" else self._converse_overlap
+        async with contextlib.aclosing(speak(replies, turn)) as chunks:  # type: ignore[type-var]
+            async for chunk in chunks:
+                yield chunk
 
     # -- the two schedules ----------------------------------------------------------------------------
 

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -29,6 +31,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
 from voicekit.errors import VoicekitError
+from voicekit.serve.admission import Admission, Busy, Limits
 from voicekit.serve.audio import FORMATS, AudioFormat, encode_stream
 from voicekit.serve.auth import credentials_check
 from voicekit.serve.schema import (
@@ -62,6 +65,7 @@ class RequestRecord:
     started: float = field(default_factory=time.perf_counter)
     bytes_sent: int = 0
     outcome: str = "streaming"
+    admitted: bool = False  # holds a running slot of the server's Admission until it finishes
 
     @property
     def voice(self) -> str:
@@ -71,15 +75,21 @@ class RequestRecord:
 class ServerState:
     """Requests in flight and totals, shared by the routes (on `app.state.voicekit`)."""
 
-    def __init__(self, kit: Any) -> None:
+    def __init__(self, kit: Any, admission: Admission) -> None:
         self.kit = kit
+        self.admission = admission
         self.active: dict[str, RequestRecord] = {}
         self.finished: OrderedDict[str, RequestRecord] = OrderedDict()  # the last FINISHED_KEPT, for GET /chat/{id}
         self.served = 0
 
     def finish(self, record: RequestRecord) -> None:
-        """Move a request from the active ones to the recently finished ones."""
+        """Move a request from the active ones to the recently finished ones; free its running slot."""
+        if record.admitted:
+            record.admitted = False
+            self.admission.leave(time.perf_counter() - record.started)
         self.active.pop(record.id, None)
+        if record.reply is not None:
+            record.reply.chunks.clear()  # streamed already; the kept record needs its text and timings, not audio
         self.finished[record.id] = record
         while len(self.finished) > FINISHED_KEPT:
             self.finished.popitem(last=False)
@@ -106,10 +116,11 @@ class AudioStreamResponse(StreamingResponse):
 
 
 def create_app(kit: Any, *, api_key: str | None = None, password: str | None = None,
-               title: str = "voicekit") -> FastAPI:
-    """The API app for a loaded kit; `api_key` / `password` (VOICEKIT_API_KEY / VOICEKIT_PASSWORD) require auth."""
+               title: str = "voicekit", limits: Limits | None = None) -> FastAPI:
+    """The API app for a loaded kit; `api_key` / `password` (VOICEKIT_API_KEY / VOICEKIT_PASSWORD) require auth;
+    `limits` bound the requests running, waiting and their duration (default: the preset's, admission.py)."""
     app = FastAPI(title=title, docs_url="/api/docs", redoc_url=None, openapi_url="/api/openapi.json")
-    state = ServerState(kit)
+    state = ServerState(kit, Admission(limits or Limits.for_preset(kit.settings.preset)))
     app.state.voicekit = state
     authorized = credentials_check(api_key, password)
 
@@ -149,7 +160,7 @@ def create_app(kit: Any, *, api_key: str | None = None, password: str | None = N
                 "preset": kit.description.get("preset", kit.settings.preset),
                 "active_requests": len(state.active),
                 "engine_requests": len(engine.active_requests()) if engine is not None else 0,
-                "served": state.served}
+                "served": state.served, "admission": state.admission.as_dict(), "rss_mb": _rss_mb()}
         if failure:
             log.warning("health check failed: %s", failure)
         return JSONResponse(body, status_code=503 if failure else 200)
@@ -166,7 +177,8 @@ def create_app(kit: Any, *, api_key: str | None = None, password: str | None = N
                                                  ("max_tokens", body.max_tokens))
                    if value is not None}
         try:
-            reply = kit.achat(body.message, voice=body.voice, history=body.history, mode=body.mode, **options)
+            reply = kit.achat(body.message, voice=body.voice, history=body.history, mode=body.mode,
+                              time_limit_s=state.admission.limits.timeout_s, **options)
         except VoicekitError as error:
             raise voicekit_error(error, "message") from None
         record = RequestRecord(rid, "chat", reply)
@@ -188,7 +200,7 @@ def create_app(kit: Any, *, api_key: str | None = None, password: str | None = N
         fmt = check_speech_options(body)
         voice = body.voice.id if isinstance(body.voice, VoiceId) else body.voice
         try:
-            reply = kit.asay(body.input, voice=voice)
+            reply = kit.asay(body.input, voice=voice, time_limit_s=state.admission.limits.timeout_s)
         except VoicekitError as error:
             raise voicekit_error(error, "input") from None
         record = RequestRecord(rid, "speech", reply)
@@ -204,6 +216,15 @@ def create_app(kit: Any, *, api_key: str | None = None, password: str | None = N
         raise ApiError(404, f"no such route: /v1/{rest}; see /api/docs", code="not_found")
 
     return app
+
+
+def _rss_mb() -> float | None:
+    """This process's resident memory in MB (Linux /proc; None elsewhere)."""
+    try:
+        resident_pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return round(resident_pages * os.sysconf("SC_PAGE_SIZE") / 1e6, 1)
 
 
 def _voice_entry(voice: Any) -> dict[str, str]:
@@ -229,6 +250,15 @@ async def _stream_reply(state: ServerState, record: RequestRecord, fmt: AudioFor
     A client that goes away before the first audio aborts the reply at once, like one that leaves mid-stream.
     """
     kit, reply = state.kit, record.reply
+    try:
+        await state.admission.enter()
+    except Busy as busy:
+        await reply.aclose()
+        log.info("request %s %s turned away: %s", record.id, record.route, busy)
+        raise ApiError(429, str(busy), kind="rate_limit_error", code="server_busy",
+                       headers={"Retry-After": str(busy.retry_after)}) from None
+    record.admitted = True
+    record.started = time.perf_counter()  # the time limit counts from here, not from the wait in line
     state.active[record.id] = record
     log.info("request %s %s started: voice=%s format=%s", record.id, record.route, record.voice, fmt.name)
     first_task = asyncio.ensure_future(_next_chunk(reply))
@@ -242,6 +272,8 @@ async def _stream_reply(state: ServerState, record: RequestRecord, fmt: AudioFor
                 first = first_task.result()
             except BaseException as exc:  # reported below, after cleaning up
                 error = exc
+            if first is None and reply.turn.timed_out:  # the turn's time limit passed before any audio
+                error = TimeoutError()
     finally:
         watcher.cancel()
         if gone:
@@ -251,11 +283,14 @@ async def _stream_reply(state: ServerState, record: RequestRecord, fmt: AudioFor
             if gone or error is not None:
                 await reply.aclose()
         if gone or error is not None:
-            record.outcome = "disconnected" if gone else "failed"
+            record.outcome = "disconnected" if gone else "timeout" if isinstance(error, TimeoutError) else "failed"
             state.finish(record)
     if gone:
         return Response(status_code=499)  # nobody is listening any more
     if error is not None:
+        if isinstance(error, TimeoutError):
+            raise ApiError(504, f"no audio within the request time limit ({state.admission.limits.timeout_s:g} s)",
+                           kind="server_error", code="timeout")
         if not isinstance(error, Exception):
             raise error
         if isinstance(error, VoicekitError):
@@ -300,8 +335,12 @@ async def _body(state: ServerState, record: RequestRecord, fmt: AudioFormat, fir
     async def samples() -> AsyncIterator[np.ndarray]:
         if first is not None:
             yield first.samples
-        async for chunk in reply:
+        async for chunk in reply:  # the turn ends by itself at the time limit (Pipeline.run)
             yield chunk.samples
+        if reply.turn.timed_out:
+            record.outcome = "timeout"
+            log.warning("request %s ran past its time limit (%g s): stopped", record.id,
+                        state.admission.limits.timeout_s)
 
     source = samples()
     stream = encode_stream(source, fmt, state.kit.sample_rate)
@@ -309,7 +348,8 @@ async def _body(state: ServerState, record: RequestRecord, fmt: AudioFormat, fir
         async for data in stream:
             record.bytes_sent += len(data)
             yield data
-        record.outcome = "done"
+        if record.outcome != "timeout":
+            record.outcome = "done"
     except GeneratorExit:
         record.outcome = "disconnected"
         raise

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from voicekit.serve.admission import Limits
 from voicekit.settings import ServeSettings
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"  # the repository's assets/ (a checkout, as on a pod)
@@ -32,8 +33,9 @@ def serve_settings(env: Mapping[str, str] | None = None, **flags: Any) -> ServeS
 
 
 def compose(kit: Any, *, password: str | None = None, api_key: str | None = None, concurrency: int | None = None,
-            assets_dir: Path | None = ASSETS, notice: str | None = None) -> Any:
-    """The API app with the page mounted at `/` (both protected by `password` when given; `notice`: a line on top)."""
+            assets_dir: Path | None = ASSETS, notice: str | None = None, limits: Limits | None = None) -> Any:
+    """The API app with the page mounted at `/` (both protected by `password` when given; `notice`: a line on top;
+    `limits`: the admission bounds the API and the page share, default the preset's)."""
     import gradio as gr
 
     from voicekit.serve.api import create_app
@@ -42,8 +44,8 @@ def compose(kit: Any, *, password: str | None = None, api_key: str | None = None
     from voicekit.serve.page import build_blocks
 
     ensure_ffmpeg()  # Gradio re-encodes streamed audio with ffmpeg; the bundled one needs no system install
-    app = create_app(kit, api_key=api_key, password=password)
-    blocks = build_blocks(kit, assets_dir=assets_dir, notice=notice)
+    app = create_app(kit, api_key=api_key, password=password, limits=limits)
+    blocks = build_blocks(kit, assets_dir=assets_dir, notice=notice, admission=app.state.voicekit.admission)
     limit = concurrency or (4 if kit.settings.preset == "gpu" else 1)
     blocks.queue(default_concurrency_limit=limit)
     auth = (lambda user, given: check_password(password, user, given)) if password else None
@@ -58,8 +60,9 @@ def compose(kit: Any, *, password: str | None = None, api_key: str | None = None
 
 def compose_for(kit: Any, config: ServeSettings) -> Any:
     """`compose()` with what `config` says (password, API key, concurrency, the notice line)."""
+    limits = Limits.for_preset(kit.settings.preset, config.max_running, config.max_waiting, config.request_timeout_s)
     return compose(kit, password=config.secret("password"), api_key=config.secret("api_key"),
-                   concurrency=config.concurrency, notice=config.fallback_reason.strip() or None)
+                   concurrency=config.concurrency, notice=config.fallback_reason.strip() or None, limits=limits)
 
 
 class BackgroundServer:

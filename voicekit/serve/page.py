@@ -8,6 +8,7 @@ before they are sent (the first group goes out as soon as it is that long, the r
 
 from __future__ import annotations
 
+import contextlib
 import html
 import json
 import logging
@@ -20,6 +21,7 @@ import numpy as np
 
 from voicekit.errors import VoicekitError
 from voicekit.pipeline import MODES, Timings
+from voicekit.serve.admission import Admission, Busy, Limits
 from voicekit.serve.audio import pcm16_array
 
 log = logging.getLogger("voicekit.web")
@@ -142,6 +144,23 @@ def _header(assets_dir: Path | None) -> str:
 PREVIEW_TEXT = "Hello! This is how I sound. Pick me for your next reply."
 
 
+@contextlib.asynccontextmanager
+async def _admitted(admission: Admission) -> AsyncIterator[None]:
+    """A running slot of the server's admission for a page request; a busy server is one clear line on the page."""
+    try:
+        async with admission.slot():
+            yield
+    except Busy as busy:
+        raise gr.Error(f"Busy, try again in {busy.retry_after} s: {busy}") from None
+
+
+def _check_time_limit(reply: Any, admission: Admission) -> None:
+    """One clear line when the turn was stopped at the server's time limit."""
+    if reply.turn.timed_out:
+        raise gr.Error(f"This took longer than the server's limit ({admission.limits.timeout_s:g} s) and was "
+                       "stopped; try a shorter text")
+
+
 def voice_choices(kit: Any) -> list[tuple[str, str]]:
     """(label, id) for the voice dropdowns, grouped by family (the kit lists them so); labels say what each is."""
     voices = kit.voices
@@ -155,11 +174,12 @@ def voice_choices(kit: Any) -> list[tuple[str, str]]:
 
 
 def build_blocks(kit: Any, *, assets_dir: str | Path | None = None, title: str = "voicekit",
-                 notice: str | None = None) -> gr.Blocks:
+                 notice: str | None = None, admission: Admission | None = None) -> gr.Blocks:
     """The page for `kit`; `notice` is one line above the tabs (e.g. why a pod runs the cpu preset).
     Queue settings and auth are applied by the caller (see app.py)."""
     assets = Path(assets_dir) if assets_dir else None
     rate = kit.sample_rate
+    admission = admission or Admission(Limits.for_preset(kit.settings.preset))
     with gr.Blocks(title=title) as blocks:
         turns = gr.State([])
         gr.HTML(_header(assets))
@@ -216,18 +236,20 @@ def build_blocks(kit: Any, *, assets_dir: str | Path | None = None, title: str =
             past = plain_history(history)
             try:
                 reply = kit.achat(text, voice=voice_name or None, history=past, mode=chosen_mode or None,
-                                  system_prompt=prompt, temperature=temp)
+                                  system_prompt=prompt, temperature=temp, time_limit_s=admission.limits.timeout_s)
             except VoicekitError as error:
                 raise gr.Error(str(error)) from None
             shown = [*past, {"role": "user", "content": text.strip()}, {"role": "assistant", "content": "…"}]
             yield "", shown, None, "", gr.skip(), past_turns
             grouper = ChunkGrouper(rate)
             try:
-                async for chunk in reply:
-                    block = grouper.add(chunk.samples)
-                    if block is not None:
-                        shown[-1]["content"] = reply.text or "…"
-                        yield gr.skip(), shown, (rate, block), reply.text, gr.skip(), past_turns
+                async with _admitted(admission):
+                    async for chunk in reply:
+                        block = grouper.add(chunk.samples)
+                        if block is not None:
+                            shown[-1]["content"] = reply.text or "…"
+                            yield gr.skip(), shown, (rate, block), reply.text, gr.skip(), past_turns
+                _check_time_limit(reply, admission)
                 tail = grouper.flush()
                 turn = {"turn": len(past_turns) + 1, **reply.timings.as_dict()}
                 all_turns = [*past_turns, turn]
@@ -239,11 +261,13 @@ def build_blocks(kit: Any, *, assets_dir: str | Path | None = None, title: str =
 
         async def speak(text: str, voice_name: str, request: gr.Request) -> tuple[tuple[int, np.ndarray], str]:
             try:
-                reply = kit.asay(text, voice=voice_name or None)
+                reply = kit.asay(text, voice=voice_name or None, time_limit_s=admission.limits.timeout_s)
             except VoicekitError as error:
                 raise gr.Error(str(error)) from None
             try:
-                samples = await reply.audio()
+                async with _admitted(admission):
+                    samples = await reply.audio()
+                _check_time_limit(reply, admission)
             finally:
                 await reply.aclose()
             readout = reply.timings.line()

@@ -31,6 +31,7 @@ import numpy as np
 
 from voicekit.errors import ModelUnavailableError, UnknownVoiceError, first_line
 from voicekit.tts.base import BackendBase
+from voicekit.tts.onnx_memory import ShrinkingSession
 
 log = logging.getLogger("voicekit.kokoro")
 
@@ -310,7 +311,7 @@ def _load_kokoro(model: Path) -> Any:
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = max(1, min(4, os.cpu_count() or 1))
     session = onnxruntime.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
-    return Kokoro.from_session(session, voices_path=str(_empty_voices_file(model.parent)))
+    return Kokoro.from_session(ShrinkingSession(session), voices_path=str(_empty_voices_file(model.parent)))
 
 
 def _empty_voices_file(folder: Path) -> Path:

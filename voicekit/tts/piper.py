@@ -21,6 +21,7 @@ from voicekit.audio import resample
 from voicekit.errors import ModelUnavailableError
 from voicekit.hub import fetch_file
 from voicekit.tts.base import BackendBase
+from voicekit.tts.onnx_memory import ShrinkingSession
 
 BUNDLED_VOICE = "en_US-joe-medium"
 HUB_REPO = "rhasspy/piper-voices"
@@ -143,7 +144,9 @@ class PiperBackend(BackendBase):
             if name not in self._loaded:
                 from piper import PiperVoice
 
-                self._loaded[name] = PiperVoice.load(self._paths[name])
+                piper_voice = PiperVoice.load(self._paths[name])
+                piper_voice.session = ShrinkingSession(piper_voice.session)
+                self._loaded[name] = piper_voice
             return self._loaded[name]
 
 
