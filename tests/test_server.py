@@ -248,8 +248,8 @@ def test_disconnect_before_first_audio_aborts_the_chat_engine(server: Background
         gate.release.set()
     health = httpx.get(f"{server.url}/health").json()
     assert health | {"served": 0, "admission": {}, "rss_mb": 0} == {
-        "status": "ok", "preset": "cpu", "active_requests": 0, "engine_requests": 0, "served": 0, "admission": {},
-        "rss_mb": 0}
+        "status": "ok", "warnings": [], "preset": "cpu", "active_requests": 0, "engine_requests": 0, "served": 0,
+        "admission": {}, "rss_mb": 0}
     assert health["admission"]["running"] == health["admission"]["waiting"] == 0, "the slot was given back"
 
 
@@ -370,7 +370,7 @@ def test_health_is_503_with_the_reason_when_the_chat_server_dies(kit: Any) -> No
             BackgroundServer(create_app(http_kit, api_key="sk-health")) as api:
         healthy = httpx.get(f"{api.url}/health")  # no credentials: health checks stay open
         assert healthy.status_code == 200 and healthy.json()["status"] == "ok" and "reason" not in healthy.json()
-        assert VLLMHealthStandIn.paths == ["/health"], "the engine asks its server, nothing else"
+        assert VLLMHealthStandIn.paths == ["/health", "/workers"], "its health, and once whether it is a router"
 
         VLLMHealthStandIn.status = 503  # vLLM's engine core died; the server process still answers
         dead = httpx.get(f"{api.url}/health")
@@ -378,7 +378,7 @@ def test_health_is_503_with_the_reason_when_the_chat_server_dies(kit: Any) -> No
         body = dead.json()
         assert body.pop("admission")["running"] == 0 and body.pop("rss_mb") > 0
         assert body == {"status": "error", "reason": f"chat model: the server at {url} answered GET /health with 503",
-                        "preset": "cpu", "active_requests": 0, "engine_requests": 0, "served": 0}
+                        "warnings": [], "preset": "cpu", "active_requests": 0, "engine_requests": 0, "served": 0}
 
         stand_in.shutdown()
         stand_in.server_close()  # the whole server is gone: nothing listens on its port any more

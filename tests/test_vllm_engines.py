@@ -71,7 +71,8 @@ def _vllm_python() -> Path | None:
 
 @pytest.mark.slow
 def test_vllm_suite_in_its_venv() -> None:
-    """Run this module under the vLLM venv's Python (the engine tests need vLLM, which the main env lacks)."""
+    """Run this module and test_vllm_router.py under the vLLM venv's Python (they need vLLM, which the main env
+    lacks)."""
     if HAVE_VLLM:
         pytest.skip("already running under a Python with vLLM")
     python = _vllm_python()
@@ -81,8 +82,9 @@ def test_vllm_suite_in_its_venv() -> None:
     env.pop("VOICEKIT_VLLM_PYTHON", None)
     started = time.monotonic()
     module = str(Path(__file__).relative_to(ROOT))
+    router_module = str(Path(__file__).with_name("test_vllm_router.py").relative_to(ROOT))  # scale-out, same venv
     result = subprocess.run(
-        [str(python), "-m", "pytest", module, "--noconftest", "-p", "no:cacheprovider", "-q", "-rs",
+        [str(python), "-m", "pytest", module, router_module, "--noconftest", "-p", "no:cacheprovider", "-q", "-rs",
          "--deselect", f"{module}::test_vllm_suite_in_its_venv"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=SUITE_TIMEOUT_S, check=False,
     )  # fmt: skip

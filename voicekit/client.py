@@ -51,7 +51,8 @@ from voicekit.tts.catalogue import Voice
 log = logging.getLogger("voicekit.client")
 
 DEFAULT_PORT = 7860
-_LIVE_HEALTH_KEYS = {"status", "active_requests", "engine_requests", "served", "admission", "rss_mb"}
+_LIVE_HEALTH_KEYS = {"status", "reason", "warnings", "active_requests", "engine_requests", "served", "admission",
+                     "rss_mb"}
 
 
 # -- connecting -------------------------------------------------------------------------------------

@@ -225,6 +225,24 @@ class Kit:
         reasons += [f"speech model: {speech}"] if speech else []
         return "; ".join(reasons) or None
 
+    def warnings(self, timeout: float = 15.0) -> list[str]:
+        """What still serves, but less than it should (a replica down behind a router); [] when all is well."""
+        if self.loop.loop.is_closed():
+            return []
+        try:
+            return self.loop.run(self._warnings(), timeout)
+        except TimeoutError:
+            return [f"the engines did not answer a health check within {timeout:.0f} s"]
+
+    async def _warnings(self) -> list[str]:
+        engines = [("chat model", getattr(self.chat_model, "engine", None)),
+                   ("speech model", getattr(self.tts, "engine", None))]
+        found: list[str] = []
+        for label, engine in engines:
+            check = getattr(engine, "warnings", None)  # engines of one's own need not have it
+            found += [f"{label}: {warning}" for warning in await check()] if check is not None else []
+        return found
+
     def close(self) -> None:
         """Free the models and stop the event loop."""
         async def shutdown() -> None:

@@ -9,6 +9,8 @@ talks to one of them:
   so Orpheus id prompts are never re-tokenised).
 * Abort = close the HTTP stream: vLLM aborts a request whose client disconnects. Each request's stream
   is read by its own task; `abort(id)` cancels that task, and closing the `generate()` iterator does too.
+* Behind vllm-router (several replicas of one model, docs/ENGINES.md "Scale-out"), generation and templates
+  go through it unchanged; the health check asks the router which replicas are down (`GET /workers`).
 * `render_chat` asks the server to apply the model's chat template: `POST /tokenize` with `messages` and
   `add_generation_prompt=true` returns the prompt as ids (awaited: it never blocks the event loop).
 
@@ -21,12 +23,33 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from voicekit.engines.base import ChatMessage, Delta, EngineBase, Prompt, SamplingSettings
 from voicekit.engines.loop import Channel
 from voicekit.engines.vllm_engine import fold_system_message
 from voicekit.errors import ModelUnavailableError, VoicekitError, first_line
+
+
+@dataclass(frozen=True)
+class Replicas:
+    """The model servers behind a router, by URL, as the router's own health checks see them."""
+
+    healthy: tuple[str, ...]
+    down: tuple[str, ...]
+
+    @property
+    def total(self) -> int:
+        return len(self.healthy) + len(self.down)
+
+    @classmethod
+    def of(cls, workers: list[Any]) -> Replicas:
+        """From vllm-router's `GET /workers` list (`url`, `is_healthy` per worker)."""
+        rows = [w for w in workers if isinstance(w, dict) and "url" in w]
+        return cls(tuple(sorted(str(w["url"]) for w in rows if w.get("is_healthy"))),
+                   tuple(sorted(str(w["url"]) for w in rows if not w.get("is_healthy"))))
+
 
 _DONE = object()  # the `[DONE]` event that ends a completion stream
 HEALTH_TIMEOUT_S = 5.0  # a server that takes longer to answer its health route is not serving
@@ -105,6 +128,7 @@ class HTTPEngine(EngineBase):
         self._timeout = self._httpx.Timeout(timeout_s, connect=connect_timeout_s)
         self._sampling_overrides = dict(sampling_overrides or {})
         self._client: Any = None  # created on the loop that first uses it
+        self._is_router: bool | None = None  # known after the server first answers GET /workers
 
     def _async_client(self) -> Any:
         if self._client is None:
@@ -199,16 +223,45 @@ class HTTPEngine(EngineBase):
 
     async def failure(self) -> str | None:
         """Closed, or the server's `GET /health` fails: no connection, no answer within a few seconds, or not 200
-        (vLLM answers 503 once its engine core died)."""
+        (vLLM answers 503 once its engine core died). Behind vllm-router, whose `/health` is 503 as soon as any
+        replica is down, only a router with no healthy replica left is a failure (`warnings()` names the rest)."""
         if self._closed:
             return f"the HTTP engine for {self.base_url} is closed"
         try:
             response = await self._async_client().get("/health", timeout=HEALTH_TIMEOUT_S)
         except self._httpx.HTTPError as error:
             return f"cannot reach the server at {self.base_url}/health ({type(error).__name__}: {first_line(error)})"
-        if response.status_code != 200:
+        if response.status_code == 200:
+            return None
+        replicas = await self.replicas()
+        if replicas is None:
             return f"the server at {self.base_url} answered GET /health with {response.status_code}"
-        return None
+        if replicas.healthy:
+            return None
+        down = ", ".join(replicas.down) or "none listed"
+        return f"no healthy replica behind the router at {self.base_url} (down: {down})"
+
+    async def replicas(self) -> Replicas | None:
+        """The replicas behind a vllm-router at `base_url` (its `GET /workers`), or None when it is no router."""
+        if self._is_router is False:
+            return None
+        try:
+            response = await self._async_client().get("/workers", timeout=HEALTH_TIMEOUT_S)
+            workers = response.json()["workers"] if response.status_code == 200 else None
+            replicas = Replicas.of(workers) if isinstance(workers, list) else None
+        except (self._httpx.HTTPError, ValueError, KeyError, TypeError):
+            replicas = None  # the next health check asks again
+        else:
+            self._is_router = replicas is not None  # settled once the server has answered
+        return replicas
+
+    async def warnings(self) -> list[str]:
+        """What still serves but is worse than it should be: here, replicas down behind a router."""
+        replicas = await self.replicas() if not self._closed else None
+        if replicas is None or not replicas.down or not replicas.healthy:
+            return []  # all well, or none left: then it is `failure()`'s to say
+        return [f"{len(replicas.down)} of {replicas.total} replicas behind the router at {self.base_url} down: "
+                f"{', '.join(replicas.down)}"]
 
     async def close(self) -> None:
         """Abort running requests and close the HTTP client (the server keeps running)."""

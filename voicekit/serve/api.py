@@ -81,6 +81,7 @@ class ServerState:
         self.active: dict[str, RequestRecord] = {}
         self.finished: OrderedDict[str, RequestRecord] = OrderedDict()  # the last FINISHED_KEPT, for GET /chat/{id}
         self.served = 0
+        self.warnings: list[str] = []  # the last health check's, to log only what changed
 
     def finish(self, record: RequestRecord) -> None:
         """Move a request from the active ones to the recently finished ones; free its running slot."""
@@ -154,15 +155,19 @@ def create_app(kit: Any, *, api_key: str | None = None, password: str | None = N
     async def health() -> JSONResponse:
         # 503 with the reason once an engine is dead (vLLM core crashed, model server gone): load balancers
         # and supervisors see it without sending a request that would fail. The probe runs on the kit's loop.
-        failure = await anyio.to_thread.run_sync(kit.health)
+        failure, warnings = await anyio.to_thread.run_sync(lambda: (kit.health(), kit.warnings()))
         engine = getattr(kit.chat_model, "engine", None)
         body = {"status": "error" if failure else "ok", **({"reason": failure} if failure else {}),
+                "warnings": warnings,
                 "preset": kit.description.get("preset", kit.settings.preset),
                 "active_requests": len(state.active),
                 "engine_requests": len(engine.active_requests()) if engine is not None else 0,
                 "served": state.served, "admission": state.admission.as_dict(), "rss_mb": _rss_mb()}
         if failure:
             log.warning("health check failed: %s", failure)
+        if warnings != state.warnings:  # logged when they change, not at every probe
+            state.warnings = warnings
+            log.warning("health: %s", "; ".join(warnings) or "no warnings any more")
         return JSONResponse(body, status_code=503 if failure else 200)
 
     @app.get("/v1/audio/voices")
