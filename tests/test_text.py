@@ -324,7 +324,16 @@ def test_first_fragment_only_moves_the_first_boundary(tokens: list[str], seed: i
     plain, early = stream(text, sizes), stream(text, sizes, first_fragment_chars=8)
     if len(early) == len(plain) + 1:
         assert [f"{early[0]} {early[1]}", *early[2:]] == plain
-        assert early[0][-1] in ",;:" and len(early[0]) >= 8
+        assert early[0][-1] in ",;:—–-" and len(early[0]) >= 8
     else:
         assert early == plain
     assert early == stream(text, [], first_fragment_chars=8)  # the cut does not depend on the chunking
+
+
+def test_stream_first_fragment_may_end_at_a_dash() -> None:
+    splitter = SentenceStream(first_fragment_chars=10)
+    assert splitter.push("Paris is the capital — and the largest city") == ["Paris is the capital —"]
+    assert splitter.push(" of France.") == []
+    assert splitter.flush() == ["and the largest city of France."]
+    hyphen = SentenceStream(first_fragment_chars=10)
+    assert hyphen.push("A well-known city - Paris is it") == ["A well-known city -"]  # not at the word's hyphen

@@ -251,3 +251,35 @@ def _mono(samples: np.ndarray) -> np.ndarray:
 def _check_rate(sample_rate: int) -> None:
     if not isinstance(sample_rate, (int, np.integer)) or isinstance(sample_rate, bool) or sample_rate <= 0:
         raise ValueError(f"sample rate must be a positive integer, got {sample_rate!r}")
+
+
+def to_float32(samples: np.ndarray) -> np.ndarray:
+    """Mono float32 in [-1, 1] from float audio or an int16 PCM array (the one place ints are accepted)."""
+    array = np.asarray(samples)
+    if array.dtype.kind in "iu":
+        return pcm16_to_float(array.astype("<i2", copy=False).reshape(-1))
+    return _mono(array)
+
+
+class StreamResampler:
+    """Resample a live mono stream chunk by chunk without edge clicks (soxr's streaming resampler).
+
+    `push()` returns what each chunk makes (soxr holds back a few ms for its filter); `flush()` the rest.
+    """
+
+    def __init__(self, from_rate: int, to_rate: int) -> None:
+        _check_rate(from_rate)
+        _check_rate(to_rate)
+        self.from_rate, self.to_rate = from_rate, to_rate
+        self._stream = None if from_rate == to_rate else soxr.ResampleStream(from_rate, to_rate, 1, dtype="float32")
+
+    def push(self, samples: np.ndarray) -> np.ndarray:
+        """Resampled audio for the next chunk of the stream."""
+        x = _mono(samples)
+        return x if self._stream is None else np.asarray(self._stream.resample_chunk(x), dtype=np.float32)
+
+    def flush(self) -> np.ndarray:
+        """The audio still held back: call once, at the end of the stream."""
+        if self._stream is None:
+            return np.zeros(0, dtype=np.float32)
+        return np.asarray(self._stream.resample_chunk(np.zeros(0, dtype=np.float32), last=True), dtype=np.float32)

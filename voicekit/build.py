@@ -13,6 +13,7 @@ a user can build any of them by hand (or pass their own to `load()`). Which mode
 | speech | `tts=orpheus` + a `.gguf` `tts_model`, or the cpu preset | llama.cpp on that GGUF (default: the Q4_K_M one) |
 | speech | `tts=orpheus` (gpu) | vLLM in this process, `tts_memory_share` of the GPU; SNAC on the GPU |
 | speech | `tts=qwen3` | vLLM-Omni at `tts_url`, else the official qwen-tts package |
+| listening | `asr_model`, `asr_device` | Whisper on faster-whisper (CTranslate2), loaded on first use |
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from voicekit import device
 from voicekit.chat import ChatModel
@@ -34,6 +35,9 @@ from voicekit.kit import Kit
 from voicekit.pipeline import Pipeline
 from voicekit.settings import Settings
 from voicekit.tts.base import SpeechBackend
+
+if TYPE_CHECKING:
+    from voicekit.listening.asr import Transcriber
 
 log = logging.getLogger("voicekit")
 
@@ -233,6 +237,37 @@ def build_qwen3(settings: Settings, voice: str | None = None) -> SpeechBackend:
     if settings.tts_url:
         return Qwen3OmniBackend(settings.tts_url, model, **options)
     return Qwen3OfficialBackend(model, hf_token=settings.token, cuda=device.cuda_available(), **options)
+
+
+# -- the speech recognizer ---------------------------------------------------------------------------------
+
+
+def asr_device(settings: Settings) -> str:
+    """Where the recognizer runs: `asr_device`, or for `auto` cuda on the gpu preset when CUDA works, else cpu."""
+    if settings.asr_device != "auto":
+        return settings.asr_device
+    return "cuda" if settings.preset == "gpu" and device.cuda_available() else "cpu"
+
+
+def build_transcriber(settings: Settings) -> Transcriber:
+    """The speech recognizer of `settings` (Whisper on faster-whisper), loaded now.
+
+    Kits call it on first use (`kit.transcriber`), not at load time: it costs memory a kit that only speaks does
+    not need. With `asr_device=auto` on a GPU whose CUDA CTranslate2 cannot use, it falls back to the CPU.
+    """
+    from voicekit.listening.asr import load_transcriber
+
+    where = asr_device(settings)
+    # cache_dir is HF_HOME for the other models (build_kit): their hub files live in its hub/ folder
+    cache = str(Path(settings.cache_dir).expanduser() / "hub") if settings.cache_dir else None
+    options: dict[str, Any] = {"compute_type": settings.asr_compute_type, "cache_dir": cache, "token": settings.token}
+    try:
+        return load_transcriber(settings.asr_model, device=where, **options)
+    except ModelUnavailableError as error:
+        if where != "cuda" or settings.asr_device != "auto":
+            raise
+        log.warning("speech recognizer: %s; running it on the CPU instead", error)
+        return load_transcriber(settings.asr_model, device="cpu", **{**options, "compute_type": "default"})
 
 
 # -- the kit ----------------------------------------------------------------------------------------------

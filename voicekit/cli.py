@@ -1,4 +1,4 @@
-"""Command line: `python -m voicekit say|chat|voices|serve|doctor|config|bench`.
+"""Command line: `python -m voicekit say|chat|transcribe|voices|serve|doctor|config|bench`.
 
 User mistakes (empty or long text, unknown voice, a missing model) print one `error:` line and exit 2;
 anything else is a bug and keeps its traceback.
@@ -53,6 +53,18 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--json", action="store_true", help="print the reply and timings as JSON")
     chat.set_defaults(run=run_chat)
 
+    transcribe = commands.add_parser("transcribe", help="print the words spoken in an audio file (speech "
+                                     "recognition; loads neither the chat model nor the voices)")
+    transcribe.add_argument("file", help="WAV, MP3, Ogg/Opus, WebM, FLAC, M4A, ... ('-' reads standard input)")
+    transcribe.add_argument("--language", help="a Whisper language code such as en (default: VOICEKIT_ASR_LANGUAGE, "
+                            "en; '' detects it)")
+    transcribe.add_argument("--model", help="recognizer: tiny.en (bundled), large-v3-turbo, a hub id or a folder "
+                            "(VOICEKIT_ASR_MODEL)")
+    transcribe.add_argument("--preset", help="auto (default), cpu, gpu or laptop")
+    transcribe.add_argument("--json", action="store_true", help="print text, language, duration, timings and "
+                            "segments as JSON")
+    transcribe.set_defaults(run=run_transcribe)
+
     voices = commands.add_parser("voices", help="list the voices (by family), or fetch a family's voices once")
     voices.add_argument("--preset", help="auto (default), cpu, gpu or laptop")
     voices.add_argument("--fetch", choices=("kokoro",), help="download Kokoro's 28 English voices into the Hugging "
@@ -76,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     config.set_defaults(run=run_config)
 
     bench = commands.add_parser("bench", help="measure latency and speed, write JSON")
-    bench.add_argument("what", choices=("pipeline", "snac", "llm", "load", "soak"), help="what to measure")
+    bench.add_argument("what", choices=("pipeline", "snac", "llm", "load", "soak", "talk"), help="what to measure")
     bench.add_argument("--json", metavar="FILE", required=True, help="where to write the results")
     bench.add_argument("--preset", help="auto (default), cpu or gpu")
     bench.add_argument("--repeats", type=int, default=3, help="runs per case (default 3)")
@@ -96,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--minutes", type=float, default=10.0, help="soak: how long to keep the load on (default 10)")
     bench.add_argument("--shape", action="append", help="llm: time a model of this shape with random weights "
                        "(qwen2.5-0.5b, qwen2.5-1.5b, smollm2-135m; repeatable)")
+    bench.add_argument("--browser", action="store_true", help="talk: also the first sound in chromium "
+                       "(Gradio's player and the Talk page's; needs playwright)")
     bench.set_defaults(run=run_bench)
     return parser
 
@@ -143,6 +157,24 @@ def run_chat(args: argparse.Namespace) -> int:
             print(reply.text)
             print(f"\nwrote {path}")
             print(f"{reply.timings.line()} · {len(reply.sentences)} sentence(s) · total {reply.timings.total_s:.2f} s")
+    return 0
+
+
+def run_transcribe(args: argparse.Namespace) -> int:
+    """`transcribe`: the recognizer alone (build_transcriber), on a file decoded before the model loads."""
+    from voicekit.build import build_transcriber
+    from voicekit.listening.asr import read_audio
+    from voicekit.settings import Settings
+
+    settings = Settings.resolve(args.preset, asr_model=args.model)
+    samples, rate = read_audio(sys.stdin.buffer.read() if args.file == "-" else args.file)
+    transcriber = build_transcriber(settings)
+    try:
+        language = settings.asr_language if args.language is None else args.language
+        transcript = transcriber.transcribe(samples, rate, language or None)
+    finally:
+        transcriber.close()
+    print(json.dumps(transcript.as_dict()) if args.json else transcript.text)
     return 0
 
 
@@ -213,6 +245,10 @@ def run_bench(args: argparse.Namespace) -> int:
         results: Any = (run_load_bench(args.url, args.clients, args.requests, args.drop_every, key)
                         if args.what == "load" else
                         run_soak(args.url, args.minutes, args.clients, args.requests, args.drop_every, key))
+    elif args.what == "talk":
+        from voicekit.bench.talk import run_talk_bench
+
+        results = run_talk_bench(preset=args.preset, repeats=args.repeats, browser=args.browser)
     elif args.what == "llm":
         from voicekit.bench.llm import run_llm_bench
 

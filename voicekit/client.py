@@ -17,10 +17,12 @@ own `Reply` / `AsyncReply`, fed from the HTTP body as it arrives. What differs f
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
 import re
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +33,8 @@ import httpx
 from voicekit.chat import HistoryItem, normalize_history
 from voicekit.client_stream import AsyncAudioStream, AudioStream, Call
 from voicekit.errors import (
+    AudioDecodeError,
+    AudioTooLongError,
     AuthenticationError,
     EmptyTextError,
     InvalidRequestError,
@@ -39,10 +43,12 @@ from voicekit.errors import (
     SettingsError,
     TextTooLongError,
     UnknownVoiceError,
+    UnsupportedLanguageError,
     first_line,
     server_error,
 )
 from voicekit.kit import AsyncReply, Reply
+from voicekit.listening.asr import Segment, Transcript
 from voicekit.pipeline import Turn
 from voicekit.text import clean_for_speech, split_sentences
 from voicekit.tts.base import resolve_voice
@@ -51,6 +57,8 @@ from voicekit.tts.catalogue import Voice
 log = logging.getLogger("voicekit.client")
 
 DEFAULT_PORT = 7860
+_TRANSCRIPTION_ERRORS = {"invalid_audio": AudioDecodeError, "audio_too_long": AudioTooLongError,
+                         "unsupported_language": UnsupportedLanguageError}
 _LIVE_HEALTH_KEYS = {"status", "reason", "warnings", "active_requests", "engine_requests", "served", "admission",
                      "rss_mb"}
 
@@ -199,6 +207,32 @@ class RemoteKit:
         call = self._chat_call(message, voice, history, mode, options)
         return AsyncReply(call.turn, AsyncAudioStream(self, call), self.sample_rate)
 
+    def transcribe(self, audio: Any, sample_rate: int | None = None, language: str | None = None, *,
+                   prompt: str | None = None, temperature: float | None = None) -> Transcript:
+        """The words spoken in `audio` (samples with their `sample_rate`, an audio file's path or bytes), heard by
+        the server's recognizer (`POST /v1/audio/transcriptions`). `seconds` is the server's processing time."""
+        from voicekit.listening.asr import upload_bytes
+
+        data = upload_bytes(audio, sample_rate)
+        fields = {"model": "whisper-1", "response_format": "verbose_json",
+                  **{name: str(value) for name, value in (("language", language), ("prompt", prompt),
+                                                         ("temperature", temperature)) if value is not None}}
+        started = time.perf_counter()
+        response = self._checked(self._send(lambda: self._client.post(
+            "/v1/audio/transcriptions", data=fields, files={"file": ("audio", data, "application/octet-stream")})))
+        body = response.json()
+        segments = tuple(Segment(float(item["start"]), float(item["end"]), str(item["text"]))
+                         for item in body.get("segments", []))
+        seconds = float(response.headers.get("X-Processing-Seconds") or time.perf_counter() - started)
+        return Transcript(str(body["text"]), str(body.get("language", "")), float(body.get("duration", 0.0)),
+                          segments, seconds)
+
+    async def atranscribe(self, audio: Any, sample_rate: int | None = None, language: str | None = None, *,
+                          prompt: str | None = None, temperature: float | None = None) -> Transcript:
+        """`transcribe` in a worker thread."""
+        return await asyncio.to_thread(self.transcribe, audio, sample_rate, language, prompt=prompt,
+                                       temperature=temperature)
+
     def close(self) -> None:
         """Close the HTTP connections (the server and its models keep running)."""
         self._client.close()
@@ -258,6 +292,8 @@ class RemoteKit:
             raise server_error(UnknownVoiceError, message, voice=(voice or "").strip(), voices=list(self.voices))
         if code == "empty_input":
             raise server_error(EmptyTextError, message)
+        if code in _TRANSCRIPTION_ERRORS:
+            raise server_error(_TRANSCRIPTION_ERRORS[code], message)
         if code == "input_too_long":
             numbers = [int(n) for n in re.findall(r"\d+", message)[:2]] + [0, 0]
             raise server_error(TextTooLongError, message, length=numbers[0], limit=numbers[1])

@@ -59,6 +59,26 @@ class NoAudioError(VoicekitError, RuntimeError):
     """The speech model finished without producing any audio for a text."""
 
 
+# -- listening (speech recognition) -----------------------------------------------------------------
+
+
+class AudioDecodeError(VoicekitError, ValueError):
+    """The audio to transcribe cannot be read: not an audio file, or samples of the wrong type or shape."""
+
+
+class AudioTooLongError(VoicekitError, ValueError):
+    """The audio to transcribe is longer than the documented limit (voicekit.listening.asr.MAX_TRANSCRIBE_S)."""
+
+    def __init__(self, seconds: float, limit: float) -> None:
+        self.seconds = seconds
+        self.limit = limit
+        super().__init__(f"the audio is {seconds:.1f} s long; the limit is {limit:g} s: cut it into shorter parts")
+
+
+class UnsupportedLanguageError(VoicekitError, ValueError):
+    """The language asked for is not one the speech recognizer knows."""
+
+
 # -- a voicekit server's answers (voicekit.connect) -----------------------------------------------
 
 

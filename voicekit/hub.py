@@ -76,16 +76,19 @@ def check_access(repo: str, token: str | None, *, endpoint: str | None = None) -
     return None
 
 
-def fetch_model(spec: str, token: str | None, *, endpoint: str | None = None) -> str:
+def fetch_model(spec: str, token: str | None, *, endpoint: str | None = None, cache_dir: str | None = None,
+                allow_patterns: list[str] | None = None) -> str:
     """A local folder for ``spec``: a local path as it is, a hub id downloaded into the cache (cached files
-    are not fetched again). Raises `ModelUnavailableError` with `explain`'s message."""
+    are not fetched again; `allow_patterns`: only the files that match). Raises `ModelUnavailableError` with
+    `explain`'s message."""
     if is_local(spec):
         return str(Path(spec).expanduser())
     from huggingface_hub import snapshot_download
 
     log.info("fetching %s from the Hugging Face hub (cached files are reused)", spec)
     try:
-        return str(snapshot_download(spec, token=token or None, ignore_patterns=IGNORE_PATTERNS, endpoint=endpoint))
+        return str(snapshot_download(spec, token=token or None, ignore_patterns=IGNORE_PATTERNS, endpoint=endpoint,
+                                     cache_dir=cache_dir, allow_patterns=allow_patterns))
     except Exception as error:
         raise ModelUnavailableError(explain(spec, error)) from error
 

@@ -8,20 +8,28 @@ the call is made, so a bad text or voice raises before any audio is promised.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
 from collections.abc import AsyncIterator, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from voicekit.audio import concat, wav_bytes, write_wav
 from voicekit.chat import ChatModel, HistoryItem
 from voicekit.engines.loop import EventLoopThread
+from voicekit.listening.blocking import RealtimeSession
+from voicekit.listening.session import AsyncRealtimeSession, TalkOptions
+from voicekit.listening.turns import TurnOptions
 from voicekit.pipeline import AudioChunk, Pipeline, Timings, Turn
 from voicekit.settings import Settings
 from voicekit.tts.base import SpeechBackend, speech_failure
 from voicekit.tts.catalogue import Voice, voice_facts
+
+if TYPE_CHECKING:
+    from voicekit.listening.asr import AudioSource, Transcriber, Transcript
 
 log = logging.getLogger("voicekit")
 
@@ -188,22 +196,83 @@ class Kit:
         return AsyncReply(turn, self.loop.aiterate(lambda: self.pipeline.run(turn)), self.sample_rate)
 
     def chat(self, message: str, voice: str | None = None, history: Iterable[HistoryItem] | None = None,
-             mode: str | None = None, *, time_limit_s: float | None = None, **options: Any) -> Reply:
+             mode: str | None = None, *, time_limit_s: float | None = None, first_fragment_chars: int | None = None,
+             **options: Any) -> Reply:
         """Reply to `message` with the chat model and speak it (sync). Options: system_prompt, temperature,
-        max_tokens, seed."""
+        max_tokens, seed. `first_fragment_chars` (overlap mode) overrides the kit's early first piece."""
         turn = self._limited(self.pipeline.chat_turn(message, voice, history, mode, **options), time_limit_s)
+        turn.first_fragment_chars = first_fragment_chars
         return Reply(turn, self.loop.iterate(lambda: self.pipeline.run(turn)), self.sample_rate)
 
     def achat(self, message: str, voice: str | None = None, history: Iterable[HistoryItem] | None = None,
-              mode: str | None = None, *, time_limit_s: float | None = None, **options: Any) -> AsyncReply:
+              mode: str | None = None, *, time_limit_s: float | None = None, first_fragment_chars: int | None = None,
+              **options: Any) -> AsyncReply:
         """Reply to `message` and speak it; `async for` the reply for audio chunks."""
         turn = self._limited(self.pipeline.chat_turn(message, voice, history, mode, **options), time_limit_s)
+        turn.first_fragment_chars = first_fragment_chars
         return AsyncReply(turn, self.loop.aiterate(lambda: self.pipeline.run(turn)), self.sample_rate)
 
     @staticmethod
     def _limited(turn: Turn, time_limit_s: float | None) -> Turn:
         turn.time_limit_s = time_limit_s
         return turn
+
+    # -- listening: speech to text ------------------------------------------------------------------
+
+    _transcriber: Transcriber | None = None  # loaded on first use: a kit that only speaks does not pay for it
+    _transcriber_lock = threading.Lock()
+
+    @property
+    def transcriber(self) -> Transcriber:
+        """The speech recognizer (settings `asr_*`; Whisper on faster-whisper), loaded once on first use."""
+        if self._transcriber is None:
+            with self._transcriber_lock:
+                if self._transcriber is None:
+                    from voicekit.build import build_transcriber  # build imports this module
+
+                    self._transcriber = build_transcriber(self.settings)
+        return self._transcriber
+
+    def transcribe(self, audio: AudioSource, sample_rate: int | None = None, language: str | None = None, *,
+                   prompt: str | None = None, temperature: float | None = None) -> Transcript:
+        """The words spoken in `audio`: float or int16 samples (give `sample_rate`), an audio file's path or its
+        bytes (WAV, MP3, Ogg/Opus, WebM, FLAC, ...). `language` None: `asr_language` ("" detects it).
+
+        Raises AudioDecodeError for what is not audio, AudioTooLongError past MAX_TRANSCRIBE_S (600 s)."""
+        from voicekit.listening.asr import read_audio
+
+        samples, rate = read_audio(audio, sample_rate)
+        wanted = self.settings.asr_language if language is None else language
+        return self.transcriber.transcribe(samples, rate, wanted or None, prompt=prompt, temperature=temperature)
+
+    async def atranscribe(self, audio: AudioSource, sample_rate: int | None = None, language: str | None = None,
+                          *, prompt: str | None = None, temperature: float | None = None) -> Transcript:
+        """`transcribe` in a worker thread, so the event loop keeps serving meanwhile."""
+        return await asyncio.to_thread(self.transcribe, audio, sample_rate, language, prompt=prompt,
+                                       temperature=temperature)
+
+    # -- talking out loud (voicekit.listening) ----------------------------------------------------------
+
+    def talk_options(self) -> TalkOptions:
+        """How realtime sessions listen and answer, from the settings (turn_*, vad_threshold, talk_mode, asr_*)."""
+        settings = self.settings
+        turn = TurnOptions(threshold=settings.vad_threshold, silence_s=settings.turn_silence_s,
+                           min_speech_s=settings.turn_min_speech_s)
+        return TalkOptions(turn=turn, barge_in_grace_s=settings.barge_in_grace_s, mode=settings.talk_mode,
+                           first_fragment_chars=settings.first_fragment_chars,
+                           language=settings.asr_language or None)
+
+    def realtime(self, voice: str | None = None, instructions: str | None = None,
+                 history: list[dict[str, Any]] | None = None) -> RealtimeSession:
+        """A spoken conversation for sync code: feed microphone audio, read events (voicekit/listening/blocking.py)."""
+        return RealtimeSession(self, voice=voice, instructions=instructions, history=history,
+                               options=self.talk_options())
+
+    def arealtime(self, voice: str | None = None, instructions: str | None = None,
+                  history: list[dict[str, Any]] | None = None) -> AsyncRealtimeSession:
+        """A spoken conversation for async code (make it on the loop that uses it; voicekit/listening/session.py)."""
+        return AsyncRealtimeSession(self, voice=voice, instructions=instructions, history=history,
+                                    options=self.talk_options())
 
     def health(self, timeout: float = 15.0) -> str | None:
         """Why this kit cannot serve now (an engine died, a model server is gone), or None when it can.
@@ -252,6 +321,8 @@ class Kit:
 
         self.loop.run(shutdown())
         self.loop.close()
+        if self._transcriber is not None:
+            self._transcriber.close()
 
     def __enter__(self) -> Kit:
         return self

@@ -113,6 +113,7 @@ class Turn:
     done: bool = False
     time_limit_s: float | None = None  # the turn stops when it has taken this long (a server's request limit)
     timed_out: bool = False  # it did
+    first_fragment_chars: int | None = None  # overlap: this turn's early first piece (None: the pipeline's)
 
     @property
     def history(self) -> list[dict[str, str]]:
@@ -244,7 +245,8 @@ class Pipeline:
 
     async def _write_sentences(self, replies: AsyncIterator[str], turn: Turn,
                                ready: asyncio.Queue[str | None]) -> None:
-        splitter = SentenceStream(first_fragment_chars=self.first_fragment_chars,
+        early = self.first_fragment_chars if turn.first_fragment_chars is None else turn.first_fragment_chars or None
+        splitter = SentenceStream(first_fragment_chars=early,
                                   keep_tags=bool(self.tts.tags))
         try:
             async with contextlib.aclosing(replies):  # type: ignore[type-var]

@@ -47,6 +47,7 @@ PRESET_DEFAULTS: dict[str, dict[str, Any]] = {
         "chat_model": "google/gemma-2-2b-it",
         "tts": "orpheus",
         "tts_model": "canopylabs/orpheus-3b-0.1-ft",
+        "asr_model": "large-v3-turbo",
         "top_k": 0,
         "repetition_penalty": 1.0,
     },
@@ -150,10 +151,29 @@ class Settings(_Schema):
     # pipeline
     mode: Mode = Field("sequential", description="`sequential` (write the whole reply, then speak) or `overlap` "
                        "(speak the first sentence while the model writes)")
-    first_fragment_chars: int = Field(0, ge=0, description="overlap mode: release the first piece early at "
-                                      "`, ; :` once this many characters are written; `0`: off")
+    first_fragment_chars: int = Field(24, ge=0, description="overlap mode (and spoken turns): speak the first "
+                                      "clause early, at `, ; :` or a dash, once this many characters are written; "
+                                      "`0`: whole sentences only")
     max_text_chars: int = Field(2000, gt=0, description="longest text (`say`) or message (`chat`) accepted; "
                                 "longer input is refused with a clear error")
+    # listening (voicekit.listening: speech recognition, turn-taking, barge-in)
+    asr_model: str = Field("", description="speech recognizer: a faster-whisper model name (`tiny.en`, "
+                           "`large-v3-turbo`, ...), hub id or folder; empty: the bundled Whisper tiny.en "
+                           "(cpu, laptop) or `large-v3-turbo` (gpu)")
+    asr_device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where the recognizer runs; `auto`: "
+                                                        "cuda on the gpu preset, else cpu")
+    asr_compute_type: str = Field("default", description="CTranslate2 compute type (`int8`, `float16`, ...); "
+                                  "`default`: int8 on cpu, float16 on cuda")
+    asr_language: str = Field("en", description="language spoken to the kit (a Whisper code); empty: detect it")
+    vad_threshold: float = Field(0.5, gt=0.0, lt=1.0, description="Silero VAD speech probability that counts "
+                                 "as speech (0 to 1)")
+    turn_silence_s: float = Field(0.5, gt=0.0, le=5.0, description="silence that ends the user's turn (seconds)")
+    turn_min_speech_s: float = Field(0.25, ge=0.0, le=5.0, description="shortest speech that counts as a turn "
+                                     "(seconds); shorter sounds are ignored")
+    barge_in_grace_s: float = Field(0.3, ge=0.0, le=5.0, description="after a reply's audio starts, user speech "
+                                    "this soon is taken for echo, not an interruption (seconds)")
+    talk_mode: Mode = Field("overlap", description="the schedule of spoken turns (realtime sessions, the page's "
+                            "Talk mode): `overlap` starts speaking while the model writes")
     # GPU (vLLM)
     chat_memory_share: float = Field(0.30, description="vLLM `gpu_memory_utilization` of the chat engine (a share "
                                      "of the GPU's total memory, between 0 and 1)")

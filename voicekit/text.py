@@ -41,7 +41,8 @@ _LOWER_WORD_RE = re.compile(r"[a-z]+(?!\w)")
 _OPENERS = "\"'“‘([«¿¡"
 _CLOSERS = "\"'”’)]»"
 _TERM_RE = re.compile(r"[.!?…]+[\"'”’)\]»]*")
-_SOFT_RE = re.compile(r"[,;:](?=\s+[\"'“‘(\[]*[^\W_])")  # a soft break with words after it
+# a soft break with words after it: `, ; :`, a dash (— or –), or a hyphen standing between spaces
+_SOFT_RE = re.compile(r"(?:[,;:—–]|(?<=\s)-)(?=\s+[\"'“‘(\[]*[^\W_])")
 _SPACE_RE = re.compile(r"\s*")
 _OPENING_RE = re.compile(f"[{re.escape(_OPENERS)}]*")
 _ALNUM_RE = re.compile(r"[^\W_]")
@@ -253,7 +254,7 @@ def split_sentences(text: str, min_chars: int = DEFAULT_MIN_CHARS) -> list[str]:
 
 
 def _first_cut(piece: str, min_length: int, min_chars: int) -> int | None:
-    """End of the first `, ; :` in `piece` that leaves a head of at least `min_length` characters."""
+    """End of the first `, ; :` or dash in `piece` that leaves a head of at least `min_length` characters."""
     for match in _SOFT_RE.finditer(piece):
         if match.end() >= min_length and _speakable(piece[: match.end()]) >= min_chars:
             return match.end()

@@ -29,6 +29,8 @@ DEFAULT_TIMEOUT_S = 120.0
 class Busy(Exception):
     """The server runs and queues as many requests as it may: try again after `retry_after` seconds."""
 
+    code = "busy"  # the error code clients see (the realtime socket's `error` event)
+
     def __init__(self, message: str, retry_after: int) -> None:
         super().__init__(message)
         self.retry_after = retry_after

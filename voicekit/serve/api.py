@@ -1,4 +1,5 @@
-"""The HTTP API: `POST /chat`, OpenAI-compatible `POST /v1/audio/speech`, `GET /v1/audio/voices`, `GET /health`.
+"""The HTTP API: `POST /chat`, OpenAI-compatible `POST /v1/audio/speech` and `POST /v1/audio/transcriptions`
+(transcriptions.py), `GET /v1/audio/voices`, `GET /health`.
 
 `create_app(kit)` returns a FastAPI app (no Gradio here; `voicekit.serve.app` mounts the page beside it). Audio streams
 as it is made: every route calls `kit.achat` / `kit.asay` (input is checked at call time, so a bad request
@@ -34,6 +35,7 @@ from voicekit.errors import VoicekitError
 from voicekit.serve.admission import Admission, Busy, Limits
 from voicekit.serve.audio import FORMATS, AudioFormat, encode_stream
 from voicekit.serve.auth import credentials_check
+from voicekit.serve.realtime import add_realtime_route
 from voicekit.serve.schema import (
     SPEECH_MODELS,
     ApiError,
@@ -45,6 +47,7 @@ from voicekit.serve.schema import (
     validation_error,
     voicekit_error,
 )
+from voicekit.serve.transcriptions import add_transcription_routes
 
 log = logging.getLogger("voicekit.server")
 
@@ -215,6 +218,9 @@ def create_app(kit: Any, *, api_key: str | None = None, password: str | None = N
     async def models(rid: str = Depends(authorize)) -> dict[str, Any]:
         return {"object": "list", "data": [{"id": name, "object": "model", "owned_by": "voicekit"}
                                            for name in SPEECH_MODELS]}
+
+    add_transcription_routes(app, kit, authorize)  # before the catch-all below, which would answer 404
+    add_realtime_route(app, kit, state.admission, api_key=api_key, password=password)
 
     @app.api_route("/v1/{rest:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH"], include_in_schema=False)
     async def unknown_route(rest: str, rid: str = Depends(request_id)) -> None:

@@ -8,8 +8,11 @@ helpers read the header (and show both schemes in /api/docs), and every comparis
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import hmac
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Annotated
 
 from fastapi import Depends
@@ -52,3 +55,63 @@ def credentials_check(api_key: str | None, password: str | None) -> Callable[...
         return False
 
     return authorized
+
+
+# -- the browser's realtime socket ------------------------------------------------------------------------
+# A browser cannot set headers on a WebSocket. The Talk page (served only to a client that authenticated) carries a
+# short-lived token signed with the secret; the page offers it as a subprotocol, `voicekit.token.<token>`, so the
+# password itself never reaches the page. Programs send the usual Authorization header, or OpenAI's browser form
+# `openai-insecure-api-key.<key>`.
+
+TOKEN_PROTOCOL = "voicekit.token."
+OPENAI_KEY_PROTOCOL = "openai-insecure-api-key."
+PAGE_TOKEN_TTL_S = 12 * 3600
+
+
+def _signature(secret: str, expiry: int) -> str:
+    return hmac.new(secret.encode(), f"voicekit-page:{expiry}".encode(), hashlib.sha256).hexdigest()[:40]
+
+
+def page_token(secret: str, ttl_s: int = PAGE_TOKEN_TTL_S, now: float | None = None) -> str:
+    """A token for the Talk page's socket, valid for `ttl_s` seconds: `<expiry>.<signature>`."""
+    expiry = int((time.time() if now is None else now) + ttl_s)
+    return f"{expiry}.{_signature(secret, expiry)}"
+
+
+def check_page_token(token: str, secret: str, now: float | None = None) -> bool:
+    """True when `token` came from `page_token(secret)` and has not expired."""
+    expiry_text, _, signature = token.partition(".")
+    if not expiry_text.isdigit() or int(expiry_text) < (time.time() if now is None else now):
+        return False
+    return _same(signature, _signature(secret, int(expiry_text)))
+
+
+def socket_secret(api_key: str | None, password: str | None) -> str | None:
+    """The secret that signs page tokens (the password's, else the API key); None when the server is open."""
+    return password_secret(password) or api_key or None
+
+
+def socket_authorized(headers: Mapping[str, str], api_key: str | None, password: str | None) -> tuple[bool, str | None]:
+    """(allowed, subprotocol to accept) for a WebSocket handshake with these headers (case-insensitive keys)."""
+    offered = [item.strip() for item in headers.get("sec-websocket-protocol", "").split(",") if item.strip()]
+    chosen = next((item for item in offered if item.startswith((TOKEN_PROTOCOL, OPENAI_KEY_PROTOCOL))), None)
+    chosen = chosen or ("realtime" if "realtime" in offered else None)
+    secret = socket_secret(api_key, password)
+    if secret is None:
+        return True, chosen
+    secrets = [value for value in (api_key, password_secret(password)) if value]
+    for item in offered:
+        if item.startswith(TOKEN_PROTOCOL) and check_page_token(item[len(TOKEN_PROTOCOL):], secret):
+            return True, item
+        if item.startswith(OPENAI_KEY_PROTOCOL) and any(_same(item[len(OPENAI_KEY_PROTOCOL):], s) for s in secrets):
+            return True, item
+    scheme, _, value = headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer":
+        return any(_same(value.strip(), s) for s in secrets), chosen
+    if scheme.lower() == "basic" and password:
+        try:
+            user, _, given = base64.b64decode(value.strip()).decode().partition(":")
+        except (ValueError, UnicodeDecodeError):
+            return False, chosen
+        return check_password(password, user, given), chosen
+    return False, chosen

@@ -1,0 +1,191 @@
+"""`/v1/realtime`: a WebSocket speaking a subset of the OpenAI Realtime API (docs/API.md, "Realtime").
+
+Each connection is one `AsyncRealtimeSession` (voicekit/listening/session.py): client events are checked and
+handed to it, its events are encoded (audio as base64 pcm16, 24 kHz mono) and sent back. A malformed or unknown
+event gets an `error` event and the connection stays open; a client that vanishes ends the session, which aborts
+a reply in progress. Replies take a running slot of the server's admission control for as long as they speak;
+a busy server answers with an `error` (code `busy`, `retry_after`) instead of a reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import json
+import logging
+from typing import Any
+
+from fastapi import FastAPI, WebSocket, WebSocketDisconnect
+
+from voicekit.audio import float_to_pcm16
+from voicekit.errors import VoicekitError
+from voicekit.listening.session import AsyncRealtimeSession, Event
+from voicekit.serve.admission import Admission
+from voicekit.serve.auth import socket_authorized
+
+log = logging.getLogger("voicekit.realtime")
+
+MAX_EVENT_BYTES = 4 << 20  # one client event (an append of ~85 s of pcm16 in base64); larger ones are refused
+MAX_SESSIONS_PER_SLOT = 4  # open sessions per running slot: idle listeners cost only their VAD
+
+
+def add_realtime_route(app: FastAPI, kit: Any, admission: Admission, *, api_key: str | None,
+                       password: str | None) -> None:
+    """Register `/v1/realtime` on `app` (same credentials as the other routes)."""
+    open_sessions: set[str] = set()
+
+    @app.websocket("/v1/realtime")
+    async def realtime(websocket: WebSocket) -> None:
+        allowed, subprotocol = socket_authorized(websocket.headers, api_key, password)
+        if not allowed:
+            await websocket.close(code=1008, reason="missing or wrong credentials")
+            return
+        if len(open_sessions) >= MAX_SESSIONS_PER_SLOT * admission.limits.running:
+            await websocket.close(code=1013, reason="the server has as many realtime sessions as it can take")
+            return
+        await websocket.accept(subprotocol=subprotocol)
+        session = AsyncRealtimeSession(kit, options=kit.talk_options(), gate=admission.slot)
+        open_sessions.add(session.id)
+        sender = asyncio.create_task(_send_events(websocket, session))
+        try:
+            await _warm_up(kit)
+            await _receive_events(websocket, session)
+        finally:
+            open_sessions.discard(session.id)
+            await session.aclose()  # stops a reply in progress: its engine requests are aborted
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(sender, 5)
+            with contextlib.suppress(Exception):
+                await websocket.close()
+
+
+async def _warm_up(kit: Any) -> None:
+    # The recognizer loads on first use (~0.3 s for tiny.en, seconds for a large model): load it while the
+    # user starts talking, not after their first turn.
+    with contextlib.suppress(Exception):
+        await asyncio.to_thread(lambda: kit.transcriber)
+
+
+async def _send_events(websocket: WebSocket, session: AsyncRealtimeSession) -> None:
+    with contextlib.suppress(WebSocketDisconnect, RuntimeError):  # the client went away: the receiver notices
+        async for event in session:
+            await websocket.send_text(json.dumps(encode_event(event)))
+
+
+def encode_event(event: Event) -> dict[str, Any]:
+    """The wire form of an event: its fields, audio as base64 pcm16 in `delta`."""
+    body = event.as_dict()
+    if event.audio is not None:
+        body["delta"] = base64.b64encode(float_to_pcm16(event.audio)).decode("ascii")
+    return body
+
+
+async def _receive_events(websocket: WebSocket, session: AsyncRealtimeSession) -> None:
+    while True:
+        try:
+            message = await websocket.receive()
+        except (WebSocketDisconnect, RuntimeError):
+            return
+        if message["type"] == "websocket.disconnect":
+            return
+        text = message.get("text")
+        if text is None:
+            session.error("binary_not_supported", "send JSON text frames (audio goes base64 in "
+                                                  "input_audio_buffer.append)")
+            continue
+        if len(text) > MAX_EVENT_BYTES:
+            session.error("event_too_large", f"an event may be at most {MAX_EVENT_BYTES} bytes; "
+                                             "send audio in smaller appends")
+            continue
+        await handle_event(session, text)
+
+
+async def handle_event(session: AsyncRealtimeSession, text: str) -> None:
+    """Apply one client event (JSON text); bad events become `error` events."""
+    try:
+        event = json.loads(text)
+    except ValueError as error:
+        session.error("invalid_json", f"the event is not JSON: {error}")
+        return
+    if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+        session.error("invalid_event", "an event is a JSON object with a string `type`")
+        return
+    handler = HANDLERS.get(event["type"])
+    if handler is None:
+        session.error("unknown_event", f"unsupported event type {event['type']!r}; supported: "
+                                       f"{', '.join(sorted(HANDLERS))}", param="type", event_id=event.get("event_id"))
+        return
+    try:
+        await handler(session, event)
+    except (ValueError, TypeError, KeyError, VoicekitError) as error:
+        session.error("invalid_event", f"{event['type']}: {error}", event_id=event.get("event_id"))
+
+
+async def _session_update(session: AsyncRealtimeSession, event: dict[str, Any]) -> None:
+    settings = event.get("session") or {}
+    if not isinstance(settings, dict):
+        raise TypeError("`session` must be an object")
+    voice, instructions = settings.get("voice"), settings.get("instructions")
+    if any(value is not None and not isinstance(value, str) for value in (voice, instructions)):
+        raise TypeError("`voice` and `instructions` are strings")
+    session.update(voice=voice, instructions=instructions)
+
+
+async def _append(session: AsyncRealtimeSession, event: dict[str, Any]) -> None:
+    audio = event.get("audio")
+    if not isinstance(audio, str):
+        raise TypeError("`audio` must be base64-encoded pcm16 (24 kHz mono)")
+    try:
+        pcm = base64.b64decode(audio, validate=True)
+    except binascii.Error as error:
+        raise ValueError(f"`audio` is not valid base64 ({error})") from None
+    await session.append_audio(pcm)
+
+
+async def _item_create(session: AsyncRealtimeSession, event: dict[str, Any]) -> None:
+    item = event.get("item") or {}
+    if not isinstance(item, dict) or item.get("type", "message") != "message" or item.get("role") != "user":
+        raise ValueError("only user messages can be added: {type: 'message', role: 'user', content: [...]}")
+    parts = item.get("content") or []
+    texts = [part.get("text", "") for part in parts if isinstance(part, dict) and part.get("type") == "input_text"]
+    if not texts or not "".join(texts).strip():
+        raise ValueError("the message needs an input_text content part with some text")
+    session.add_message(" ".join(texts))
+
+
+async def _truncate(session: AsyncRealtimeSession, event: dict[str, Any]) -> None:
+    item_id, end_ms = event.get("item_id"), event.get("audio_end_ms")
+    if not isinstance(item_id, str) or not isinstance(end_ms, int | float):
+        raise TypeError("`item_id` (string) and `audio_end_ms` (number) are required")
+    session.truncate(item_id, int(end_ms))
+
+
+async def _cancel(session: AsyncRealtimeSession, event: dict[str, Any]) -> None:
+    if not session.cancel():
+        session.error("response_cancel_not_active", "there is no response to cancel")
+
+
+async def _create_response(session: AsyncRealtimeSession, event: dict[str, Any]) -> None:
+    session.create_response()
+
+
+async def _commit(session: AsyncRealtimeSession, event: dict[str, Any]) -> None:
+    session.commit()
+
+
+async def _clear(session: AsyncRealtimeSession, event: dict[str, Any]) -> None:
+    session.clear()
+
+
+HANDLERS = {
+    "session.update": _session_update,
+    "input_audio_buffer.append": _append,
+    "input_audio_buffer.commit": _commit,
+    "input_audio_buffer.clear": _clear,
+    "conversation.item.create": _item_create,
+    "conversation.item.truncate": _truncate,
+    "response.create": _create_response,
+    "response.cancel": _cancel,
+}
