@@ -194,6 +194,7 @@ def test_browser_sends_a_message_and_hears_the_reply(page_server: BackgroundServ
         try:
             page = browser.new_page()
             page.goto(page_server.url + "/", wait_until="domcontentloaded", timeout=90_000)
+            page.get_by_role("tab", name="Chat").click(timeout=90_000)  # the page opens on the Talk tab
             box = page.locator("#vk-message textarea")
             box.wait_for(timeout=90_000)
             box.fill("Hello! Who are you?")

@@ -5,7 +5,8 @@
     VOICEKIT_PASSWORD=me:secret python -m voicekit serve --host 0.0.0.0
 
 The page (voicekit.serve.page, Gradio) is mounted at `/` beside the API routes (voicekit.serve.api: `/chat`,
-`/v1/audio/speech`, `/v1/audio/voices`, `/health`); uvicorn serves both. Flags win over environment
+`/v1/audio/speech`, `/v1/audio/voices`, `/health`) and the Talk page (voicekit.serve.talk: `/talk`, talking out
+loud over `/v1/realtime`); uvicorn serves them all. Flags win over environment
 variables: VOICEKIT_HOST, VOICEKIT_PORT, VOICEKIT_CONCURRENCY, VOICEKIT_PRESET. VOICEKIT_PASSWORD
 (`password` or `user:password`) protects the page and the API; VOICEKIT_API_KEY (a bearer key) protects
 the API. Secrets are never printed or logged. VOICEKIT_FALLBACK_REASON (set by runpod/start.sh when the gpu
@@ -42,9 +43,11 @@ def compose(kit: Any, *, password: str | None = None, api_key: str | None = None
     from voicekit.serve.audio import ensure_ffmpeg
     from voicekit.serve.auth import check_password
     from voicekit.serve.page import build_blocks
+    from voicekit.serve.talk import add_talk_routes
 
     ensure_ffmpeg()  # Gradio re-encodes streamed audio with ffmpeg; the bundled one needs no system install
     app = create_app(kit, api_key=api_key, password=password, limits=limits)
+    add_talk_routes(app, api_key=api_key, password=password)  # /talk: before the page's catch-all mount at `/`
     blocks = build_blocks(kit, assets_dir=assets_dir, notice=notice, admission=app.state.voicekit.admission)
     limit = concurrency or (4 if kit.settings.preset == "gpu" else 1)
     blocks.queue(default_concurrency_limit=limit)

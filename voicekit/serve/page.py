@@ -1,9 +1,10 @@
-"""The web page: a Gradio 6 `gr.Blocks` with Chat, Speak and Settings tabs, built on a loaded kit.
+"""The web page: a Gradio 6 `gr.Blocks` with Chat, Talk, Speak and Settings tabs, built on a loaded kit.
 
 The page only calls the kit (`kit.achat`, `kit.asay`) and shows what it returns; `voicekit.serve.app` mounts it
-beside the HTTP API (`voicekit.serve.api`). Streamed audio: Gradio re-encodes every streamed chunk with ffmpeg and
-chunks shorter than about a second stutter, so sentence chunks are grouped to at least `MIN_CHUNK_S`
-before they are sent (the first group goes out as soon as it is that long, the rest of the reply follows).
+beside the HTTP API (`voicekit.serve.api`); the Talk tab frames the Talk page (`voicekit.serve.talk`). Streamed
+audio: Gradio re-encodes every streamed chunk with ffmpeg and chunks shorter than about a second stutter, so
+sentence chunks are grouped to at least `MIN_CHUNK_S` before they are sent (the first group goes out as soon as
+it is that long, the rest of the reply follows).
 """
 
 from __future__ import annotations
@@ -135,13 +136,17 @@ def _header(assets_dir: Path | None) -> str:
     logo = assets_dir / "logo.svg" if assets_dir else None
     svg = logo.read_text(encoding="utf-8") if logo is not None and logo.is_file() else ""
     return (f'<div class="vk-header">{svg}<div><h1>voicekit</h1>'
-            f"<p>{html.escape('Type a message, pick a voice, and hear the reply as it is spoken.')}</p></div></div>")
+            f"<p>{html.escape('Speak or type, pick a voice, and hear the reply as it is spoken.')}</p></div></div>")
 
 
 # -- the page ---------------------------------------------------------------------------------------
 
 
 PREVIEW_TEXT = "Hello! This is how I sound. Pick me for your next reply."
+# The Talk page (voicekit.serve.talk), relative so that it follows the page under a path prefix. Gradio renders a
+# tab's children only once it is selected, so the page (and its realtime session) starts when Talk is opened.
+TALK_FRAME = ('<iframe src="talk" title="Talk" allow="microphone; autoplay" '
+              'style="width: 100%; height: 640px; border: 0;"></iframe>')
 
 
 @contextlib.asynccontextmanager
@@ -186,6 +191,12 @@ def build_blocks(kit: Any, *, assets_dir: str | Path | None = None, title: str =
         if notice:
             gr.Markdown(f"**Note:** {notice}", elem_id="vk-notice")
         with gr.Tabs():
+            # Talk first: typed or spoken, its AudioWorklet player sounds within ~0.6 s of Enter here, where the
+            # Chat tab's streamed gr.Audio takes ~3.7 s (docs/BENCHMARKS.md, "Talking out loud").
+            with gr.Tab("Talk", id="talk"):
+                gr.Markdown("Press **Talk** and speak, or type; it answers in the chosen voice, "
+                            "and you can interrupt it by speaking.", elem_id="vk-talk-intro")
+                gr.HTML(TALK_FRAME, elem_id="vk-talk-frame")
             with gr.Tab("Chat", id="chat"):
                 chatbot = gr.Chatbot(label="Conversation", height=320, elem_id="vk-chatbot")
                 audio = gr.Audio(label="Reply audio", streaming=True, autoplay=True, interactive=False,

@@ -1,0 +1,248 @@
+"""The Talk page (`/talk`): its credentials, and a real Chromium talking to a real server over `/v1/realtime`:
+a typed message, the fake microphone speaking a Piper WAV, and Stop flushing the player.
+
+The browser tests need Debian's chromium at /usr/bin/chromium (tests/install_browser.sh) and the `playwright`
+package; they are skipped, saying why, when either is missing.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from voicekit.serve import BackgroundServer, compose
+from voicekit.serve.auth import check_page_token
+from voicekit.serve.talk import header_authorized, render_page, static_version
+
+pytestmark = [pytest.mark.filterwarnings("ignore:.*no_silent_downcasting"),
+              pytest.mark.filterwarnings("ignore:The copy keyword is deprecated")]
+
+CHROMIUM = "/usr/bin/chromium"
+PASSWORD = "tester:s3cret-talk"
+API_KEY = "sk-talk-key"
+QUESTION = "What is the capital of France?"
+
+
+def _basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+# -- without a browser -------------------------------------------------------------------------------------
+
+
+def test_header_credentials() -> None:
+    assert header_authorized(_basic("tester", "s3cret-talk"), None, PASSWORD)
+    assert not header_authorized(_basic("someone", "s3cret-talk"), None, PASSWORD)  # the password names a user
+    assert not header_authorized(_basic("tester", "nope"), None, PASSWORD)
+    assert header_authorized("Bearer s3cret-talk", None, PASSWORD)
+    assert header_authorized("Bearer sk-talk-key", API_KEY, PASSWORD)
+    assert header_authorized(_basic("anyone", API_KEY), API_KEY, None)  # a browser, when only a key is set
+    assert not header_authorized("Basic !!notbase64", API_KEY, PASSWORD)
+    assert not header_authorized("Token s3cret-talk", API_KEY, PASSWORD)
+
+
+def test_page_is_rendered_with_its_token_and_relative_urls() -> None:
+    page = render_page("123.abc", static_version())
+    assert 'content="123.abc"' in page and "__VOICEKIT" not in page
+    assert 'src="talk/static/talk.js?v=' in page  # relative: works under a path prefix
+    assert 'content=""' in render_page(None, "v1")
+
+
+@pytest.fixture(scope="module")
+def protected(kit: Any) -> Iterator[BackgroundServer]:
+    with BackgroundServer(compose(kit, password=PASSWORD, api_key=API_KEY)) as running:
+        yield running
+
+
+@pytest.mark.slow
+def test_talk_page_asks_for_credentials_and_holds_no_secret(protected: BackgroundServer) -> None:
+    url = protected.url
+    refused = httpx.get(f"{url}/talk")
+    assert refused.status_code == 401 and refused.headers["www-authenticate"] == 'Basic realm="voicekit"'
+    assert httpx.get(f"{url}/talk", auth=("tester", "wrong")).status_code == 401
+    for answer in (httpx.get(f"{url}/talk", auth=("tester", "s3cret-talk")),
+                   httpx.get(f"{url}/talk", headers={"Authorization": f"Bearer {API_KEY}"})):
+        assert answer.status_code == 200 and answer.headers["cache-control"] == "no-store"
+        page = answer.text
+        assert "s3cret" not in page and API_KEY not in page
+        token = page.split('name="voicekit-token" content="', 1)[1].split('"', 1)[0]
+        assert check_page_token(token, "s3cret-talk")  # signed with the password's secret
+    script = httpx.get(f"{url}/talk/static/talk.js")
+    assert script.status_code == 200 and "javascript" in script.headers["content-type"]
+    assert script.headers["cache-control"] == "no-cache"  # revalidated: the page and its modules stay one version
+    assert httpx.get(f"{url}/talk/static/player-worklet.js").status_code == 200
+    assert httpx.get(f"{url}/talk/", follow_redirects=False).headers["location"] == "../talk"
+    # The Gradio page's login cookie opens the Talk tab's frame too.
+    with httpx.Client(base_url=url) as browser_like:
+        assert browser_like.post("/login", data={"username": "tester", "password": "s3cret-talk"}).status_code == 200
+        assert browser_like.get("/talk").status_code == 200
+
+
+# -- a real browser -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def talk_server(kit: Any) -> Iterator[BackgroundServer]:
+    with BackgroundServer(compose(kit)) as running:
+        yield running
+
+
+@pytest.fixture
+def short_replies(kit: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Shorter replies keep the tests quick: they check the plumbing, not the prose."""
+    sampling = dataclasses.replace(kit.chat_model.sampling, max_tokens=48)
+    monkeypatch.setattr(kit.chat_model, "sampling", sampling)
+
+
+def _browser_or_skip() -> Any:
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is missing (run tests/install_browser.sh)")
+    return pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+
+
+def _open_talk(context: Any, url: str) -> Any:
+    page = context.new_page()
+    page.goto(url + "/talk", wait_until="domcontentloaded", timeout=60_000)
+    page.wait_for_function("() => window.voicekitTalk && window.voicekitTalk.ready", timeout=60_000)
+    return page
+
+
+def _launch(playwright: Any, profile: str, extra_args: tuple[str, ...] = ()) -> Any:
+    from voicekit.bench.browser import CHROMIUM_ARGS
+
+    return playwright.chromium.launch_persistent_context(
+        profile, executable_path=CHROMIUM, args=[*CHROMIUM_ARGS, *extra_args], headless=True,
+        permissions=["microphone"], viewport={"width": 900, "height": 800})
+
+
+def _last_turn(page: Any) -> dict[str, Any]:
+    return page.evaluate("() => { const t = window.voicekitTalk.turns; return t[t.length - 1] || null; }")
+
+
+@pytest.mark.slow
+def test_typed_message_is_answered_and_played(talk_server: BackgroundServer, short_replies: None) -> None:
+    sync_api = _browser_or_skip()
+    with tempfile.TemporaryDirectory() as profile, sync_api.sync_playwright() as playwright:
+        context = _launch(playwright, profile)
+        try:
+            page = _open_talk(context, talk_server.url)
+            assert page.evaluate("window.voicekitTalk.voices.length") >= 1
+            page.fill("#vk-text", "Hello! Who are you?")
+            page.press("#vk-text", "Enter")
+            page.wait_for_function("() => { const t = window.voicekitTalk.turns.at(-1); "
+                                   "return t && t.finished; }", timeout=150_000)
+            turn = _last_turn(page)
+            talk = page.evaluate("() => ({reply: window.voicekitTalk.lastReply, rate: window.voicekitTalk.sampleRate,"
+                                 " errors: window.voicekitTalk.errors})")
+            assert talk["errors"] == []
+            assert turn["status"] == "completed" and talk["reply"].strip()
+            assert page.locator(".vk-assistant").last.inner_text().strip()
+            assert turn["firstSoundMs"] is not None and 0 < turn["firstRenderMs"] < 60_000
+            assert turn["playedMs"] >= turn["receivedMs"] - 1 > 300  # all of it played, to the end
+            # Underruns are the stream's: in overlap mode the first clause ("Hello!", ~0.5 s) often runs out
+            # before the next sentence is made on this CPU (one gap); more than that would be the player's fault.
+            assert turn["underruns"] <= 2, turn
+            assert (turn.get("outputGlitches") or 0) <= 2, turn  # the browser's own audio thread kept up
+            print(f"\ntalk page: first sound {turn['firstSoundMs']} ms after Enter (rendered "
+                  f"{turn['firstRenderMs']} ms, first audio {turn['firstAudioMs']} ms), "
+                  f"{turn['underruns']} underruns, {turn.get('outputGlitches')} output glitches, played "
+                  f"{turn['playedMs']} ms at {talk['rate']} Hz")
+        finally:
+            context.close()
+
+
+def _question_wav(kit: Any, folder: Path) -> Path:
+    from voicekit.bench.browser import fake_microphone_wav
+
+    return fake_microphone_wav(kit.say(QUESTION).audio(), kit.sample_rate, folder / "question.wav")
+
+
+@pytest.mark.slow
+def test_fake_microphone_question_is_heard_and_answered(talk_server: BackgroundServer, kit: Any,
+                                                         short_replies: None) -> None:
+    sync_api = _browser_or_skip()
+    with tempfile.TemporaryDirectory() as folder, sync_api.sync_playwright() as playwright:
+        wav = _question_wav(kit, Path(folder))
+        context = _launch(playwright, str(Path(folder) / "profile"),
+                          ("--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                           f"--use-file-for-fake-audio-capture={wav}%noloop"))
+        try:
+            page = _open_talk(context, talk_server.url)
+            page.click("#vk-mic")
+            page.wait_for_function("() => { const t = window.voicekitTalk.turns.at(-1); "
+                                   "return t && t.finished; }", timeout=150_000)
+            transcript = page.evaluate("window.voicekitTalk.lastTranscript").lower()
+            assert "capital" in transcript and "france" in transcript, transcript
+            assert transcript in page.locator(".vk-user").last.inner_text().lower()
+            turn = _last_turn(page)
+            assert turn["kind"] == "speech" and turn["status"] == "completed" and turn["text"].strip()
+            assert turn["firstSoundMs"] is not None and turn["playedMs"] > 300
+            print(f"\ntalk page, fake microphone: heard {transcript!r}; first sound {turn['firstSoundMs']} ms after "
+                  f"the end of speech was detected, {turn['underruns']} underruns")
+        finally:
+            context.close()
+
+
+@pytest.mark.slow
+def test_stop_flushes_the_player(talk_server: BackgroundServer, kit: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    sync_api = _browser_or_skip()
+    monkeypatch.setattr(kit.chat_model, "sampling", dataclasses.replace(kit.chat_model.sampling, max_tokens=160))
+    with tempfile.TemporaryDirectory() as profile, sync_api.sync_playwright() as playwright:
+        context = _launch(playwright, profile)
+        try:
+            page = _open_talk(context, talk_server.url)
+            page.fill("#vk-text", "Tell me a long story about a dragon who learns to bake bread.")
+            page.press("#vk-text", "Enter")
+            page.wait_for_function("() => { const t = window.voicekitTalk.turns.at(-1); "
+                                   "return t && t.firstRenderAt && performance.now() - t.firstRenderAt > 600; }",
+                                   timeout=150_000)
+            stopped_at = page.evaluate("() => { document.getElementById('vk-stop').click(); "
+                                       "return performance.now(); }")
+            page.wait_for_timeout(1500)
+            after = page.evaluate("() => ({turn: window.voicekitTalk.turns.at(-1), "
+                                  "lastSoundAt: window.voicekitTalk.lastSoundAt, "
+                                  "player: window.voicekitTalk.player, events: window.voicekitTalk.events})")
+            turn = after["turn"]
+            assert turn["interrupted"] and after["player"]["state"] == "idle"
+            # No sound after Stop (a few ms of fade, plus the output latency of the render quantum).
+            assert after["lastSoundAt"] < stopped_at + 150, (after["lastSoundAt"], stopped_at)
+            assert 300 < turn["playedMs"] < turn["receivedMs"] or not turn["done"]
+            sent = [event["type"] for event in after["events"] if event["type"].startswith("sent:")]
+            assert "sent:conversation.item.truncate" in sent
+            if "sent:response.cancel" in sent:
+                page.wait_for_function("() => window.voicekitTalk.turns.at(-1).status === 'cancelled'",
+                                       timeout=30_000)
+            assert page.evaluate("window.voicekitTalk.errors") == []
+            print(f"\nStop: played {turn['playedMs']} ms of {round(turn['receivedMs'])} ms received; last sound "
+                  f"{round(after['lastSoundAt'] - stopped_at)} ms after the click; sent {sent}")
+        finally:
+            context.close()
+
+
+@pytest.mark.slow
+def test_gradio_talk_tab_frames_the_talk_page(talk_server: BackgroundServer) -> None:
+    sync_api = _browser_or_skip()
+    with tempfile.TemporaryDirectory() as profile, sync_api.sync_playwright() as playwright:
+        context = _launch(playwright, profile)
+        try:
+            page = context.new_page()
+            page.goto(talk_server.url + "/", wait_until="domcontentloaded", timeout=90_000)
+            page.get_by_role("tab", name="Talk").wait_for(timeout=90_000)  # the tab the page opens on
+            frame = page.frame_locator("#vk-talk-frame iframe")
+            frame.locator("#vk-mic").wait_for(timeout=60_000)
+            assert page.locator("#vk-talk-frame iframe").get_attribute("allow") == "microphone; autoplay"
+            talk = next(f for f in page.frames if f.url.endswith("/talk"))
+            talk.wait_for_function("() => window.voicekitTalk && window.voicekitTalk.ready", timeout=60_000)
+            page.get_by_role("tab", name="Chat").click()
+            page.get_by_role("tab", name="Talk").click()
+            assert next(f for f in page.frames if f.url.endswith("/talk")) is talk  # kept: the conversation goes on
+            assert talk.evaluate("window.voicekitTalk.ready")
+        finally:
+            context.close()

@@ -1,0 +1,406 @@
+// voicekit Talk page: talk with the kit out loud over the server's /v1/realtime WebSocket
+// (OpenAI-Realtime-style JSON events; audio is base64 pcm16 little-endian, mono, 24 kHz, both ways).
+//
+// Microphone -> mic-worklet.js (24 kHz pcm16 frames of 20 ms) -> input_audio_buffer.append; the server's VAD
+// finds the turns. Reply audio -> player-worklet.js (jitter buffer, gapless, flushed at once on barge-in).
+// Measurements for tests and benchmarks are on window.voicekitTalk (times: performance.now() milliseconds).
+
+import {RATE, createPlayer, decodePcm16, encodeBase64, openMicrophone} from "./talk-audio.js";
+
+const START_MS = 80;          // the player starts once this much of a reply is buffered
+const RESUME_MS = 60;         // ...and after an underrun, once this much is buffered again
+const MAX_EVENTS = 4000;
+
+const $ = (id) => document.getElementById(id);
+const token = document.querySelector('meta[name="voicekit-token"]')?.content || "";
+const now = () => performance.now();
+
+// window.voicekitTalk: the page's state and measurements. `turns`: one per reply, {id, itemId, kind (text |
+// speech), t0 (Enter, or the speech_stopped event), firstAudioMs (first delta received), firstRenderMs (first
+// non-silent sample out of the worklet), firstSoundMs (that plus the output latency), underruns (the player ran
+// dry mid-reply: the audio came late), outputGlitches (the device ran dry: the browser was late), receivedMs,
+// playedMs, status, timings (the server's)}; firstSoundMs/firstRenderMs: the last reply's; underruns, gapMs: all
+// replies'; lastSoundAt: when the last non-silent sample was heard; events: what came and went, with times.
+const talk = {
+  ready: false, connected: false, state: "connecting", session: null, voices: [], micOn: false,
+  firstSoundMs: null, firstRenderMs: null, underruns: 0, gapMs: 0, lastSoundAt: null,
+  lastTranscript: "", lastReply: "", events: [], turns: [], errors: [],
+  player: {state: "idle", queuedMs: 0, playedMs: 0}, output: null, sampleRate: null, sentMs: 0,
+  send: (text) => sendText(text), stop: () => interrupt("stop"), setVoice: (voice) => chooseVoice(voice),
+  startMic: () => startMic(), stopMic: () => stopMic(),
+};
+window.voicekitTalk = talk;
+
+// -- the socket ----------------------------------------------------------------------------------------
+
+let socket = null;
+let attempts = 0;
+let opened = false;           // a session was ever created on this page
+
+function socketUrl() {
+  const url = new URL("v1/realtime", document.baseURI);   // relative: works under a path prefix
+  url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+  return url.href;
+}
+
+function connect() {
+  const protocols = token ? ["realtime", "voicekit.token." + token] : ["realtime"];
+  socket = new WebSocket(socketUrl(), protocols);
+  socket.onmessage = (message) => handle(JSON.parse(message.data));
+  socket.onclose = (closed) => {
+    talk.connected = talk.ready = false;
+    log({type: "socket.closed", code: closed.code, reason: closed.reason});
+    for (const turn of talk.turns) if (!turn.done) { turn.done = true; endAudio(turn); }
+    attempts++;
+    if (!opened && attempts >= 3) return setStatus("error", "cannot connect: reload the page (and log in)");
+    setStatus("connecting", "disconnected, reconnecting…");
+    setTimeout(connect, Math.min(10000, 500 * 2 ** attempts));
+  };
+}
+
+function send(event) {
+  if (!socket || socket.readyState !== WebSocket.OPEN) return false;
+  socket.send(JSON.stringify(event));
+  if (event.type !== "input_audio_buffer.append") log({type: "sent:" + event.type});
+  return true;
+}
+
+function log(entry) {
+  talk.events.push({t: Math.round(now()), ...entry});
+  if (talk.events.length > MAX_EVENTS) talk.events.splice(0, talk.events.length - MAX_EVENTS);
+}
+
+// -- audio out: the player --------------------------------------------------------------------------
+
+let player = {push() {}, end() {}, flush() {}, output: () => null, audibleAt: () => now(), context: null};
+const glitches = () => player.output()?.glitches ?? 0;
+
+function fromPlayer(message) {
+  const turn = turnOf(message.id);
+  if (message.type === "sound" && turn) {
+    turn.firstSoundAt = player.audibleAt(message.time);
+    turn.firstRenderAt = now();
+    turn.firstSoundMs = Math.round(turn.firstSoundAt - turn.t0);
+    turn.firstRenderMs = Math.round(turn.firstRenderAt - turn.t0);
+    talk.firstSoundMs = turn.firstSoundMs;
+    talk.firstRenderMs = turn.firstRenderMs;
+    turn.glitchesBefore = glitches();
+    log({type: "player.sound", id: message.id, firstSoundMs: turn.firstSoundMs});
+    showTiming(turn);
+  } else if (message.type === "underrun" && turn) {
+    turn.underruns++;
+    log({type: "player.underrun", id: message.id, playedMs: message.playedMs});
+  } else if ((message.type === "finished" || message.type === "flushed") && turn) {
+    turn.playedMs = message.playedMs;
+    turn.playing = false;
+    turn.finished = message.type === "finished";
+    if (turn.glitchesBefore !== undefined) turn.outputGlitches = glitches() - turn.glitchesBefore;
+    log({type: "player." + message.type, id: message.id, playedMs: message.playedMs});
+    // Keep in the server's history only what was heard.
+    const cut = !turn.done || turn.receivedMs > turn.playedMs;
+    if (message.type === "flushed" && turn.itemId && !turn.truncated && cut) {
+      turn.truncated = true;
+      send({type: "conversation.item.truncate", item_id: turn.itemId, content_index: 0,
+            audio_end_ms: message.playedMs});
+    }
+    showTiming(turn);
+  } else if (message.type === "tick") {
+    talk.player = {state: message.state, queuedMs: message.queuedMs, playedMs: message.playedMs};
+    talk.underruns = message.underruns;
+    talk.gapMs = message.gapMs;
+    talk.output = player.output();
+    if (message.lastSound >= 0) talk.lastSoundAt = player.audibleAt(message.lastSound);
+    if (turn) turn.playedMs = message.playedMs;
+  }
+  if (message.type === "start" && turn) turn.playing = true;
+  updateStatus();
+}
+
+// -- audio in: the microphone ----------------------------------------------------------------------
+
+let mic = null;               // {close(), rate}
+let micOpening = false;
+
+async function startMic() {
+  if (mic || micOpening) return;
+  if (!player.context) throw new Error("audio is not available on this page");
+  micOpening = true;
+  try {
+    mic = await openMicrophone(player.context, {frameMs: 20, onFrame: (pcm, peak) => {
+      const sent = send({type: "input_audio_buffer.append", audio: encodeBase64(pcm)});
+      if (sent) talk.sentMs += pcm.byteLength / 2 / RATE * 1000;
+      $("vk-mic").style.setProperty("--level", Math.min(1, peak * 3).toFixed(2));
+    }});
+  } finally {
+    micOpening = false;
+  }
+  talk.micOn = true;
+  log({type: "mic.started", rate: mic.rate});
+  $("vk-mic").setAttribute("aria-pressed", "true");
+  $("vk-mic").textContent = "Listening… (click to stop)";
+  updateStatus();
+}
+
+function stopMic() {
+  if (!mic) return;
+  mic.close();
+  mic = null;
+  talk.micOn = false;
+  if (hearing) send({type: "input_audio_buffer.commit"});   // the user ended their turn with the button
+  hearing = false;
+  log({type: "mic.stopped"});
+  $("vk-mic").setAttribute("aria-pressed", "false");
+  $("vk-mic").textContent = "Talk";
+  $("vk-mic").style.setProperty("--level", "0");
+  updateStatus();
+}
+
+// -- turns -------------------------------------------------------------------------------------------
+
+let pendingStart = null;      // {kind, t0}: the next response.created answers this
+let speechStop = null;        // the last speech_stopped: {t0, itemId}, a turn once committed
+let hearing = false;          // between speech_started and speech_stopped
+// Error codes that only mean the page and the server crossed (a cancel or truncate just after the reply ended).
+const QUIET_ERRORS = new Set(["response_cancel_not_active", "item_not_found"]);
+
+function turnOf(id) {
+  return id ? talk.turns.find((turn) => turn.id === id) : undefined;
+}
+
+// A reply that is still being made, or whose audio is still queued or playing.
+function live(turn) {
+  return !turn.interrupted && !turn.finished && (!turn.done || turn.receivedMs > 0);
+}
+
+function sendText(text) {
+  text = (text || "").trim();
+  if (!text || !talk.ready) return false;
+  interrupt("text");
+  addBubble("user", text);
+  pendingStart = {kind: "text", t0: now()};
+  send({type: "conversation.item.create",
+        item: {type: "message", role: "user", content: [{type: "input_text", text}]}});
+  send({type: "response.create"});
+  updateStatus();
+  return true;
+}
+
+// Stop what is playing or being made: barge-in (the server's VAD heard speech), Stop, a new typed message, or
+// the server cancelled the response. The player's `flushed` report sends the truncate with what was heard.
+function interrupt(reason) {
+  let active = false;
+  for (const turn of talk.turns) {
+    if (!live(turn)) continue;
+    turn.interrupted = true;
+    markBubble(turn, "interrupted");
+    if (!turn.done) active = true;
+  }
+  if (active && (reason === "stop" || reason === "text")) send({type: "response.cancel"});
+  player.flush();
+  log({type: "interrupt", reason});
+}
+
+function handle(event) {
+  const type = event.type;
+  log(type === "response.output_audio.delta"
+    ? {type, id: event.response_id, bytes: Math.round(event.delta.length * 3 / 4)}
+    : {type, item_id: event.item_id, response_id: event.response_id, status: event.response?.status});
+  if (type === "session.created" || type === "session.updated") {
+    talk.session = event.session;
+    if (type === "session.created") { opened = true; attempts = 0; talk.connected = talk.ready = true; }
+    showVoices(event.session, type === "session.created");
+  } else if (type === "input_audio_buffer.speech_started") {
+    hearing = true;
+    // Barge-in: the server takes the first barge_in_grace_ms of a reply's sound for echo and cuts the reply
+    // after that; a reply it finished making but that still plays here is cut here alone.
+    const grace = talk.session?.barge_in_grace_ms ?? 300;
+    if (talk.turns.some((turn) => live(turn) && turn.firstRenderAt && now() - turn.firstRenderAt >= grace)) {
+      interrupt("speech");
+    }
+    addBubble("user", "…", event.item_id);
+  } else if (type === "input_audio_buffer.speech_stopped") {
+    hearing = false;
+    speechStop = {t0: now(), itemId: event.item_id};
+  } else if (type === "input_audio_buffer.committed") {
+    if (speechStop && speechStop.itemId === event.item_id) pendingStart = {kind: "speech", t0: speechStop.t0};
+  } else if (type === "conversation.item.input_audio_transcription.completed"
+             || type === "conversation.item.input_audio_transcription.failed") {
+    talk.lastTranscript = event.transcript || "";
+    addBubble("user", talk.lastTranscript || "(nothing heard)", event.item_id);
+    if (!talk.lastTranscript && pendingStart?.kind === "speech") pendingStart = null;   // nothing to answer
+    else if (talk.turns.some(live)) interrupt("speech");                // the user spoke over the reply
+  } else if (type === "response.created") {
+    const start = pendingStart || {kind: "other", t0: now()};
+    pendingStart = null;
+    if (talk.turns.some(live)) interrupt("new reply");
+    talk.turns.push({id: event.response.id, kind: start.kind, t0: start.t0, itemId: null, text: "",
+                     firstAudioMs: null, firstSoundMs: null, firstRenderMs: null, underruns: 0,
+                     receivedMs: 0, playedMs: 0, playing: false, finished: false, done: false, interrupted: false,
+                     status: null});
+    if (talk.turns.length > 50) talk.turns.shift();
+  } else if (type === "response.output_item.added") {
+    const turn = turnOf(event.response_id);
+    if (turn) { turn.itemId = event.item?.id || null; addBubble("assistant", "", turn.id); }
+  } else if (type === "response.output_audio_transcript.delta") {
+    const turn = turnOf(event.response_id);
+    if (turn && !turn.interrupted) {
+      turn.text += event.delta || "";
+      talk.lastReply = turn.text;
+      addBubble("assistant", turn.text, turn.id);
+    }
+  } else if (type === "response.output_audio_transcript.done") {
+    const turn = turnOf(event.response_id);
+    if (turn && !turn.interrupted && event.transcript) {
+      turn.text = talk.lastReply = event.transcript;
+      addBubble("assistant", turn.text, turn.id);
+    }
+  } else if (type === "response.output_audio.delta") {
+    const turn = turnOf(event.response_id);
+    if (turn && !turn.interrupted && !turn.done) {
+      const samples = decodePcm16(event.delta);
+      if (turn.firstAudioMs === null) turn.firstAudioMs = Math.round(now() - turn.t0);
+      turn.receivedMs += samples.length * 1000 / RATE;
+      player.push(turn.id, samples);
+    }
+  } else if (type === "response.output_audio.done") {
+    endAudio(turnOf(event.response_id));
+  } else if (type === "response.done") {
+    const turn = turnOf(event.response.id);
+    if (turn) {
+      turn.status = event.response.status;
+      turn.timings = event.response.timings || null;
+      if (turn.status === "cancelled" && !turn.interrupted) interrupt("cancelled");
+      turn.done = true;
+      if (!turn.interrupted) endAudio(turn);
+      if (turn.status === "failed") showError(event.response.status_details?.error?.message || "the reply failed");
+      showTiming(turn);
+    }
+  } else if (type === "error") {
+    if (QUIET_ERRORS.has(event.error?.code)) log({type: "page.quiet-error", code: event.error.code});
+    else showError(event.error?.message || "error");
+  }
+  updateStatus();
+}
+
+// Tell the player a reply has no more audio (once): it plays out what it holds, with no underrun at the end.
+function endAudio(turn) {
+  if (!turn || turn.ended) return;
+  turn.ended = true;
+  player.end(turn.id);
+}
+
+// -- what the page shows -----------------------------------------------------------------------------
+
+function setStatus(state, text) {
+  talk.state = state;
+  const line = $("vk-status");
+  line.dataset.state = state;
+  line.textContent = text || state;
+}
+
+function updateStatus() {
+  const ready = talk.ready;
+  $("vk-mic").disabled = $("vk-send").disabled = !ready && !mic;
+  if (!ready) return;
+  const thinking = pendingStart || talk.turns.some((turn) => !turn.done && !turn.interrupted && !turn.playing);
+  if (talk.player.state === "playing" || talk.turns.some((turn) => turn.playing)) setStatus("speaking");
+  else if (hearing) setStatus("hearing you", "hearing you…");
+  else if (thinking) setStatus("thinking", "thinking…");
+  else if (mic) setStatus("listening", "listening: speak any time");
+  else if (player.context?.state === "suspended") setStatus("connected", "connected (click to enable sound)");
+  else setStatus("connected");
+}
+
+function showError(message) {
+  talk.errors.push(message);
+  log({type: "page.error", message});
+  $("vk-timing").textContent = "error: " + message;
+}
+
+function showTiming(turn) {
+  const parts = [];
+  const after = turn.kind === "speech" ? "after you stopped" : "after Enter";
+  if (turn.firstSoundMs !== null) parts.push(`first sound ${(turn.firstSoundMs / 1000).toFixed(2)} s ${after}`);
+  if (turn.firstAudioMs !== null) parts.push(`first audio in ${(turn.firstAudioMs / 1000).toFixed(2)} s`);
+  parts.push(`${turn.underruns} gap${turn.underruns === 1 ? "" : "s"}`);
+  if (turn.playedMs) parts.push(`played ${(turn.playedMs / 1000).toFixed(1)} s`);
+  if (turn.status && turn.status !== "completed") parts.push(turn.status);
+  $("vk-timing").textContent = parts.join(" · ");
+}
+
+function addBubble(role, text, key) {
+  const box = $("vk-conversation");
+  box.querySelector(".vk-hint")?.remove();
+  let bubble = key ? box.querySelector(`[data-key="${CSS.escape(key)}"]`) : null;
+  if (!bubble) {
+    bubble = document.createElement("div");
+    bubble.className = `vk-turn vk-${role}`;
+    if (key) bubble.dataset.key = key;
+    const who = document.createElement("span");
+    who.className = "vk-who";
+    who.textContent = role === "user" ? "you" : "voicekit";
+    bubble.append(who, document.createElement("p"));
+    box.append(bubble);
+    while (box.children.length > 60) box.firstElementChild.remove();
+  }
+  bubble.querySelector("p").textContent = text || "…";
+  box.scrollTop = box.scrollHeight;
+}
+
+function markBubble(turn, mark) {
+  $("vk-conversation").querySelector(`[data-key="${CSS.escape(turn.id)}"]`)?.classList.add("vk-" + mark);
+}
+
+let storedVoice = null;
+try { storedVoice = localStorage.getItem("voicekit.voice"); } catch { /* storage off in this frame */ }
+
+function showVoices(session, created) {
+  const select = $("vk-voice");
+  const voices = session.voices || [];
+  talk.voices = voices.map((voice) => voice.id);
+  select.replaceChildren();
+  const families = new Map();
+  for (const voice of voices) {
+    if (!families.has(voice.family)) families.set(voice.family, []);
+    families.get(voice.family).push(voice);
+  }
+  for (const [family, members] of families) {
+    const group = families.size > 1 ? document.createElement("optgroup") : select;
+    if (group !== select) { group.label = family || "voices"; select.append(group); }
+    for (const voice of members) {
+      const option = new Option(voice.description ? `${voice.id} — ${voice.description}` : voice.id, voice.id);
+      group.append(option);
+    }
+  }
+  select.value = session.voice;
+  select.disabled = voices.length === 0;
+  if (created && storedVoice && storedVoice !== session.voice && talk.voices.includes(storedVoice)) {
+    chooseVoice(storedVoice);   // the voice picked on an earlier visit
+  }
+}
+
+function chooseVoice(voice) {
+  storedVoice = voice;
+  try { localStorage.setItem("voicekit.voice", voice); } catch { /* storage off in this frame */ }
+  $("vk-voice").value = voice;
+  return send({type: "session.update", session: {voice}});
+}
+
+// -- wiring ------------------------------------------------------------------------------------------
+
+$("vk-voice").addEventListener("change", (event) => chooseVoice(event.target.value));
+$("vk-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  if (sendText($("vk-text").value)) $("vk-text").value = "";
+});
+$("vk-stop").addEventListener("click", () => interrupt("stop"));
+$("vk-mic").addEventListener("click", () => {
+  if (mic) return stopMic();
+  startMic().catch((error) => showError(`microphone: ${error.message || error} (the page needs https or localhost)`));
+});
+window.addEventListener("pagehide", () => socket && socket.close());
+
+createPlayer({startMs: START_MS, resumeMs: RESUME_MS, onMessage: fromPlayer})
+  .then((made) => { player = made; talk.sampleRate = made.context.sampleRate; })
+  .catch((error) => showError(`audio: ${error.message || error} (the page needs https or localhost)`))
+  .finally(connect);
