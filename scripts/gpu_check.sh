@@ -16,15 +16,16 @@
 #                                                                                    pipeline.json, pipeline.log
 #   6. python -m voicekit serve --preset gpu + bench load --clients 16 --requests 4 (not with --quick)
 #                                                                                    load.json, serve.log
+#      and bench talk --preset gpu --repeats 2: spoken turns, barge-in (not with --quick)   talk.json, talk.log
 #   7. a summary of the figures, printed and written to                                             summary.txt
-# Time: under 10 minutes on an H100-class GPU with the packages installed and the weights in the HF cache
-# (limits: doctor 60 s, snac 90 s, pipeline 420 s, load 300 s); a first install adds a few minutes (limit 1200 s), and the
+# Time: about 12 minutes on an H100-class GPU with the packages installed and the weights in the HF cache
+# (limits: doctor 60 s, snac 90 s, pipeline 420 s, load 300 s, talk 300 s); a first install adds a few minutes (limit 1200 s), and the
 # first vLLM start compiles its graphs (cached for the next run).
 #
 # Options: --quick, --repeats N (pipeline runs per case, default 2), --no-install, --venv DIR (create it if
 # missing and install there; default: the current python3 or $PYTHON), -h/--help.
 # Environment: OUT (default gpu-check-<date>/ here), HF_TOKEN (Gemma 2 and Orpheus are gated: needed unless the
-# weights are already cached), PYTHON, GPU_CHECK_TIMEOUT_{INSTALL,DOCTOR,SNAC,PIPELINE,LOAD} (seconds),
+# weights are already cached), PYTHON, GPU_CHECK_TIMEOUT_{INSTALL,DOCTOR,SNAC,PIPELINE,LOAD,TALK} (seconds),
 # GPU_CHECK_LOAD_PORT (default 7861).
 # Stop the voicekit app on the same GPU first: vLLM needs its memory shares free.
 # Exit status: 0 all steps passed, 1 a step failed (its log says why), 2 no usable GPU or a bad option.
@@ -46,7 +47,7 @@ while [[ $# -gt 0 ]]; do
         --repeats) [[ "${2:-}" =~ ^[1-9][0-9]*$ ]] || die "--repeats needs a positive number"; REPEATS="$2"; shift ;;
         --no-install) INSTALL=0 ;;
         --venv) [[ -n "${2:-}" ]] || die "--venv needs a folder"; VENV="$2"; shift ;;
-        -h|--help) sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown option: $1 (try --help)" ;;
     esac
     shift
@@ -163,6 +164,12 @@ if [[ $QUICK -eq 0 ]]; then
         "$OUT/load.log" bash -c load_step
 fi
 
+if [[ $QUICK -eq 0 ]]; then
+    step "bench talk: spoken turns and barge-in over /v1/realtime (gpu preset, Whisper on CUDA)" \
+        "${GPU_CHECK_TIMEOUT_TALK:-300}" "$OUT/talk.log" \
+        "$PYTHON" -m voicekit bench talk --preset gpu --repeats 2 --json "$OUT/talk.json"
+fi
+
 # ---- 7. summary ------------------------------------------------------------------------------------------
 "$PYTHON" - "$OUT" <<'SUMMARY' | tee "$OUT/summary.txt"
 import json
@@ -179,6 +186,11 @@ if snac_file.is_file():
           f"snr {snac['snr_db']} dB, first audio after {snac['first_audio_frames']} frames; "
           f"{streams.get('streams', 1)} streams: unbatched {streams.get('unbatched_s')} s, "
           f"batched {streams.get('batched_s')} s, batch_gain {streams.get('batch_gain')} (> 1: batching pays)")
+talk_file = out / "talk.json"
+if talk_file.is_file():
+    talk = json.loads(talk_file.read_text())
+    print(f"talk: turn end -> first audio {talk['turn_end_to_first_audio_s']} s (median), ASR RTF {talk['asr_rtf']}, "
+          f"barge-in stop {talk['barge_in_stop_s']} s, late audio deltas {talk['late_audio_deltas']}")
 load_file = out / "load.json"
 if load_file.is_file():
     load = json.loads(load_file.read_text())

@@ -95,7 +95,7 @@ def test_help_documents_the_steps_and_bad_options_exit_2(tmp_path: Path) -> None
     assert result.returncode == 0 and not list(tmp_path.iterdir())
     for words in ("python -m voicekit doctor", "bench snac --device cuda --streams 4", "bench pipeline --preset gpu",
                   "HF_TOKEN", "OUT (default gpu-check-<date>/", "exit 2", "--quick", "--no-install", "--venv DIR",
-                  "under 10 minutes"):
+                  "about 12 minutes", "bench talk --preset gpu", "Exit status"):
         assert words in result.stdout, words
     bad = gpu_check("--fast", cwd=tmp_path, path=SYSTEM_PATH)
     assert bad.returncode == 2 and bad.stderr == "error: unknown option: --fast (try --help)\n"
