@@ -1,7 +1,8 @@
 """Listening: hearing the user and taking turns.
 
 vad.py (Silero VAD v6 on onnxruntime), turns.py (when a turn starts and ends), asr.py (Whisper on faster-whisper),
-session.py (the realtime session: turns -> transcript -> spoken reply, with barge-in), blocking.py (its sync form).
+session.py (the realtime session: turns -> transcript -> spoken reply, with barge-in; its events in events.py),
+blocking.py (its sync form).
 """
 
 from voicekit.listening.asr import (

@@ -16,93 +16,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from voicekit.audio import StreamResampler, to_float32
-from voicekit.listening.turns import SpeechPaused, SpeechStarted, SpeechStopped, TurnDetector, TurnOptions
+from voicekit.listening.events import INPUT_RATE, OUTPUT_RATE, Event, SpokenReply, TalkOptions, new_id
+from voicekit.listening.turns import SpeechPaused, SpeechStarted, SpeechStopped, TurnDetector
 from voicekit.listening.vad import SAMPLE_RATE as VAD_RATE
 from voicekit.listening.vad import SileroVAD
 
 log = logging.getLogger("voicekit.realtime")
 
-INPUT_RATE = 24000  # OpenAI Realtime's pcm16: 24 kHz mono, both ways
-OUTPUT_RATE = 24000
-_event_ids = itertools.count(1)
-
-
-@dataclass
-class Event:
-    """One event of a session: `type` as in the OpenAI Realtime API, its fields, and for audio deltas the samples
-    (float32 mono at OUTPUT_RATE; the socket sends them as base64 pcm16)."""
-
-    type: str
-    data: dict[str, Any] = field(default_factory=dict)
-    audio: np.ndarray | None = None
-    event_id: str = field(default_factory=lambda: f"event_{next(_event_ids)}")
-
-    def as_dict(self) -> dict[str, Any]:
-        """The event's JSON fields (without the audio)."""
-        return {"type": self.type, "event_id": self.event_id, **self.data}
-
-
-@dataclass(frozen=True)
-class TalkOptions:
-    """How a session listens and answers (`kit.talk_options()` makes them from the settings)."""
-
-    turn: TurnOptions = field(default_factory=TurnOptions)
-    barge_in_grace_s: float = 0.3
-    mode: str = "overlap"
-    first_fragment_chars: int = 24
-    language: str | None = "en"
-    time_limit_s: float | None = 120.0
-
-
-def _new_id(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex[:16]}"
-
-
-@dataclass
-class _Response:
-    """A reply in progress: what was sent, so the part the user heard can be told when it is cut."""
-
-    id: str
-    item_id: str
-    message: str
-    task: asyncio.Task[None] | None = None
-    reply: Any = None
-    turn_ended_at: float | None = None  # wall time the user's turn was detected as over (None: typed)
-    first_audio_at: float | None = None
-    sent_s: float = 0.0  # seconds of audio sent
-    sentence_ends: list[tuple[str, float]] = field(default_factory=list)  # (sentence, audio second it ends at)
-    status: str = "in_progress"
-    reason: str | None = None
-
-    def played_s(self, now: float) -> float:
-        """The server's estimate of what the client played: audio plays in real time from its first delta."""
-        return 0.0 if self.first_audio_at is None else min(self.sent_s, now - self.first_audio_at)
-
-    def heard_text(self, played_s: float) -> str:
-        """The reply up to `played_s` of its audio: whole sentences, then the share of the next one's words."""
-        heard: list[str] = []
-        start = 0.0
-        for sentence, end in self.sentence_ends:
-            if end <= played_s:
-                heard.append(sentence)
-            elif played_s > start:
-                words = sentence.split()
-                heard.append(" ".join(words[: int(len(words) * (played_s - start) / max(end - start, 1e-6))]))
-                break
-            start = end
-        return " ".join(part for part in heard if part)
-
+__all__ = ["INPUT_RATE", "OUTPUT_RATE", "AsyncRealtimeSession", "Event", "TalkOptions"]
 
 class AsyncRealtimeSession:
     """One conversation spoken in real time (use from one event loop; see the module docstring)."""
@@ -114,17 +43,17 @@ class AsyncRealtimeSession:
         with an `error` event carrying the exception's `code` and `retry_after`, if it has them."""
         self.kit = kit
         self._gate = gate or contextlib.nullcontext
-        self.id = _new_id("sess")
+        self.id = new_id("sess")
         self.voice = kit.resolve_voice(voice)
         self.instructions = instructions or kit.settings.system_prompt
         self.options = options or TalkOptions()
         self.history: list[dict[str, Any]] = list(history or [])
         self.detector = TurnDetector(SileroVAD(), self.options.turn)
-        self.response: _Response | None = None
+        self.response: SpokenReply | None = None
         self._events: asyncio.Queue[Event | None] = asyncio.Queue()
         self._input = StreamResampler(INPUT_RATE, VAD_RATE)
         self._input_rate = INPUT_RATE
-        self._item_id = _new_id("item")  # the user item the audio now arriving belongs to
+        self._item_id = new_id("item")  # the user item the audio now arriving belongs to
         self._early: tuple[int, float, asyncio.Task[Any]] | None = None  # (turn, speech_s, transcription at a pause)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
@@ -217,7 +146,7 @@ class AsyncRealtimeSession:
             self._early = (event.turn, event.speech_s, self._spawn(self._transcribe(event.audio)))
 
     def _speech_stopped(self, event: SpeechStopped) -> None:
-        item_id, self._item_id = self._item_id, _new_id("item")
+        item_id, self._item_id = self._item_id, new_id("item")
         early, self._early = self._early, None
         self.emit("input_audio_buffer.speech_stopped", audio_end_ms=round(event.at_s * 1000), item_id=item_id)
         if not event.kept:
@@ -255,7 +184,7 @@ class AsyncRealtimeSession:
         """Add a typed user message to the conversation (answer it with `create_response()`); returns its item id."""
         if not isinstance(text, str) or not text.strip():
             raise ValueError("a message needs some text")
-        item_id = _new_id("item")
+        item_id = new_id("item")
         self.history.append({"role": "user", "content": text.strip(), "id": item_id})
         self.emit("conversation.item.added", item={"id": item_id, "type": "message", "role": "user",
                                                     "content": [{"type": "input_text", "text": text.strip()}]})
@@ -291,7 +220,7 @@ class AsyncRealtimeSession:
         """The client played only `audio_end_ms` of the reply `item_id`: keep only that part in the history."""
         for item in self.history:
             if item.get("id") == item_id and item["role"] == "assistant" and "_response" in item:
-                response: _Response = item["_response"]
+                response: SpokenReply = item["_response"]
                 item["content"] = self._heard(response, max(0, audio_end_ms) / 1000)
                 item["interrupted"] = True
                 self.emit("conversation.item.truncated", item_id=item_id, content_index=0, audio_end_ms=audio_end_ms)
@@ -299,7 +228,7 @@ class AsyncRealtimeSession:
         self.error("item_not_found", f"no reply {item_id!r} in this conversation", param="item_id")
 
     def _start_response(self, message: str, turn_ended_at: float | None) -> str:
-        response = _Response(_new_id("resp"), _new_id("item"), message, turn_ended_at=turn_ended_at)
+        response = SpokenReply(new_id("resp"), new_id("item"), message, turn_ended_at=turn_ended_at)
         self.response = response
         self.emit("response.created", response={"id": response.id, "object": "realtime.response",
                                                  "status": "in_progress"})
@@ -308,7 +237,7 @@ class AsyncRealtimeSession:
         response.task = self._spawn(self._respond(response))
         return response.id
 
-    async def _respond(self, response: _Response) -> None:
+    async def _respond(self, response: SpokenReply) -> None:
         try:
             async with self._gate():
                 await self._speak(response)
@@ -321,7 +250,7 @@ class AsyncRealtimeSession:
         finally:
             self._finish(response)
 
-    async def _speak(self, response: _Response) -> None:
+    async def _speak(self, response: SpokenReply) -> None:
         past = [item for item in self.history if item.get("id") != self.history[-1].get("id")] if self.history else []
         try:
             response.reply = self.kit.achat(
@@ -338,7 +267,7 @@ class AsyncRealtimeSession:
                 with contextlib.suppress(Exception):
                     await asyncio.shield(response.reply.aclose())  # aborts its engine requests
 
-    async def _stream(self, response: _Response) -> None:
+    async def _stream(self, response: SpokenReply) -> None:
         reply, resampler, spoken = response.reply, None, -1
         async for chunk in reply:
             resampler = resampler or StreamResampler(chunk.sample_rate, OUTPUT_RATE)
@@ -354,7 +283,7 @@ class AsyncRealtimeSession:
         if reply.turn.timed_out:
             raise TimeoutError(f"the reply took longer than {self.options.time_limit_s:.0f} s")
 
-    def _send_audio(self, response: _Response, samples: np.ndarray) -> None:
+    def _send_audio(self, response: SpokenReply, samples: np.ndarray) -> None:
         if not len(samples):
             return
         if response.first_audio_at is None:
@@ -364,14 +293,14 @@ class AsyncRealtimeSession:
         response.sentence_ends[-1] = (sentence, response.sent_s)
         self.emit("response.output_audio.delta", audio=samples, response_id=response.id, item_id=response.item_id)
 
-    def _cancel(self, response: _Response, reason: str) -> None:
+    def _cancel(self, response: SpokenReply, reason: str) -> None:
         if response.status == "in_progress":
             response.status, response.reason = "cancelled", reason
             if response.task is not None:
                 response.task.cancel()
             self._finish(response)  # at once: the audio stops now, not when the engines have wound down
 
-    def _finish(self, response: _Response) -> None:
+    def _finish(self, response: SpokenReply) -> None:
         if self.response is not response:
             return  # already finished (cancelled, then its task wound down)
         self.response = None
@@ -386,11 +315,11 @@ class AsyncRealtimeSession:
         self.emit("response.done", response=self._summary(response))
 
     @staticmethod
-    def _heard(response: _Response, played_s: float) -> str:
+    def _heard(response: SpokenReply, played_s: float) -> str:
         heard = response.heard_text(played_s)
         return f"{heard}…" if heard else ""
 
-    def _summary(self, response: _Response) -> dict[str, Any]:
+    def _summary(self, response: SpokenReply) -> dict[str, Any]:
         summary: dict[str, Any] = {"id": response.id, "object": "realtime.response", "status": response.status,
                                    "output": [{"id": response.item_id, "role": "assistant"}]}
         if response.reason:
