@@ -332,3 +332,17 @@ def test_a_reply_on_a_busy_server_is_an_error_not_a_wait(kit: Any) -> None:
     assert errors and errors[0]["code"] == "busy" and errors[0]["retry_after"] >= 1
     assert events[-1]["response"]["status"] == "failed"
     assert not [event for event in events if event["type"] == "response.output_audio.delta"]
+
+
+def test_speaking_over_a_reply_on_the_socket_stops_its_audio(servers: dict[str, BackgroundServer],
+                                                            question: np.ndarray) -> None:
+    """Barge-in over the wire, as `bench talk` measures it: the story stops, none of its audio follows its
+    response.done, and the interruption is heard and answered."""
+    from voicekit.bench.talk import barge_in
+
+    lead = np.zeros(RATE // 2, np.float32)  # the bench's questions start with 0.5 s of silence, as this one does
+    assert np.array_equal(question[: len(lead)], lead)
+    result = asyncio.run(barge_in(_ws(servers["open"]), question))
+    assert result["status"] == "cancelled" and result["reason"] == "turn_detected"
+    assert result["late_audio_deltas"] == 0
+    assert 0 < result["barge_in_stop_s"] < 3.0

@@ -60,7 +60,8 @@ async def _until(ws: Any, wanted: str, on_event: Any, timeout: float = 120.0) ->
                 return event
 
 
-async def _spoken_turn(url: str, question: np.ndarray) -> dict[str, Any]:
+async def spoken_turn(url: str, question: np.ndarray) -> dict[str, Any]:
+    """Stream `question` (24 kHz, LEAD_S of silence first) into a new session at real time; time its answer."""
     from websockets.asyncio.client import connect
 
     marks: dict[str, float] = {}
@@ -89,7 +90,8 @@ async def _spoken_turn(url: str, question: np.ndarray) -> dict[str, Any]:
             "server": done["response"].get("timings", {})}
 
 
-async def _barge_in(url: str, question: np.ndarray) -> dict[str, Any]:
+async def barge_in(url: str, question: np.ndarray) -> dict[str, Any]:
+    """Ask for a long story; once it plays, speak `question` over it; time until the story's audio stops."""
     from websockets.asyncio.client import connect
 
     marks: dict[str, float] = {}
@@ -137,9 +139,9 @@ def run_talk_bench(preset: str | None = None, repeats: int = 3, browser: bool = 
     try:
         url = server.url.replace("http://", "ws://").rstrip("/") + "/v1/realtime"
         questions = [_spoken(kit, text) for text in QUESTIONS[: max(1, repeats)]]
-        asyncio.run(_spoken_turn(url, questions[0]))  # warm-up: loads the recognizer, fills caches
-        turns = [asyncio.run(_spoken_turn(url, question)) for question in questions]
-        barge = [asyncio.run(_barge_in(url, questions[i % len(questions)])) for i in range(max(1, repeats))]
+        asyncio.run(spoken_turn(url, questions[0]))  # warm-up: loads the recognizer, fills caches
+        turns = [asyncio.run(spoken_turn(url, question)) for question in questions]
+        barge = [asyncio.run(barge_in(url, questions[i % len(questions)])) for i in range(max(1, repeats))]
         results: dict[str, Any] = {
             "bench": "talk", "machine": machine_info(), "preset": kit.settings.preset,
             "talk_mode": kit.settings.talk_mode, "turn_silence_s": kit.settings.turn_silence_s,
