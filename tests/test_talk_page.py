@@ -18,8 +18,8 @@ import httpx
 import pytest
 
 from voicekit.serve import BackgroundServer, compose
-from voicekit.serve.auth import check_page_token
-from voicekit.serve.talk import header_authorized, render_page, static_version
+from voicekit.serve.auth import check_page_token, header_authorized
+from voicekit.serve.talk import render_page, static_version
 
 pytestmark = [pytest.mark.filterwarnings("ignore:.*no_silent_downcasting"),
               pytest.mark.filterwarnings("ignore:The copy keyword is deprecated")]

@@ -4,6 +4,8 @@
 The API takes `Authorization: Bearer <API key or password>` or HTTP Basic with the password; FastAPI's security
 helpers read the header (and show both schemes in /api/docs), and every comparison is constant-time
 (`hmac.compare_digest`). With neither secret set, everything is open. `/health` never asks.
+The realtime socket and the Talk page (below) check the same secrets: `header_authorized` reads one
+Authorization header, `socket_authorized` a WebSocket handshake (header, subprotocol or the page's signed token).
 """
 
 from __future__ import annotations
@@ -105,13 +107,27 @@ def socket_authorized(headers: Mapping[str, str], api_key: str | None, password:
             return True, item
         if item.startswith(OPENAI_KEY_PROTOCOL) and any(_same(item[len(OPENAI_KEY_PROTOCOL):], s) for s in secrets):
             return True, item
-    scheme, _, value = headers.get("authorization", "").partition(" ")
+    return header_authorized(headers.get("authorization", ""), api_key, password), chosen
+
+
+def _basic(value: str) -> tuple[str, str] | None:
+    try:
+        user, sep, given = base64.b64decode(value.strip(), validate=True).decode().partition(":")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return (user, given) if sep else None
+
+
+def header_authorized(authorization: str, api_key: str | None, password: str | None) -> bool:
+    """Whether an Authorization header value carries the API key or the password (Bearer; or Basic: the password,
+    or the API key as the password with any user name, for a browser when only a key is set)."""
+    scheme, _, value = authorization.partition(" ")
+    secrets = [secret for secret in (api_key, password_secret(password)) if secret]
     if scheme.lower() == "bearer":
-        return any(_same(value.strip(), s) for s in secrets), chosen
-    if scheme.lower() == "basic" and password:
-        try:
-            user, _, given = base64.b64decode(value.strip()).decode().partition(":")
-        except (ValueError, UnicodeDecodeError):
-            return False, chosen
-        return check_password(password, user, given), chosen
-    return False, chosen
+        return any(_same(value.strip(), secret) for secret in secrets)
+    if scheme.lower() == "basic" and (pair := _basic(value)) is not None:
+        user, given = pair
+        if password and check_password(password, user, given):
+            return True
+        return bool(api_key) and _same(given, api_key)
+    return False

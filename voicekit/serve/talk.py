@@ -14,9 +14,7 @@ so it works behind the RunPod HTTPS proxy (wss) and under a path prefix.
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import hmac
 import html
 from pathlib import Path
 from typing import Any
@@ -25,7 +23,7 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from voicekit.serve.auth import check_password, page_token, password_secret, socket_secret
+from voicekit.serve.auth import header_authorized, page_token, socket_secret
 
 STATIC = Path(__file__).resolve().parent / "static"
 PAGE_FILE = "talk.html"
@@ -55,33 +53,6 @@ def render_page(token: str | None, version: str, folder: Path = STATIC) -> str:
     template = (folder / PAGE_FILE).read_text(encoding="utf-8")
     return (template.replace("__VOICEKIT_TOKEN__", html.escape(token or "", quote=True))
                     .replace("__VOICEKIT_VERSION__", html.escape(version, quote=True)))
-
-
-def _same(given: str, expected: str) -> bool:
-    return hmac.compare_digest(given.encode(), expected.encode())
-
-
-def _basic(value: str) -> tuple[str, str] | None:
-    try:
-        user, sep, given = base64.b64decode(value.strip(), validate=True).decode().partition(":")
-    except (ValueError, UnicodeDecodeError):
-        return None
-    return (user, given) if sep else None
-
-
-def header_authorized(authorization: str, api_key: str | None, password: str | None) -> bool:
-    """Whether an Authorization header value carries the API key or the password (Bearer; or Basic: the password,
-    or the API key as the password with any user name, for a browser when only a key is set)."""
-    scheme, _, value = authorization.partition(" ")
-    secrets = [secret for secret in (api_key, password_secret(password)) if secret]
-    if scheme.lower() == "bearer":
-        return any(_same(value.strip(), secret) for secret in secrets)
-    if scheme.lower() == "basic" and (pair := _basic(value)) is not None:
-        user, given = pair
-        if password and check_password(password, user, given):
-            return True
-        return bool(api_key) and _same(given, api_key)
-    return False
 
 
 def gradio_user(request: Request) -> str | None:
