@@ -110,7 +110,7 @@ def socket_authorized(headers: Mapping[str, str], api_key: str | None, password:
     return header_authorized(headers.get("authorization", ""), api_key, password), chosen
 
 
-def _basic(value: str) -> tuple[str, str] | None:
+def _basic_pair(value: str) -> tuple[str, str] | None:
     try:
         user, sep, given = base64.b64decode(value.strip(), validate=True).decode().partition(":")
     except (ValueError, UnicodeDecodeError):
@@ -125,7 +125,7 @@ def header_authorized(authorization: str, api_key: str | None, password: str | N
     secrets = [secret for secret in (api_key, password_secret(password)) if secret]
     if scheme.lower() == "bearer":
         return any(_same(value.strip(), secret) for secret in secrets)
-    if scheme.lower() == "basic" and (pair := _basic(value)) is not None:
+    if scheme.lower() == "basic" and (pair := _basic_pair(value)) is not None:
         user, given = pair
         if password and check_password(password, user, given):
             return True
