@@ -61,6 +61,7 @@ def test_vad_hears_speech_and_not_silence_or_noise(question: np.ndarray) -> None
     scores = [score for i in range(0, len(signal), 333) for score in live.push(signal[i:i + 333])]
     assert np.allclose(scores, vad.probabilities(signal)[: len(scores)], atol=1e-6)
     assert len(scores) == len(signal) // FRAME
+    assert live._session is vad._session, "streams share one loaded model (a session per socket costs no load)"
 
 
 def test_turns_start_and_end_where_the_speech_does(question: np.ndarray) -> None:
@@ -133,6 +134,8 @@ def test_session_hears_a_question_and_answers_it_out_loud(kit: Any, question: np
         history = session.history
         assert [item["role"] for item in history] == ["user", "assistant"]
         assert history[1]["content"] == spoken and "interrupted" not in history[1]
+        kept = session.session.history[-1]["_response"]
+        assert kept.reply.chunks == [], "a long conversation keeps no audio of the replies it has sent"
 
 
 def test_silence_gets_no_reply(kit: Any) -> None:

@@ -253,14 +253,6 @@ def _check_rate(sample_rate: int) -> None:
         raise ValueError(f"sample rate must be a positive integer, got {sample_rate!r}")
 
 
-def to_float32(samples: np.ndarray) -> np.ndarray:
-    """Mono float32 in [-1, 1] from float audio or an int16 PCM array (the one place ints are accepted)."""
-    array = np.asarray(samples)
-    if array.dtype.kind in "iu":
-        return pcm16_to_float(array.astype("<i2", copy=False).reshape(-1))
-    return _mono(array)
-
-
 class StreamResampler:
     """Resample a live mono stream chunk by chunk without edge clicks (soxr's streaming resampler).
 

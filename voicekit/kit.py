@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -269,10 +270,12 @@ class Kit:
                                options=self.talk_options())
 
     def arealtime(self, voice: str | None = None, instructions: str | None = None,
-                  history: list[dict[str, Any]] | None = None) -> AsyncRealtimeSession:
-        """A spoken conversation for async code (make it on the loop that uses it; voicekit/listening/session.py)."""
+                  history: list[dict[str, Any]] | None = None, *,
+                  gate: Callable[[], AbstractAsyncContextManager[Any]] | None = None) -> AsyncRealtimeSession:
+        """A spoken conversation for async code (make it on the loop that uses it; voicekit/listening/session.py).
+        `gate` is entered around every reply (a server passes its admission slot)."""
         return AsyncRealtimeSession(self, voice=voice, instructions=instructions, history=history,
-                                    options=self.talk_options())
+                                    options=self.talk_options(), gate=gate)
 
     def health(self, timeout: float = 15.0) -> str | None:
         """Why this kit cannot serve now (an engine died, a model server is gone), or None when it can.

@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from voicekit.audio import StreamResampler, to_float32
+from voicekit.audio import StreamResampler
+from voicekit.listening.asr import to_float_mono
 from voicekit.listening.events import INPUT_RATE, OUTPUT_RATE, Event, SpokenReply, TalkOptions, new_id
 from voicekit.listening.turns import SpeechPaused, SpeechStarted, SpeechStopped, TurnDetector
 from voicekit.listening.vad import SAMPLE_RATE as VAD_RATE
@@ -32,6 +33,7 @@ from voicekit.listening.vad import SileroVAD
 log = logging.getLogger("voicekit.realtime")
 
 __all__ = ["INPUT_RATE", "OUTPUT_RATE", "AsyncRealtimeSession", "Event", "TalkOptions"]
+
 
 class AsyncRealtimeSession:
     """One conversation spoken in real time (use from one event loop; see the module docstring)."""
@@ -110,7 +112,7 @@ class AsyncRealtimeSession:
             audio = np.frombuffer(audio, dtype="<i2")
         if sample_rate != self._input_rate:
             self._input, self._input_rate = StreamResampler(sample_rate, VAD_RATE), sample_rate
-        for event in self.detector.push(self._input.push(to_float32(audio))):
+        for event in self.detector.push(self._input.push(to_float_mono(audio))):
             if isinstance(event, SpeechStarted):
                 self._speech_started(event)
             elif isinstance(event, SpeechPaused):
@@ -251,7 +253,7 @@ class AsyncRealtimeSession:
             self._finish(response)
 
     async def _speak(self, response: SpokenReply) -> None:
-        past = [item for item in self.history if item.get("id") != self.history[-1].get("id")] if self.history else []
+        past = self.history[:-1]  # the last item is the user message this reply answers
         try:
             response.reply = self.kit.achat(
                 response.message, voice=self.voice, history=past, mode=self.options.mode,
@@ -313,6 +315,8 @@ class AsyncRealtimeSession:
         self.emit("response.output_audio_transcript.done", response_id=response.id, item_id=response.item_id,
                   transcript=text)
         self.emit("response.done", response=self._summary(response))
+        if reply is not None:
+            reply.chunks.clear()  # sent already; the history keeps the reply's sentences, not its audio
 
     @staticmethod
     def _heard(response: SpokenReply, played_s: float) -> str:

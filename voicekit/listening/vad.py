@@ -6,8 +6,10 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -28,19 +30,26 @@ def bundled_model_path() -> Path:
     return path
 
 
+@functools.cache
+def _inference_session(path: str) -> Any:
+    """One onnxruntime session per model file, shared by every stream: the network's state lives in each
+    SileroVAD, and `run()` may be called from several threads."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.inter_op_num_threads = 1  # a few microseconds of work per frame: more threads only contend
+    options.intra_op_num_threads = 1
+    options.enable_cpu_mem_arena = False
+    options.log_severity_level = 4
+    return onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"], sess_options=options)
+
+
 class SileroVAD:
-    """Speech probabilities of 16 kHz float32 mono audio, one per 512-sample frame; one instance per stream."""
+    """Speech probabilities of 16 kHz float32 mono audio, one per 512-sample frame; one instance per stream
+    (cheap: the model is loaded once per process)."""
 
     def __init__(self, path: str | Path | None = None) -> None:
-        import onnxruntime
-
-        options = onnxruntime.SessionOptions()
-        options.inter_op_num_threads = 1  # a few microseconds of work per frame: more threads only contend
-        options.intra_op_num_threads = 1
-        options.enable_cpu_mem_arena = False
-        options.log_severity_level = 4
-        self._session = onnxruntime.InferenceSession(str(path or bundled_model_path()),
-                                                     providers=["CPUExecutionProvider"], sess_options=options)
+        self._session = _inference_session(str(path or bundled_model_path()))
         self.reset()
 
     def reset(self) -> None:

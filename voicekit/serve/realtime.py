@@ -46,14 +46,15 @@ def add_realtime_route(app: FastAPI, kit: Any, admission: Admission, *, api_key:
             await websocket.close(code=1013, reason="the server has as many realtime sessions as it can take")
             return
         await websocket.accept(subprotocol=subprotocol)
-        session = AsyncRealtimeSession(kit, options=kit.talk_options(), gate=admission.slot)
+        session = kit.arealtime(gate=admission.slot)
         open_sessions.add(session.id)
         sender = asyncio.create_task(_send_events(websocket, session))
+        warm_up = asyncio.create_task(_warm_up(kit))  # beside the first audio, which the VAD reads meanwhile
         try:
-            await _warm_up(kit)
             await _receive_events(websocket, session)
         finally:
             open_sessions.discard(session.id)
+            warm_up.cancel()
             await session.aclose()  # stops a reply in progress: its engine requests are aborted
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(sender, 5)
