@@ -20,7 +20,7 @@ EMOJI_REPLY = "Hello! 👋 How can I help you today? 😊"
 def test_say_streams_one_sentence_after_another(kit: Kit) -> None:
     reply = kit.say("The first sentence is here. And here is the second one!")
     chunks = list(reply)
-    assert [chunk.sentence_index for chunk in chunks] == sorted(chunk.sentence_index for chunk in chunks)
+    assert [chunk.piece_index for chunk in chunks] == sorted(chunk.piece_index for chunk in chunks)
     assert reply.sentences == ["The first sentence is here.", "And here is the second one!"]
     assert {chunk.sample_rate for chunk in chunks} == {22050}
     audio = reply.audio()
@@ -77,10 +77,15 @@ def test_unknown_voice_raises_before_any_audio(kit: Kit) -> None:
 def test_chat_replies_and_speaks(kit: Kit, mode: str) -> None:
     reply = kit.chat("What is the capital of France?", mode=mode, seed=1)
     audio = reply.audio()
-    assert reply.text and len(reply.sentences) >= 1
+    # Whatever the model wrote (its words differ by CPU): the sentences are the split of its text, the pieces
+    # spoken add up to them, and every piece was heard.
+    assert reply.text and reply.sentences == kit.pipeline.sentences_for(reply.text)
+    assert " ".join(reply.pieces).split() == " ".join(reply.sentences).split()
+    assert {chunk.piece_index for chunk in reply.chunks} == set(range(len(reply.pieces)))
     assert rms_db(audio) > -40
     timings = reply.timings
-    assert timings.llm_s > 0 and timings.tts_s > 0 and timings.audio_s > 0.5
+    assert timings.llm_s > 0 and timings.tts_s > 0 and timings.audio_s == pytest.approx(len(audio) / kit.sample_rate)
+    assert (timings.sentences, timings.pieces) == (len(reply.sentences), len(reply.pieces))
     assert timings.ttfa_s <= timings.total_s
     if mode == "sequential":
         assert timings.ttfa_s >= timings.llm_s, "sequential speaks only after the reply is written"
@@ -92,18 +97,23 @@ def test_overlap_starts_speaking_before_the_reply_is_written(kit: Kit) -> None:
     reply = kit.chat("Tell me a short story about a cat in four sentences.", mode="overlap", seed=2,
                      max_tokens=160)
     reply.audio()
-    if len(reply.sentences) < 2:
-        pytest.skip(f"the model wrote a one-sentence reply this time: {reply.text!r}")
+    if len(reply.pieces) < 2:  # the scripted test in test_schedules.py checks this exactly, whatever the model does
+        pytest.skip(f"the model wrote a reply spoken in one piece this time: {reply.text!r}")
     assert reply.timings.ttfa_s < reply.timings.llm_s
 
 
-def test_same_seed_gives_the_same_reply_in_both_modes(kit: Kit) -> None:
-    sequential = kit.chat("Name a color.", mode="sequential", seed=5)
-    overlap = kit.chat("Name a color.", mode="overlap", seed=5)
+@pytest.mark.parametrize("seed", [5, 6, 7])
+def test_same_seed_gives_the_same_reply_in_both_modes(kit: Kit, seed: int) -> None:
+    """The same seed writes the same text on one machine (not across CPUs); its sentences are the same whichever
+    way it was spoken, also when overlap mode spoke its first clause early (issue 19: "...words: white.")."""
+    sequential = kit.chat("Name a color.", mode="sequential", seed=seed, first_fragment_chars=8)
+    overlap = kit.chat("Name a color.", mode="overlap", seed=seed, first_fragment_chars=8)
     sequential.audio()
     overlap.audio()
     assert sequential.text == overlap.text
-    assert sequential.sentences == overlap.sentences
+    assert sequential.sentences == overlap.sentences == kit.pipeline.sentences_for(sequential.text)
+    assert sequential.pieces == sequential.sentences
+    assert " ".join(overlap.pieces).split() == " ".join(overlap.sentences).split()
 
 
 def test_history_is_sent_with_the_next_message(kit: Kit) -> None:

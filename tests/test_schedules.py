@@ -34,8 +34,8 @@ def test_sequential_writes_the_whole_reply_before_the_first_sentence_is_spoken()
         chunks = list(reply)
     assert events.index("wrote Six?") < first_index(events, "spoke"), events
     assert [e for e in events if e.startswith("spoke")] == [f"spoke {s}" for s in SENTENCES]
-    assert reply.text == REPLY and reply.sentences == SENTENCES and reply.done
-    assert [c.sentence_index for c in chunks] == [0, 0, 1, 1, 2, 2]
+    assert reply.text == REPLY and reply.sentences == SENTENCES and reply.pieces == SENTENCES and reply.done
+    assert [c.piece_index for c in chunks] == [0, 0, 1, 1, 2, 2]
     assert sum(c.samples.size for c in chunks) == SAMPLES_PER_CHAR * sum(len(s) for s in SENTENCES)
     assert reply.timings.llm_s <= reply.timings.ttfa_s <= reply.timings.total_s
 
@@ -47,7 +47,7 @@ def test_overlap_speaks_the_first_sentence_while_the_model_is_still_writing() ->
         reply = kit.chat("Hi", mode="overlap")
         stream = iter(reply)
         first = next(stream)
-        assert first.sentence == "One two." and first.sentence_index == 0
+        assert first.piece == "One two." and first.piece_index == 0
         assert not reply.done and reply.text == "One two. Three " and engine.active_requests()
         assert "wrote four" not in events, "the engine is held: audio came before the reply was written"
         engine.release.set()
@@ -64,7 +64,34 @@ def test_overlap_can_cut_the_first_clause_early() -> None:
                   first_fragment_chars=4) as kit:
         reply = kit.chat("Hi", mode="overlap")
         reply.audio()
-    assert reply.sentences == ["Well,", "that is a long first sentence.", "Short."]
+    chunks = reply.chunks
+    assert reply.pieces == ["Well,", "that is a long first sentence.", "Short."]
+    assert [event for event in events if event.startswith("spoke")] == [f"spoke {p}" for p in reply.pieces]
+    assert reply.sentences == ["Well, that is a long first sentence.", "Short."], "sentences stay sentences"
+    assert [c.piece for c in chunks] == ["Well,", "Well,", "that is a long first sentence.",
+                                         "that is a long first sentence.", "Short.", "Short."]
+    assert (reply.timings.sentences, reply.timings.pieces) == (2, 3)
+
+
+@pytest.mark.parametrize("reply_text, sentences", [
+    ("A simple color with a few words: white.", ["A simple color with a few words: white."]),
+    ("Red; or, if you like, a deep blue: the sky. Green!", ["Red; or, if you like, a deep blue: the sky.", "Green!"]),
+])
+def test_a_reply_has_the_same_sentences_in_every_mode(reply_text: str, sentences: list[str]) -> None:
+    """Overlap mode may speak the first clause early (issue 19: the colon cut the sentence in two): the reply's
+    sentences are the same split of its text as in sequential mode; only `pieces` shows the early clause."""
+    replies = {}
+    for mode in ("sequential", "overlap"):
+        with kit_over(ScriptedEngine(reply_text), ScriptedBackend(), first_fragment_chars=6) as kit:
+            replies[mode] = kit.chat("Name a color.", mode=mode)
+            replies[mode].audio()
+    sequential, overlap = replies["sequential"], replies["overlap"]
+    assert sequential.text == overlap.text == reply_text
+    assert sequential.sentences == overlap.sentences == sentences
+    assert sequential.pieces == sentences
+    assert len(overlap.pieces) == len(sentences) + 1, overlap.pieces
+    assert " ".join(overlap.pieces) == " ".join(sentences), "the pieces are the sentences, the first cut in two"
+    assert sequential.timings.sentences == overlap.timings.sentences == len(sentences)
 
 
 def test_closing_a_reply_aborts_the_engine_and_the_speech_stream() -> None:
@@ -88,7 +115,7 @@ def test_async_reply_is_its_own_iterator_with_one_aclose() -> None:
             reply = kit.achat("Hi", mode="overlap")
             assert reply.__aiter__() is reply
             async for chunk in reply:
-                assert chunk.sentence_index == 0
+                assert chunk.piece_index == 0
                 break
             await reply.aclose()
             await reply.aclose()  # closing twice is harmless
@@ -145,7 +172,8 @@ def test_a_turn_stops_at_its_time_limit_and_aborts_the_engine() -> None:
         reply = kit.chat("Hi", mode="overlap", time_limit_s=0.3)
         chunks = list(reply)
         assert 0.25 < time.monotonic() - started < 5.0
-        assert reply.turn.timed_out and reply.done and [c.sentence for c in chunks] == ["One two.", "One two."]
+        assert reply.turn.timed_out and reply.done and [c.piece for c in chunks] == ["One two.", "One two."]
+        assert reply.text == "One two. Three" and reply.sentences == ["One two.", "Three"], "what was written"
         wait_until(lambda: engine.aborted != [])
         assert engine.active_requests() == set()
         later = kit.say("Fine.", time_limit_s=5)

@@ -9,7 +9,7 @@
 A notebook on a GPU pod uses the server that already holds the GPU instead of loading a second copy of the
 models; `open_kit()` connects when a server answers and loads a local kit otherwise. Replies are the kit's
 own `Reply` / `AsyncReply`, fed from the HTTP body as it arrives. What differs from a local kit:
-- the audio carries no sentence marks: every chunk has `sentence_index == -1` and `sentence == ""`;
+- the audio carries no piece marks: every chunk has `piece_index == -1` and `piece == ""`;
 - `say()` / `chat()` send the request at once and return when the first audio is ready (errors raise there);
   `asay()` / `achat()` send it on the first `async for` step, so their errors raise there;
 - `say` timings: `ttfa_s` is the server's, `tts_s` the time the client waited for audio.

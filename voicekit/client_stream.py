@@ -19,7 +19,7 @@ from voicekit.audio import WAV_HEADER_SIZE, pcm16_to_float
 from voicekit.errors import RemoteError
 from voicekit.pipeline import AudioChunk, Timings, Turn
 
-UNKNOWN_SENTENCE = -1  # HTTP audio has no sentence marks
+UNKNOWN_PIECE = -1  # HTTP audio has no piece marks
 
 
 class Call:
@@ -61,18 +61,20 @@ class Call:
             return None
         samples = pcm16_to_float(data[:usable])
         self.turn.timings.audio_s += len(samples) / self.kit.sample_rate
-        return AudioChunk(samples, self.kit.sample_rate, UNKNOWN_SENTENCE, "")
+        return AudioChunk(samples, self.kit.sample_rate, UNKNOWN_PIECE, "")
 
     def finish(self, result: dict[str, Any] | None) -> None:
         """Fill in the turn at the end of the audio: the server's record of a chat, else what the client saw."""
         turn = self.turn
         if result is not None:
             turn.text, turn.sentences = result["text"], list(result["sentences"])
+            turn.pieces = list(result.get("pieces", turn.sentences))
             turn.timings = Timings.from_dict(result["timings"])
         else:
-            turn.sentences = list(turn.script)
+            turn.sentences = turn.pieces = list(turn.script)
             turn.timings.ttfa_s, turn.timings.tts_s = self.server_ttfa, self.waited
-            turn.timings.total_s, turn.timings.sentences = turn.elapsed(), len(turn.sentences)
+            turn.timings.total_s = turn.elapsed()
+            turn.timings.sentences = turn.timings.pieces = len(turn.sentences)
         turn.done = True
 
 

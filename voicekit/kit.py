@@ -50,8 +50,14 @@ class _ReplyBase:
 
     @property
     def sentences(self) -> list[str]:
-        """Sentences sent to the speech backend so far."""
+        """The sentences of the text: a say's script; a chat reply's once it is written (the same in every mode)."""
         return list(self.turn.sentences)
+
+    @property
+    def pieces(self) -> list[str]:
+        """What the speech backend was given so far, in order: the sentences, except that overlap mode may speak
+        the first clause early as a piece of its own (`AudioChunk.piece_index` counts these)."""
+        return list(self.turn.pieces)
 
     @property
     def timings(self) -> Timings:

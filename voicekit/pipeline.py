@@ -34,12 +34,17 @@ MODES: tuple[str, ...] = get_args(Mode)
 
 @dataclass
 class AudioChunk:
-    """A piece of speech: float32 mono samples in [-1, 1] and the sentence they belong to."""
+    """Audio of one spoken piece: float32 mono samples in [-1, 1], the piece's number in the turn and its text.
+
+    A piece is what the speech backend was given at once: a sentence, or in overlap mode with the first clause
+    early, that clause and then the rest of its sentence (`Turn.pieces`; the reply's sentences are
+    `Turn.sentences`). A remote kit's chunks carry no piece marks (`piece_index` -1, `piece` "").
+    """
 
     samples: np.ndarray
     sample_rate: int
-    sentence_index: int
-    sentence: str
+    piece_index: int
+    piece: str
 
     @property
     def duration_s(self) -> float:
@@ -49,7 +54,9 @@ class AudioChunk:
 
 @dataclass
 class Timings:
-    """What a turn cost. `rtf` is speech-synthesis seconds per second of audio (below 1 is faster than real time)."""
+    """What a turn cost. `rtf` is speech-synthesis seconds per second of audio (below 1 is faster than real time);
+    `sentences` counts the reply's sentences, `pieces` what the speech backend was given (one more than the
+    sentences when the first clause was spoken early)."""
 
     ttfa_s: float | None = None
     llm_s: float = 0.0
@@ -57,6 +64,7 @@ class Timings:
     audio_s: float = 0.0
     total_s: float = 0.0
     sentences: int = 0
+    pieces: int = 0
 
     @property
     def rtf(self) -> float | None:
@@ -66,7 +74,7 @@ class Timings:
     def as_dict(self) -> dict[str, Any]:
         """Plain dict with rounded values, for JSON, logs and the UI."""
         values = {"ttfa_s": self.ttfa_s, "llm_s": self.llm_s, "tts_s": self.tts_s, "audio_s": self.audio_s,
-                  "total_s": self.total_s, "rtf": self.rtf, "sentences": self.sentences}
+                  "total_s": self.total_s, "rtf": self.rtf, "sentences": self.sentences, "pieces": self.pieces}
         return {key: (round(value, 4) if isinstance(value, float) else value) for key, value in values.items()}
 
     @classmethod
@@ -94,7 +102,10 @@ def _seconds(value: float | None) -> str:
 class Turn:
     """One `say` or `chat` call: what was asked (checked once, voice resolved once) and what it became.
 
-    The pipeline fills in `text`, `sentences` and `timings` while the audio streams; `done` once it ends.
+    The pipeline fills in `text`, `sentences`, `pieces` and `timings` while the audio streams; `done` once it ends.
+    `sentences` are the sentences of the text (a say turn's script; a chat reply's split once it is written, in
+    every mode); `pieces` are what the speech backend was given, in order (the sentences, except that overlap mode
+    may speak the first clause of the first sentence early, as a piece of its own).
     A say turn has `script` (the sentences to speak) and no `message`; a chat turn has the user's `message`,
     the conversation before it (`past`, one form from the kit down: ChatMessages), its `mode` and `options`
     for the chat model.
@@ -108,6 +119,7 @@ class Turn:
     options: dict[str, Any] = field(default_factory=dict)
     text: str = ""
     sentences: list[str] = field(default_factory=list)
+    pieces: list[str] = field(default_factory=list)
     timings: Timings = field(default_factory=Timings)
     started: float = field(default_factory=time.perf_counter)
     done: bool = False
@@ -134,6 +146,7 @@ class Turn:
     def finish(self) -> None:
         """The audio has ended (or was stopped)."""
         self.timings.total_s = self.elapsed()
+        self.timings.sentences, self.timings.pieces = len(self.sentences), len(self.pieces)
         self.done = True
 
 
@@ -169,7 +182,7 @@ class Pipeline:
         script = self.sentences_for(check_text(text, self.max_text_chars))
         if not script:
             raise EmptyTextError("text (after removing emoji, markup and links)")
-        return Turn(voice=self.tts.resolve(voice), script=script, text=" ".join(script))
+        return Turn(voice=self.tts.resolve(voice), script=script, text=" ".join(script), sentences=list(script))
 
     def chat_turn(self, message: str, voice: str | None = None, history: Iterable[HistoryItem] | None = None,
                   mode: str | None = None, **options: Any) -> Turn:
@@ -202,7 +215,14 @@ class Pipeline:
         except TimeoutError:
             turn.timed_out = True
         finally:
+            if turn.message is not None:  # a reply cut short has the sentences of what was written
+                self._written(turn)
             turn.finish()
+
+    def _written(self, turn: Turn) -> None:
+        """The chat reply is written (or cut short): its text is final, and so are its sentences."""
+        turn.text = turn.text.strip()
+        turn.sentences = self.sentences_for(turn.text)
 
     async def _turn_audio(self, turn: Turn) -> AsyncIterator[AudioChunk]:
         if turn.message is None:
@@ -221,20 +241,20 @@ class Pipeline:
 
     async def _converse_sequential(self, replies: AsyncIterator[str], turn: Turn) -> AsyncIterator[AudioChunk]:
         async with contextlib.aclosing(replies):  # type: ignore[type-var]
-            async for piece in replies:
-                turn.text += piece
-        turn.text = turn.text.strip()
+            async for delta in replies:
+                turn.text += delta
+        self._written(turn)
         turn.timings.llm_s = turn.elapsed()
-        for sentence in self.sentences_for(turn.text):
+        for sentence in turn.sentences:
             async for chunk in self._speak(sentence, turn):
                 yield chunk
 
     async def _converse_overlap(self, replies: AsyncIterator[str], turn: Turn) -> AsyncIterator[AudioChunk]:
-        ready: asyncio.Queue[str | None] = asyncio.Queue()
-        writer = asyncio.create_task(self._write_sentences(replies, turn, ready))
+        ready: asyncio.Queue[str | None] = asyncio.Queue()  # pieces to speak, None after the last
+        writer = asyncio.create_task(self._write_pieces(replies, turn, ready))
         try:
-            while (sentence := await ready.get()) is not None:
-                async for chunk in self._speak(sentence, turn):
+            while (piece := await ready.get()) is not None:
+                async for chunk in self._speak(piece, turn):
                     yield chunk
             await writer  # re-raises a chat-model error
         finally:
@@ -243,29 +263,29 @@ class Pipeline:
             with contextlib.suppress(asyncio.CancelledError):
                 await writer
 
-    async def _write_sentences(self, replies: AsyncIterator[str], turn: Turn,
+    async def _write_pieces(self, replies: AsyncIterator[str], turn: Turn,
                                ready: asyncio.Queue[str | None]) -> None:
         early = self.first_fragment_chars if turn.first_fragment_chars is None else turn.first_fragment_chars or None
         splitter = SentenceStream(first_fragment_chars=early,
                                   keep_tags=bool(self.tts.tags))
         try:
             async with contextlib.aclosing(replies):  # type: ignore[type-var]
-                async for piece in replies:
-                    turn.text += piece
-                    for sentence in splitter.push(piece):
-                        ready.put_nowait(sentence)
-            for sentence in splitter.flush():
-                ready.put_nowait(sentence)
-            turn.text = turn.text.strip()
+                async for delta in replies:
+                    turn.text += delta
+                    for piece in splitter.push(delta):
+                        ready.put_nowait(piece)
+            for piece in splitter.flush():
+                ready.put_nowait(piece)
+            self._written(turn)
             turn.timings.llm_s = turn.elapsed()
         finally:
             ready.put_nowait(None)
 
-    async def _speak(self, sentence: str, turn: Turn) -> AsyncIterator[AudioChunk]:
-        index = len(turn.sentences)
-        turn.sentences.append(sentence)
-        turn.timings.sentences = len(turn.sentences)
-        stream = self.tts.synthesize(sentence, turn.voice)
+    async def _speak(self, piece: str, turn: Turn) -> AsyncIterator[AudioChunk]:
+        index = len(turn.pieces)
+        turn.pieces.append(piece)
+        turn.timings.pieces = len(turn.pieces)
+        stream = self.tts.synthesize(piece, turn.voice)
         try:
             while True:
                 began = time.perf_counter()
@@ -280,6 +300,6 @@ class Pipeline:
                 if turn.timings.ttfa_s is None:
                     turn.timings.ttfa_s = turn.elapsed()
                 turn.timings.audio_s += len(samples) / self.tts.sample_rate
-                yield AudioChunk(samples, self.tts.sample_rate, index, sentence)
+                yield AudioChunk(samples, self.tts.sample_rate, index, piece)
         finally:
             await stream.aclose()  # type: ignore[attr-defined]

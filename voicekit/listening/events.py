@@ -62,7 +62,7 @@ class SpokenReply:
     turn_ended_at: float | None = None  # wall time the user's turn was detected as over (None: typed)
     first_audio_at: float | None = None
     sent_s: float = 0.0  # seconds of audio sent
-    sentence_ends: list[tuple[str, float]] = field(default_factory=list)  # (sentence, audio second it ends at)
+    piece_ends: list[tuple[str, float]] = field(default_factory=list)  # (spoken piece, audio second it ends at)
     status: str = "in_progress"
     reason: str | None = None
 
@@ -71,14 +71,14 @@ class SpokenReply:
         return 0.0 if self.first_audio_at is None else min(self.sent_s, now - self.first_audio_at)
 
     def heard_text(self, played_s: float) -> str:
-        """The reply up to `played_s` of its audio: whole sentences, then the share of the next one's words."""
+        """The reply up to `played_s` of its audio: whole pieces, then the share of the next one's words."""
         heard: list[str] = []
         start = 0.0
-        for sentence, end in self.sentence_ends:
+        for piece, end in self.piece_ends:
             if end <= played_s:
-                heard.append(sentence)
+                heard.append(piece)
             elif played_s > start:
-                words = sentence.split()
+                words = piece.split()
                 heard.append(" ".join(words[: int(len(words) * (played_s - start) / max(end - start, 1e-6))]))
                 break
             start = end

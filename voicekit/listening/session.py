@@ -274,11 +274,11 @@ class AsyncRealtimeSession:
         async for chunk in reply:
             resampler = resampler or StreamResampler(chunk.sample_rate, OUTPUT_RATE)
             samples = resampler.push(chunk.samples)
-            if chunk.sentence_index != spoken:  # the transcript follows the audio, sentence by sentence
-                spoken = chunk.sentence_index
-                response.sentence_ends.append((chunk.sentence, response.sent_s))
+            if chunk.piece_index != spoken:  # the transcript follows the audio, piece by piece
+                spoken = chunk.piece_index
+                response.piece_ends.append((chunk.piece, response.sent_s))
                 self.emit("response.output_audio_transcript.delta", response_id=response.id,
-                          item_id=response.item_id, delta=("" if spoken == 0 else " ") + chunk.sentence)
+                          item_id=response.item_id, delta=("" if spoken == 0 else " ") + chunk.piece)
             self._send_audio(response, samples)
         if resampler is not None:
             self._send_audio(response, resampler.flush())
@@ -291,8 +291,8 @@ class AsyncRealtimeSession:
         if response.first_audio_at is None:
             response.first_audio_at = time.perf_counter()
         response.sent_s += len(samples) / OUTPUT_RATE
-        sentence, _ = response.sentence_ends[-1]
-        response.sentence_ends[-1] = (sentence, response.sent_s)
+        piece, _ = response.piece_ends[-1]
+        response.piece_ends[-1] = (piece, response.sent_s)
         self.emit("response.output_audio.delta", audio=samples, response_id=response.id, item_id=response.item_id)
 
     def _cancel(self, response: SpokenReply, reason: str) -> None:
@@ -316,7 +316,7 @@ class AsyncRealtimeSession:
                   transcript=text)
         self.emit("response.done", response=self._summary(response))
         if reply is not None:
-            reply.chunks.clear()  # sent already; the history keeps the reply's sentences, not its audio
+            reply.chunks.clear()  # sent already; the history keeps the reply's text, not its audio
 
     @staticmethod
     def _heard(response: SpokenReply, played_s: float) -> str:

@@ -200,7 +200,7 @@ def create_app(kit: Any, *, api_key: str | None = None, password: str | None = N
                            param="request_id", code="not_found")
         reply = record.reply
         return {"id": record.id, "done": reply.done, "outcome": record.outcome, "voice": record.voice,
-                "text": reply.text, "sentences": reply.sentences, "history": reply.history,
+                "text": reply.text, "sentences": reply.sentences, "pieces": reply.pieces, "history": reply.history,
                 "timings": reply.timings.as_dict()}
 
     @app.post("/v1/audio/speech")
