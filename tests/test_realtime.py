@@ -145,14 +145,22 @@ def test_silence_gets_no_reply(kit: Any) -> None:
         assert session.history == []
 
 
+def _stream_silence(session: Any, seconds: float) -> None:
+    """A microphone while the user listens: silence, at real time (a headset hears nothing of the reply)."""
+    for _ in range(round(seconds * RATE / CHUNK)):
+        session.append_audio(float_to_pcm16(np.zeros(CHUNK, np.float32)))
+        time.sleep(CHUNK / RATE)
+
+
 def test_speech_during_a_reply_stops_it_and_the_history_keeps_what_was_heard(kit: Any, question: np.ndarray) -> None:
     with kit.realtime(instructions="You tell long stories. Answer with at least six sentences.") as session:
         session.ask("Tell me a long story about a dragon who learns to sing.")
         first = _until(session, "response.output_audio.delta")
         old_id = first[-1].data["response_id"]
-        time.sleep(0.6)  # past the echo grace period, as a user who listens a little and then speaks
+        old_requests = kit.chat_model.engine.active_requests()  # the story's
+        _stream_silence(session, 0.6)  # past the echo grace period, as a user who listens a little and then speaks
         started = time.perf_counter()
-        _feed(session, question[: RATE + len(question) // 2])  # the first half of the question is enough
+        _feed(session, question[: RATE + len(question) // 2])  # the question and 0.4 s of its trailing silence
         events = _until(session, "response.done", timeout=30)
         stopped_after = time.perf_counter() - started
         done = events[-1].data["response"]
@@ -166,7 +174,30 @@ def test_speech_during_a_reply_stops_it_and_the_history_keeps_what_was_heard(kit
         late = [e for e in session.events(timeout=1) if e.type == "response.output_audio.delta"
                 and e.data["response_id"] == old_id]
         assert late == [], "no audio of the stopped reply after its response.done"
-        assert kit.chat_model.engine.active_requests() == set(), "the stopped reply's engine request was aborted"
+        assert old_requests and not old_requests & kit.chat_model.engine.active_requests(), "the story's was aborted"
+
+
+def test_a_client_that_sends_only_bursts_of_speech_still_cuts_the_reply_and_is_answered(kit: Any,
+                                                                                     question: np.ndarray) -> None:
+    """No audio while the reply plays, then the whole question at once (faster than real time): the echo monitor
+    has little to judge by, so the barge-in may wait for the turn's words, but the reply is cut and the question
+    answered."""
+    with kit.realtime(instructions="You tell long stories. Answer with at least six sentences.") as session:
+        session.ask("Tell me a long story about a dragon who learns to sing.")
+        old_id = _until(session, "response.output_audio.delta")[-1].data["response_id"]
+        time.sleep(0.6)
+        _feed(session, question)
+        events = _until(session, "response.done", timeout=30)
+        done = events[-1].data["response"]
+        assert done["id"] == old_id and done["status"] == "cancelled"
+        transcribed = "conversation.item.input_audio_transcription.completed"
+        if transcribed not in [event.type for event in events]:  # cut by the barge-in, before the words were heard
+            events = _until(session, transcribed, timeout=30)
+        heard = next(e for e in events if e.type == transcribed)
+        assert word_accuracy(QUESTION, heard.data["transcript"].lower()) >= 0.8 and "echo" not in heard.data
+        answer = _until(session, "response.done", timeout=60)[-1].data["response"]
+        assert answer["status"] == "completed"
+        assert [item["role"] for item in session.history][-3:] == ["assistant", "user", "assistant"]
 
 
 # -- the WebSocket --------------------------------------------------------------------------------------------

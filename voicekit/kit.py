@@ -22,6 +22,7 @@ from voicekit.audio import concat, wav_bytes, write_wav
 from voicekit.chat import ChatModel, HistoryItem
 from voicekit.engines.loop import EventLoopThread
 from voicekit.listening.blocking import RealtimeSession
+from voicekit.listening.events import with_turn_detection
 from voicekit.listening.session import AsyncRealtimeSession, TalkOptions
 from voicekit.listening.turns import TurnOptions
 from voicekit.pipeline import AudioChunk, Pipeline, Timings, Turn
@@ -265,9 +266,10 @@ class Kit:
         settings = self.settings
         turn = TurnOptions(threshold=settings.vad_threshold, silence_s=settings.turn_silence_s,
                            min_speech_s=settings.turn_min_speech_s)
-        return TalkOptions(turn=turn, barge_in_grace_s=settings.barge_in_grace_s, mode=settings.talk_mode,
-                           first_fragment_chars=settings.first_fragment_chars,
-                           language=settings.asr_language or None)
+        options = TalkOptions(turn=turn, echo=settings.echo_cancellation, barge_in_grace_s=settings.barge_in_grace_s,
+                              mode=settings.talk_mode, first_fragment_chars=settings.first_fragment_chars,
+                              language=settings.asr_language or None)
+        return with_turn_detection(options, {"type": settings.turn_detection, "eagerness": settings.turn_eagerness})
 
     def realtime(self, voice: str | None = None, instructions: str | None = None,
                  history: list[dict[str, Any]] | None = None) -> RealtimeSession:

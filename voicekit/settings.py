@@ -167,7 +167,18 @@ class Settings(_Schema):
     asr_language: str = Field("en", description="language spoken to the kit (a Whisper code); empty: detect it")
     vad_threshold: float = Field(0.5, gt=0.0, lt=1.0, description="Silero VAD speech probability that counts "
                                  "as speech (0 to 1)")
-    turn_silence_s: float = Field(0.5, gt=0.0, le=5.0, description="silence that ends the user's turn (seconds)")
+    turn_detection: Literal["semantic_vad", "server_vad", "none"] = Field(
+        "semantic_vad", description="how the end of a spoken turn is found: `semantic_vad` (Smart Turn v3.2 judges "
+        "each pause: a finished sentence is answered at once, \"I would like to order...\" is waited for), "
+        "`server_vad` (a fixed silence, `turn_silence_s`) or `none` (the client commits each turn)")
+    turn_eagerness: Literal["low", "medium", "high", "auto"] = Field(
+        "auto", description="semantic_vad: `high` answers soonest, `low` waits longest for the user to go on "
+        "(up to 2, 4 and 8 s of silence); `auto` is `medium`")
+    echo_cancellation: Literal["auto", "on", "off"] = Field(
+        "auto", description="take the reply's echo out of the microphone (WebRTC AEC3) before the kit listens: "
+        "`auto` while the microphone hears the reply (a loudspeaker; not headphones), `on` always, `off` never")
+    turn_silence_s: float = Field(0.5, gt=0.0, le=5.0, description="server_vad: silence that ends the user's turn "
+                                  "(seconds)")
     turn_min_speech_s: float = Field(0.25, ge=0.0, le=5.0, description="shortest speech that counts as a turn "
                                      "(seconds); shorter sounds are ignored")
     barge_in_grace_s: float = Field(0.3, ge=0.0, le=5.0, description="after a reply's audio starts, user speech "

@@ -6,11 +6,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
+from voicekit.listening.smart_turn import EndOfTurnPolicy
 from voicekit.listening.turns import TurnOptions
 
 INPUT_RATE = 24000  # OpenAI Realtime's pcm16: 24 kHz mono, both ways
@@ -35,14 +36,46 @@ class Event:
 
 @dataclass(frozen=True)
 class TalkOptions:
-    """How a session listens and answers (`kit.talk_options()` makes them from the settings)."""
+    """How a session listens and answers (`kit.talk_options()` makes them from the settings). `turn.end_of_turn`
+    set means semantic turn detection (`eagerness` names its policy); `echo` is the echo canceller's mode."""
 
     turn: TurnOptions = field(default_factory=TurnOptions)
+    eagerness: str = "auto"
+    echo: str = "auto"
     barge_in_grace_s: float = 0.3
     mode: str = "overlap"
     first_fragment_chars: int = 24
     language: str | None = "en"
     time_limit_s: float | None = 120.0
+
+
+def with_turn_detection(options: TalkOptions, spec: dict[str, Any] | None) -> TalkOptions:
+    """`options` with the turn detection a client (or the settings) asked for, in OpenAI's shapes:
+    `{"type": "semantic_vad", "eagerness": "low"|"medium"|"high"|"auto"}`, `{"type": "server_vad", "threshold",
+    "silence_duration_ms", "prefix_padding_ms"}`, or None / `{"type": "none"}` (the client commits each turn).
+    Raises ValueError on anything else."""
+    turn = replace(options.turn, end_of_turn=None)
+    kind = "none" if spec is None else spec.get("type")
+    if kind == "semantic_vad":
+        eagerness = spec.get("eagerness") or "auto"  # type: ignore[union-attr]
+        return replace(options, turn=replace(turn, end_of_turn=EndOfTurnPolicy.for_eagerness(eagerness)),
+                       eagerness=eagerness)
+    if kind == "none":  # no automatic end: the turn ends on input_audio_buffer.commit (or at max_turn_s)
+        return replace(options, turn=replace(turn, silence_s=turn.max_turn_s, pause_s=0.0))
+    if kind != "server_vad":
+        raise ValueError(f"turn_detection.type must be semantic_vad, server_vad or none, not {kind!r}")
+    assert spec is not None
+    threshold, silence_ms, prefix_ms = (spec.get(key) for key in ("threshold", "silence_duration_ms",
+                                                                   "prefix_padding_ms"))
+    for name, value, low, high in (("threshold", threshold, 0.0, 1.0), ("silence_duration_ms", silence_ms, 1, 5000),
+                                   ("prefix_padding_ms", prefix_ms, 0, 2000)):
+        if value is not None and (not isinstance(value, int | float) or not low <= value <= high):
+            raise ValueError(f"turn_detection.{name} must be a number from {low:g} to {high:g}, not {value!r}")
+    silence_s = silence_ms / 1000 if silence_ms is not None else (options.turn.silence_s
+                                                                  if options.turn.silence_s < turn.max_turn_s else 0.5)
+    return replace(options, turn=replace(turn, threshold=threshold if threshold is not None else turn.threshold,
+                                         silence_s=silence_s, pause_s=min(turn.pause_s or 0.2, silence_s / 2),
+                                         prefix_s=prefix_ms / 1000 if prefix_ms is not None else turn.prefix_s))
 
 
 def new_id(prefix: str) -> str:
@@ -61,14 +94,18 @@ class SpokenReply:
     reply: Any = None
     turn_ended_at: float | None = None  # wall time the user's turn was detected as over (None: typed)
     first_audio_at: float | None = None
+    heard_from: float | None = None  # wall time the client said its first sample became audible (None: not said)
+    reference_start: int | None = None  # where its first sample lies on the echo canceller's microphone clock
     sent_s: float = 0.0  # seconds of audio sent
     piece_ends: list[tuple[str, float]] = field(default_factory=list)  # (spoken piece, audio second it ends at)
     status: str = "in_progress"
     reason: str | None = None
 
     def played_s(self, now: float) -> float:
-        """The server's estimate of what the client played: audio plays in real time from its first delta."""
-        return 0.0 if self.first_audio_at is None else min(self.sent_s, now - self.first_audio_at)
+        """What the client played by `now`: in real time from when it said playback began, else (its word never
+        came) from the first delta."""
+        began = self.heard_from if self.heard_from is not None else self.first_audio_at
+        return 0.0 if began is None else max(0.0, min(self.sent_s, now - began))
 
     def heard_text(self, played_s: float) -> str:
         """The reply up to `played_s` of its audio: whole pieces, then the share of the next one's words."""
@@ -83,3 +120,15 @@ class SpokenReply:
                 break
             start = end
         return " ".join(part for part in heard if part)
+
+
+def turn_detection(options: TalkOptions) -> dict[str, Any]:
+    """The session's turn detection as `session.created` shows it, in the OpenAI Realtime shapes."""
+    turn = options.turn
+    if turn.end_of_turn is not None:
+        return {"type": "semantic_vad", "eagerness": options.eagerness, "threshold": turn.threshold,
+                "prefix_padding_ms": round(turn.prefix_s * 1000)}
+    if turn.silence_s >= turn.max_turn_s:
+        return {"type": "none"}
+    return {"type": "server_vad", "threshold": turn.threshold, "silence_duration_ms": round(turn.silence_s * 1000),
+            "prefix_padding_ms": round(turn.prefix_s * 1000)}

@@ -7,14 +7,18 @@ audio, done), with turn-taking and barge-in.
 
 Event types and fields are those of the OpenAI Realtime API subset documented in docs/API.md, so the WebSocket
 face (voicekit.serve.realtime) only encodes them. A reply starts as soon as the user's turn ends (its speech
-transcribed); it speaks in the kit's talk mode (overlap, first clause early). Speech during a reply (after
-`barge_in_grace_s` of its audio, which is taken for echo) stops it: its engine requests are aborted, and the
-history keeps what was played, marked `interrupted`.
+transcribed); it speaks in the kit's talk mode (overlap, first clause early). What the session hears passes an
+echo canceller first (voicekit/listening/listener.py), so a reply played on a loudspeaker neither interrupts itself
+nor comes back as a user turn; a turn that is still mostly the reply's own words is dropped as echo. Speech during a
+reply (after `barge_in_grace_s` of its audio) stops it: its engine requests are aborted, and the history keeps what
+was played, marked `interrupted`. A client may say when it really played a reply (`playback_started`), which both
+the echo canceller and that history use.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -23,19 +27,21 @@ from typing import Any
 
 import numpy as np
 
-from voicekit.audio import StreamResampler
-from voicekit.listening.asr import to_float_mono
-from voicekit.listening.events import INPUT_RATE, OUTPUT_RATE, Event, SpokenReply, TalkOptions, new_id
-from voicekit.listening.turns import SpeechPaused, SpeechStarted, SpeechStopped, TurnDetector
+from voicekit.listening.echo import ECHO_MIN_WORDS, is_echo
+from voicekit.listening.events import INPUT_RATE, OUTPUT_RATE, Event, SpokenReply, TalkOptions, new_id, turn_detection
+from voicekit.listening.listener import Listener
+from voicekit.listening.smart_turn import sounds_unfinished
+from voicekit.listening.speaking import ReplySpeaker
+from voicekit.listening.turns import SpeechPaused, SpeechStarted, SpeechStopped, TurnEvent
 from voicekit.listening.vad import SAMPLE_RATE as VAD_RATE
-from voicekit.listening.vad import SileroVAD
 
 log = logging.getLogger("voicekit.realtime")
+UNFINISHED_PROBABILITY = 0.1  # a pause whose words cannot end a sentence: the policy waits ~80% of its longest
 
 __all__ = ["INPUT_RATE", "OUTPUT_RATE", "AsyncRealtimeSession", "Event", "TalkOptions"]
 
 
-class AsyncRealtimeSession:
+class AsyncRealtimeSession(ReplySpeaker):
     """One conversation spoken in real time (use from one event loop; see the module docstring)."""
 
     def __init__(self, kit: Any, voice: str | None = None, instructions: str | None = None,
@@ -50,11 +56,14 @@ class AsyncRealtimeSession:
         self.instructions = instructions or kit.settings.system_prompt
         self.options = options or TalkOptions()
         self.history: list[dict[str, Any]] = list(history or [])
-        self.detector = TurnDetector(SileroVAD(), self.options.turn)
+        self.listener = Listener(self.options.turn, INPUT_RATE, OUTPUT_RATE, echo=self.options.echo)  # type: ignore[arg-type]
+        self.detector = self.listener.detector
         self.response: SpokenReply | None = None
+        self.stats = {"turns": 0, "echo_turns": 0, "self_interruptions": 0, "barge_ins": 0}
+        self._spoken: collections.deque[SpokenReply] = collections.deque(maxlen=4)  # recent replies, for echo
+        self._interrupting_turn: int | None = None  # the turn whose start last cut a reply
+        self._doubtful: set[int] = set()  # turns begun over a reply while the echo path was not known
         self._events: asyncio.Queue[Event | None] = asyncio.Queue()
-        self._input = StreamResampler(INPUT_RATE, VAD_RATE)
-        self._input_rate = INPUT_RATE
         self._item_id = new_id("item")  # the user item the audio now arriving belongs to
         self._early: tuple[int, float, asyncio.Task[Any]] | None = None  # (turn, speech_s, transcription at a pause)
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -83,36 +92,49 @@ class AsyncRealtimeSession:
 
     def describe(self) -> dict[str, Any]:
         """The session as `session.created` / `session.updated` show it."""
-        turn = self.options.turn
         return {"id": self.id, "object": "realtime.session", "voice": self.voice, "instructions": self.instructions,
                 "voices": [{"id": str(v), "family": v.family, "language": v.language, "description": v.description}
                            for v in self.kit.voices],
-                "input_audio_format": {"type": "audio/pcm", "rate": INPUT_RATE},
+                "input_audio_format": {"type": "audio/pcm", "rate": self.listener._input_rate},
                 "output_audio_format": {"type": "audio/pcm", "rate": OUTPUT_RATE},
-                "turn_detection": {"type": "server_vad", "threshold": turn.threshold,
-                                   "silence_duration_ms": round(turn.silence_s * 1000),
-                                   "prefix_padding_ms": round(turn.prefix_s * 1000)},
+                "turn_detection": turn_detection(self.options),
+                "echo_cancellation": self.listener.echo.describe(),
                 "barge_in_grace_ms": round(self.options.barge_in_grace_s * 1000)}
 
-    def update(self, voice: str | None = None, instructions: str | None = None) -> None:
-        """Change the voice (checked: UnknownVoiceError) or the instructions (the system prompt) for later replies."""
+    def update(self, voice: str | None = None, instructions: str | None = None,
+               options: TalkOptions | None = None) -> None:
+        """Change the voice (checked: UnknownVoiceError), the instructions (the system prompt) or how turns are
+        taken (`options`: turn detection; the echo canceller's mode stays) for what comes next."""
         if voice is not None:
             self.voice = self.kit.resolve_voice(voice)
         if instructions is not None:
             self.instructions = instructions.strip() or self.kit.settings.system_prompt
+        if options is not None:
+            self.options = options
+            self.listener.retune(options.turn)
         self.emit("session.updated", session=self.describe())
 
     # -- input ----------------------------------------------------------------------------------------
 
-    async def append_audio(self, audio: bytes | np.ndarray, sample_rate: int = INPUT_RATE) -> None:
-        """Feed microphone audio: pcm16 little-endian bytes, or an int16/float32 array, mono at `sample_rate`."""
-        if isinstance(audio, bytes | bytearray | memoryview):
-            if len(audio) % 2:
-                raise ValueError("pcm16 audio must have an even number of bytes")
-            audio = np.frombuffer(audio, dtype="<i2")
-        if sample_rate != self._input_rate:
-            self._input, self._input_rate = StreamResampler(sample_rate, VAD_RATE), sample_rate
-        for event in self.detector.push(self._input.push(to_float_mono(audio))):
+    async def append_audio(self, audio: bytes | np.ndarray, sample_rate: int | None = None) -> None:
+        """Feed microphone audio: pcm16 little-endian bytes, or an int16/float32 array, mono at `sample_rate` (default:
+        the session's input rate, 24 kHz unless `session.update` said otherwise)."""
+        self._dispatch(self.listener.hear(audio, sample_rate or self.listener._input_rate))
+        if self._doubtful:
+            self._settle_doubt()
+
+    def set_input_rate(self, sample_rate: int) -> None:
+        """The rate of the pcm16 audio the client sends from now on (8000 to 48000 Hz)."""
+        if not 8000 <= sample_rate <= 48000:
+            raise ValueError(f"the input audio rate must be between 8000 and 48000 Hz, not {sample_rate}")
+        self.listener.hear(np.zeros(0, np.float32), sample_rate)
+
+    def set_echo_cancellation(self, mode: str) -> None:
+        """Echo cancellation `auto`, `on` or `off` from now on (see voicekit/listening/echo.py)."""
+        self.listener.set_echo(mode)  # type: ignore[arg-type]
+
+    def _dispatch(self, events: list[TurnEvent]) -> None:
+        for event in events:
             if isinstance(event, SpeechStarted):
                 self._speech_started(event)
             elif isinstance(event, SpeechPaused):
@@ -130,7 +152,7 @@ class AsyncRealtimeSession:
 
     def clear(self) -> None:
         """Drop the audio heard since the last turn."""
-        self.detector.reset()
+        self.listener.clear()
         self.emit("input_audio_buffer.cleared")
 
     def _speech_started(self, event: SpeechStarted) -> None:
@@ -138,203 +160,94 @@ class AsyncRealtimeSession:
         response = self.response
         if response is None or response.first_audio_at is None:
             return  # a reply not yet speaking is cut when the new turn is transcribed
-        if time.perf_counter() - response.first_audio_at >= self.options.barge_in_grace_s:
-            self._cancel(response, "turn_detected")
+        if time.perf_counter() - response.first_audio_at < self.options.barge_in_grace_s:
+            return
+        if self.listener.echo.undecided:  # is it the user, or the reply on a loudspeaker? The monitor will know
+            self._doubtful.add(self.detector.turns)
+            return
+        self._barge_in(response)
+
+    def _barge_in(self, response: SpokenReply) -> None:
+        self._interrupting_turn = self.detector.turns  # if this turn proves to be echo, the reply cut itself
+        self.stats["barge_ins"] += 1
+        self._cancel(response, "turn_detected")
+
+    def _settle_doubt(self) -> None:
+        """A turn began over a reply before the echo monitor knew whether the microphone hears it. Now it knows:
+        if it does not, the turn is the user's and stops the reply; if it does, the turn is judged by its words."""
+        turn = self.detector.turns
+        if turn not in self._doubtful or self.listener.echo.undecided or not self.detector.in_turn:
+            return
+        response = self.response
+        if not self.listener.echo.active and response is not None and response.first_audio_at is not None:
+            self._barge_in(response)
 
     def _paused(self, event: SpeechPaused) -> None:
         # Transcribe during the rest of the silence that will end the turn: when it ends with nothing said since,
         # the transcript is (nearly) ready. One at a time: a recognizer still busy with an older pause is left be.
         if self._early is None or self._early[2].done():
             self._early = (event.turn, event.speech_s, self._spawn(self._transcribe(event.audio)))
+        if self.options.turn.semantic:
+            transcribing = self._early[2] if self._early[:2] == (event.turn, event.speech_s) else None
+            self._spawn(self._judge(event, transcribing))
+
+    async def _judge(self, event: SpeechPaused, transcribing: asyncio.Task[Any] | None) -> None:
+        """Smart Turn's verdict on a pause; a "complete" waits for the words heard at that pause (the reply needs them
+        anyway), which overrule it when they cannot end a sentence ("Please book a table for")."""
+        model = probability = await self.listener.probability(event)
+        policy = self.options.turn.end_of_turn
+        if transcribing is not None and policy is not None and probability >= policy.threshold \
+                and self.options.language in (None, "en"):
+            with contextlib.suppress(Exception):  # a failed transcription is reported where the turn is heard
+                if sounds_unfinished((await asyncio.shield(transcribing)).text):
+                    probability = min(probability, UNFINISHED_PROBABILITY)
+        self._dispatch(self.listener.decide(event, probability, heard=model))
 
     def _speech_stopped(self, event: SpeechStopped) -> None:
         item_id, self._item_id = self._item_id, new_id("item")
         early, self._early = self._early, None
-        self.emit("input_audio_buffer.speech_stopped", audio_end_ms=round(event.at_s * 1000), item_id=item_id)
+        verdict = self.listener.verdict_for(event.turn)
+        self.emit("input_audio_buffer.speech_stopped", audio_end_ms=round(event.at_s * 1000), item_id=item_id,
+                  **({"end_of_turn_probability": round(verdict.probability, 3),
+                      "smart_turn_probability": round(verdict.model, 3)} if verdict else {}))
         if not event.kept:
             return  # too short to be a turn (a cough, a click)
         self.emit("input_audio_buffer.committed", item_id=item_id)
         same = early is not None and early[:2] == (event.turn, event.speech_s)  # nothing said since the pause
-        self._spawn(self._hear(item_id, event.audio, time.perf_counter(), early[2] if same and early else None))
+        self._spawn(self._hear(item_id, event, time.perf_counter(), early[2] if same and early else None))
 
     async def _transcribe(self, audio: np.ndarray) -> Any:
         return await self.kit.atranscribe(audio, VAD_RATE, language=self.options.language)
 
-    async def _hear(self, item_id: str, audio: np.ndarray, ended_at: float,
+    async def _hear(self, item_id: str, stopped: SpeechStopped, ended_at: float,
                     early: asyncio.Task[Any] | None = None) -> None:
         try:
-            transcript = await early if early is not None else await self._transcribe(audio)
+            transcript = await early if early is not None else await self._transcribe(stopped.audio)
         except Exception as error:  # reported to the client; the session goes on
             log.exception("transcription failed")
             self.emit("conversation.item.input_audio_transcription.failed", item_id=item_id,
                       error={"type": "server_error", "code": "transcription_failed", "message": str(error)})
             return
         text = transcript.text.strip()
+        doubtful = stopped.turn in self._doubtful  # begun over a reply the microphone may hear: short ones count too
+        self._doubtful.discard(stopped.turn)
+        echo = bool(text) and is_echo(text, self._recent_replies(), min_words=1 if doubtful else ECHO_MIN_WORDS)
         self.emit("conversation.item.input_audio_transcription.completed", item_id=item_id, content_index=0,
                   transcript=text, duration_s=round(transcript.duration_s, 3),
-                  asr_s=round(transcript.seconds, 4))
+                  asr_s=round(transcript.seconds, 4), **({"echo": True} if echo else {}))
         if not text:
             return  # heard nothing worth answering (noise the VAD let through)
+        if echo:  # the assistant's own voice came back: never a user turn, never answered
+            self.stats["echo_turns"] += 1
+            if self._interrupting_turn == stopped.turn:
+                self.stats["self_interruptions"] += 1
+            log.info("session %s: dropped an echo of the reply as a turn: %r", self.id, text)
+            return
+        self.stats["turns"] += 1
         if self.response is not None:
             self._cancel(self.response, "turn_detected")  # the user spoke over a reply that was not yet speaking
         self.history.append({"role": "user", "content": text, "id": item_id})
         self._start_response(text, ended_at)
-
-    # -- text input and responses ---------------------------------------------------------------------
-
-    def add_message(self, text: str) -> str:
-        """Add a typed user message to the conversation (answer it with `create_response()`); returns its item id."""
-        if not isinstance(text, str) or not text.strip():
-            raise ValueError("a message needs some text")
-        item_id = new_id("item")
-        self.history.append({"role": "user", "content": text.strip(), "id": item_id})
-        self.emit("conversation.item.added", item={"id": item_id, "type": "message", "role": "user",
-                                                    "content": [{"type": "input_text", "text": text.strip()}]})
-        return item_id
-
-    def create_response(self) -> str | None:
-        """Answer the last user message; None (and an `error` event) when a reply is already running or there is
-        nothing to answer."""
-        if self.response is not None:
-            self.error("conversation_already_has_active_response", f"response {self.response.id} is still running")
-            return None
-        last = next((item for item in reversed(self.history) if item["role"] in ("user", "assistant")), None)
-        if last is None or last["role"] != "user":
-            self.error("nothing_to_answer", "add a user message (or speak) before asking for a response")
-            return None
-        return self._start_response(last["content"], None)
-
-    async def ask(self, text: str) -> str | None:
-        """Typed input: add `text` and answer it (cancelling a running reply); returns the response id."""
-        if self.response is not None:
-            self._cancel(self.response, "client_cancelled")
-        self.add_message(text)
-        return self.create_response()
-
-    def cancel(self) -> bool:
-        """Stop the running reply (its audio stops; history keeps what was played); False when none runs."""
-        if self.response is None:
-            return False
-        self._cancel(self.response, "client_cancelled")
-        return True
-
-    def truncate(self, item_id: str, audio_end_ms: int) -> None:
-        """The client played only `audio_end_ms` of the reply `item_id`: keep only that part in the history."""
-        for item in self.history:
-            if item.get("id") == item_id and item["role"] == "assistant" and "_response" in item:
-                response: SpokenReply = item["_response"]
-                item["content"] = self._heard(response, max(0, audio_end_ms) / 1000)
-                item["interrupted"] = True
-                self.emit("conversation.item.truncated", item_id=item_id, content_index=0, audio_end_ms=audio_end_ms)
-                return
-        self.error("item_not_found", f"no reply {item_id!r} in this conversation", param="item_id")
-
-    def _start_response(self, message: str, turn_ended_at: float | None) -> str:
-        response = SpokenReply(new_id("resp"), new_id("item"), message, turn_ended_at=turn_ended_at)
-        self.response = response
-        self.emit("response.created", response={"id": response.id, "object": "realtime.response",
-                                                 "status": "in_progress"})
-        self.emit("response.output_item.added", response_id=response.id,
-                  item={"id": response.item_id, "type": "message", "role": "assistant"})
-        response.task = self._spawn(self._respond(response))
-        return response.id
-
-    async def _respond(self, response: SpokenReply) -> None:
-        try:
-            async with self._gate():
-                await self._speak(response)
-        except asyncio.CancelledError:
-            pass  # _cancel() has finished the response
-        except Exception as error:  # the gate refused (a busy server): reported, no reply
-            self.error(getattr(error, "code", "server_error"), str(error), kind="server_error",
-                       **({"retry_after": error.retry_after} if hasattr(error, "retry_after") else {}))
-            response.status, response.reason = "failed", str(error)
-        finally:
-            self._finish(response)
-
-    async def _speak(self, response: SpokenReply) -> None:
-        past = self.history[:-1]  # the last item is the user message this reply answers
-        try:
-            response.reply = self.kit.achat(
-                response.message, voice=self.voice, history=past, mode=self.options.mode,
-                system_prompt=self.instructions, time_limit_s=self.options.time_limit_s,
-                first_fragment_chars=self.options.first_fragment_chars)
-            await self._stream(response)
-            response.status = "completed"
-        except Exception as error:  # reported to the client; the session goes on
-            log.exception("response %s failed", response.id)
-            response.status, response.reason = "failed", str(error)
-        finally:
-            if response.reply is not None:
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(response.reply.aclose())  # aborts its engine requests
-
-    async def _stream(self, response: SpokenReply) -> None:
-        reply, resampler, spoken = response.reply, None, -1
-        async for chunk in reply:
-            resampler = resampler or StreamResampler(chunk.sample_rate, OUTPUT_RATE)
-            samples = resampler.push(chunk.samples)
-            if chunk.piece_index != spoken:  # the transcript follows the audio, piece by piece
-                spoken = chunk.piece_index
-                response.piece_ends.append((chunk.piece, response.sent_s))
-                self.emit("response.output_audio_transcript.delta", response_id=response.id,
-                          item_id=response.item_id, delta=("" if spoken == 0 else " ") + chunk.piece)
-            self._send_audio(response, samples)
-        if resampler is not None:
-            self._send_audio(response, resampler.flush())
-        if reply.turn.timed_out:
-            raise TimeoutError(f"the reply took longer than {self.options.time_limit_s:.0f} s")
-
-    def _send_audio(self, response: SpokenReply, samples: np.ndarray) -> None:
-        if not len(samples):
-            return
-        if response.first_audio_at is None:
-            response.first_audio_at = time.perf_counter()
-        response.sent_s += len(samples) / OUTPUT_RATE
-        piece, _ = response.piece_ends[-1]
-        response.piece_ends[-1] = (piece, response.sent_s)
-        self.emit("response.output_audio.delta", audio=samples, response_id=response.id, item_id=response.item_id)
-
-    def _cancel(self, response: SpokenReply, reason: str) -> None:
-        if response.status == "in_progress":
-            response.status, response.reason = "cancelled", reason
-            if response.task is not None:
-                response.task.cancel()
-            self._finish(response)  # at once: the audio stops now, not when the engines have wound down
-
-    def _finish(self, response: SpokenReply) -> None:
-        if self.response is not response:
-            return  # already finished (cancelled, then its task wound down)
-        self.response = None
-        reply = response.reply
-        interrupted = response.status != "completed"
-        text = self._heard(response, response.played_s(time.perf_counter())) if interrupted else reply.text
-        self.history.append({"role": "assistant", "content": text, "id": response.item_id,
-                             **({"interrupted": True} if interrupted else {}), "_response": response})
-        self.emit("response.output_audio.done", response_id=response.id, item_id=response.item_id)
-        self.emit("response.output_audio_transcript.done", response_id=response.id, item_id=response.item_id,
-                  transcript=text)
-        self.emit("response.done", response=self._summary(response))
-        if reply is not None:
-            reply.chunks.clear()  # sent already; the history keeps the reply's text, not its audio
-
-    @staticmethod
-    def _heard(response: SpokenReply, played_s: float) -> str:
-        heard = response.heard_text(played_s)
-        return f"{heard}…" if heard else ""
-
-    def _summary(self, response: SpokenReply) -> dict[str, Any]:
-        summary: dict[str, Any] = {"id": response.id, "object": "realtime.response", "status": response.status,
-                                   "output": [{"id": response.item_id, "role": "assistant"}]}
-        if response.reason:
-            kind = "cancelled" if response.status == "cancelled" else "failed"
-            summary["status_details"] = {"type": kind, "reason": response.reason}
-        timings = dict(response.reply.timings.as_dict()) if response.reply is not None else {}
-        if response.turn_ended_at is not None and response.first_audio_at is not None:
-            timings["turn_end_to_first_audio_s"] = round(response.first_audio_at - response.turn_ended_at, 4)
-        timings["audio_sent_s"] = round(response.sent_s, 3)
-        summary["timings"] = timings
-        return summary
 
     # -- lifetime -------------------------------------------------------------------------------------
 
@@ -358,3 +271,4 @@ class AsyncRealtimeSession:
         await asyncio.gather(*tasks, return_exceptions=True)
         self._closed = True
         self._events.put_nowait(None)
+

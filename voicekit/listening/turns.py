@@ -1,11 +1,18 @@
 """Turn-taking: when the user starts speaking, and when their turn is over.
 
 `TurnDetector` reads Silero VAD scores of a live 16 kHz stream. Speech starts after `start_s` of speech frames
-(a click or a breath is not speech; barge-in waits for this); the turn ends after `silence_s` without speech.
-A turn shorter than `min_speech_s` of speech is dropped (a cough), one longer than `max_turn_s` is cut there.
-After `pause_s` of silence the detector says the user paused (`SpeechPaused`, with the turn so far), so a listener
-may start transcribing before the turn is over; when the turn then ends with no speech since, that work stands.
-Times are seconds of audio since the stream began (not wall time: a client may send faster than real time).
+(a click or a breath is not speech; barge-in waits for this). A turn shorter than `min_speech_s` of speech is
+dropped (a cough), one longer than `max_turn_s` is cut there. After `pause_s` of silence the detector says the user
+paused (`SpeechPaused`, with the turn so far), so a listener may start transcribing before the turn is over; when
+the turn then ends with no speech since, that work stands.
+
+When does the turn end?
+- server VAD (`end_of_turn` None): after `silence_s` without speech.
+- semantic (`end_of_turn` an `EndOfTurnPolicy`): the listener asks an end-of-turn model at the pause and hands its
+  verdict to `verdict()`; the turn ends after the silence the policy gives that verdict (at once for a finished
+  sentence, later for "I would like to order..."), and after the policy's longest wait when no verdict came.
+Times are seconds of audio since the stream began (not wall time: a client may send faster than real time), so a
+verdict that arrives after more silence was fed ends the turn as if it had come in time.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from voicekit.listening.smart_turn import EndOfTurnPolicy
 from voicekit.listening.vad import FRAME, FRAME_S, SileroVAD
 
 
@@ -24,11 +32,27 @@ class TurnOptions:
     threshold: float = 0.5  # a frame is speech at this probability...
     release: float = 0.35  # ...and stays speech, once speaking, down to this one (hysteresis)
     start_s: float = 0.1  # speech this long starts a turn (and may interrupt a reply)
-    silence_s: float = 0.5  # silence this long ends it
+    silence_s: float = 0.5  # silence this long ends it (server VAD)
     pause_s: float = 0.2  # silence this long is a pause: transcribing may start (0 or >= silence_s: never)
+    end_of_turn: EndOfTurnPolicy | None = None  # semantic: a model's verdict at the pause decides (pause_s = ask_s)
     min_speech_s: float = 0.25  # a turn with less speech than this is dropped
     prefix_s: float = 0.3  # audio kept from before the start, so the recognizer hears the first syllable
     max_turn_s: float = 30.0  # a turn is cut here (a TV in the background must not grow a buffer forever)
+
+    @property
+    def semantic(self) -> bool:
+        """True when an end-of-turn model decides which pauses end the turn."""
+        return self.end_of_turn is not None
+
+    @property
+    def pause_at_s(self) -> float:
+        """Silence after which the detector reports a pause (semantic: when the model is asked)."""
+        return self.end_of_turn.ask_s if self.end_of_turn is not None else self.pause_s
+
+    @property
+    def longest_silence_s(self) -> float:
+        """Silence that ends a turn whatever else happens (semantic: the policy's longest wait)."""
+        return self.end_of_turn.max_wait_s if self.end_of_turn is not None else self.silence_s
 
 
 @dataclass(frozen=True)
@@ -79,6 +103,7 @@ class TurnDetector:
         self._started_at = 0
         self._candidate: list[np.ndarray] = []  # speech frames not yet long enough to start a turn
         self._pending = np.zeros(0, dtype=np.float32)
+        self._end_silence_s = self.options.longest_silence_s  # the silence that ends this pause's turn
 
     @property
     def in_turn(self) -> bool:
@@ -105,12 +130,27 @@ class TurnDetector:
         """End a turn in progress now (the client committed its audio, or the stream ended)."""
         return [self._stop()] if self._turn is not None else []
 
+    def verdict(self, turn: int, speech_s: float, probability: float) -> list[TurnEvent]:
+        """The end-of-turn model's `probability` that the turn was complete at the pause `SpeechPaused(turn,
+        speech_s)` reported: ends the turn now if the policy says the silence so far is enough, else sets how much
+        silence will. A stale verdict (the user spoke again since that pause) changes nothing."""
+        policy = self.options.end_of_turn
+        if policy is None or self._turn is None or turn != self.turns or self._silent_frames == 0:
+            return []
+        if speech_s != self._speech_frames * FRAME_S:
+            return []
+        self._end_silence_s = policy.silence_to_end(probability)
+        if probability >= policy.threshold or self._silent_frames * FRAME_S >= self._end_silence_s:
+            return [self._stop()]
+        return []
+
     def reset(self) -> None:
         """Drop whatever was heard (the client cleared its input buffer); the clock keeps running."""
         self.vad.reset()
         self._turn, self._candidate, self._recent = None, [], []
         self._speech_frames = self._silent_frames = 0
         self._pending = np.zeros(0, dtype=np.float32)
+        self._end_silence_s = self.options.longest_silence_s
 
     def _step(self, frame: np.ndarray, probability: float) -> TurnEvent | None:
         self.frames += 1
@@ -121,10 +161,13 @@ class TurnDetector:
         self._turn.append(frame)
         self._speech_frames += speaking
         self._silent_frames = 0 if speaking else self._silent_frames + 1
+        if speaking:
+            self._end_silence_s = options.longest_silence_s  # a new pause waits for its own verdict
         too_long = len(self._turn) * FRAME_S >= options.max_turn_s
-        if self._silent_frames * FRAME_S >= options.silence_s or too_long:
+        if self._silent_frames * FRAME_S >= self._end_silence_s or too_long:
             return self._stop()
-        if self._silent_frames == round(options.pause_s / FRAME_S) and 0 < options.pause_s < options.silence_s:
+        pause_at = options.pause_at_s
+        if self._silent_frames == round(pause_at / FRAME_S) and 0 < pause_at < options.longest_silence_s:
             return SpeechPaused((self.frames - self._silent_frames) * FRAME_S, np.concatenate(self._turn),
                                 self._speech_frames * FRAME_S, self.turns)
         return None
@@ -154,4 +197,5 @@ class TurnDetector:
         # the end is where the speech stopped, not where the silence that proved it ended
         end_s = (self.frames - self._silent_frames) * FRAME_S
         self._turn, self._speech_frames, self._silent_frames = None, 0, 0
+        self._end_silence_s = self.options.longest_silence_s
         return SpeechStopped(end_s, audio, speech_s, kept=speech_s >= self.options.min_speech_s, turn=self.turns)

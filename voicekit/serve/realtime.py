@@ -21,6 +21,8 @@ from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 
 from voicekit.audio import float_to_pcm16
 from voicekit.errors import VoicekitError
+from voicekit.listening.echo import ECHO_MODES
+from voicekit.listening.events import with_turn_detection
 from voicekit.listening.session import AsyncRealtimeSession, Event
 from voicekit.serve.admission import Admission
 from voicekit.serve.auth import socket_authorized
@@ -131,7 +133,38 @@ async def _session_update(session: AsyncRealtimeSession, event: dict[str, Any]) 
     voice, instructions = settings.get("voice"), settings.get("instructions")
     if any(value is not None and not isinstance(value, str) for value in (voice, instructions)):
         raise TypeError("`voice` and `instructions` are strings")
-    session.update(voice=voice, instructions=instructions)
+    # OpenAI's GA shape nests input settings under audio.input; the beta shape has them at the top
+    audio_input = (settings.get("audio") or {}).get("input") or {} if isinstance(settings.get("audio"), dict) else {}
+    if not isinstance(audio_input, dict):
+        raise TypeError("`audio.input` must be an object")
+    options = None
+    for source in (settings, audio_input):
+        if "turn_detection" in source:
+            spec = source["turn_detection"]
+            if spec is not None and not isinstance(spec, dict):
+                raise TypeError("`turn_detection` must be an object or null")
+            options = with_turn_detection(session.options, spec)
+    rate = _input_rate(audio_input.get("format", settings.get("input_audio_format")))
+    echo = settings.get("echo_cancellation")
+    if echo is not None and echo not in ECHO_MODES:
+        raise ValueError(f"`echo_cancellation` must be one of {', '.join(ECHO_MODES)}, not {echo!r}")
+    if rate is not None:
+        session.set_input_rate(rate)
+    if echo is not None:
+        session.set_echo_cancellation(echo)
+    session.update(voice=voice, instructions=instructions, options=options)
+
+
+def _input_rate(spec: Any) -> int | None:
+    """The input rate a format names: "pcm16" (24 kHz), or {"type": "audio/pcm", "rate": R}; None when unnamed."""
+    if spec is None or spec == "pcm16":
+        return None
+    if not isinstance(spec, dict) or spec.get("type") not in ("audio/pcm", "pcm16"):
+        raise ValueError("the input format must be pcm16: {\"type\": \"audio/pcm\", \"rate\": 24000}")
+    rate = spec.get("rate")
+    if rate is not None and not isinstance(rate, int):
+        raise TypeError("the input format's `rate` must be a whole number of Hz")
+    return rate
 
 
 async def _append(session: AsyncRealtimeSession, event: dict[str, Any]) -> None:
@@ -163,6 +196,20 @@ async def _truncate(session: AsyncRealtimeSession, event: dict[str, Any]) -> Non
     session.truncate(item_id, int(end_ms))
 
 
+async def _playback_started(session: AsyncRealtimeSession, event: dict[str, Any]) -> None:
+    response_id = event.get("response_id")
+    if not isinstance(response_id, str):
+        raise TypeError("`response_id` (string) is required")
+    session.playback_started(response_id)
+
+
+async def _playback_stopped(session: AsyncRealtimeSession, event: dict[str, Any]) -> None:
+    response_id, end_ms = event.get("response_id"), event.get("audio_end_ms")
+    if not isinstance(response_id, str) or (end_ms is not None and not isinstance(end_ms, int | float)):
+        raise TypeError("`response_id` (string) is required; `audio_end_ms` is a number")
+    session.playback_stopped(response_id, None if end_ms is None else int(end_ms))
+
+
 async def _cancel(session: AsyncRealtimeSession, event: dict[str, Any]) -> None:
     if not session.cancel():
         session.error("response_cancel_not_active", "there is no response to cancel")
@@ -189,4 +236,7 @@ HANDLERS = {
     "conversation.item.truncate": _truncate,
     "response.create": _create_response,
     "response.cancel": _cancel,
+    # voicekit: the client says what it played (OpenAI sends these names from the server on WebRTC connections)
+    "output_audio_buffer.started": _playback_started,
+    "output_audio_buffer.stopped": _playback_stopped,
 }

@@ -1,0 +1,184 @@
+"""Echo cancellation (WebRTC AEC3 from the livekit wheel) in a simulated room, on a simulated clock: the server sends
+a reply, a loudspeaker plays it after its jitter buffer, the microphone hears it back (gain, delay, reverberation,
+noise) and sometimes the user too (a Kokoro voice). Silero VAD says what the listener would hear."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from room import RATE, speech
+
+from voicekit.audio import StreamResampler
+from voicekit.bench.room import Loudspeaker, Room
+from voicekit.listening.echo import FRAME, EchoCanceller, ReferenceTimeline, echo_share, is_echo
+from voicekit.listening.vad import SileroVAD
+
+pytest.importorskip("livekit.rtc")
+
+STORY = ("Lighthouse keepers are an enduring testament to human patience. They watched the sea for months at a time, "
+         "trimming wicks and polishing lenses, so that ships could find their way home through storms and fog.")
+STEP = 960  # the microphone's 40 ms chunks at 24 kHz
+
+
+@pytest.fixture(scope="module")
+def reply(kit: Any) -> np.ndarray:
+    return speech(kit, STORY)
+
+
+@pytest.fixture(scope="module")
+def user(kit: Any, kokoro_voices: Path) -> np.ndarray:
+    return speech(kit, "Wait, stop. What time is it in Tokyo?", "af_heart", kokoro_voices)
+
+
+class Clock:
+    """The wall clock of a simulated session: it advances as the microphone's chunks arrive."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class Heard:
+    """What a simulated session gave its listener: the cleaned (or passed) microphone, the raw one, when the
+    monitor decided (seconds), and where the user's speech began (seconds; None: never)."""
+
+    out: np.ndarray
+    raw: np.ndarray
+    decided_at: float | None
+    echo: EchoCanceller
+    user_at: float | None = None
+    vad: list[float] = field(default_factory=list)
+
+
+def session(room: Room, reply: np.ndarray, user: np.ndarray | None = None, user_at: float | None = None,
+            mode: str = "auto", speaker_buffer_s: float = 0.08, report_start: bool = False,
+            seconds: float | None = None) -> Heard:
+    """Send `reply` from 0.3 s on at twice real time; stream the room's microphone for `seconds` (default: the reply
+    and 1 s more); the user speaks `user` at `user_at` seconds."""
+    clock = Clock()
+    echo = EchoCanceller(mode, clock=clock)
+    speaker = Loudspeaker(room, buffer_s=speaker_buffer_s)
+    to_16k, ref_16k = StreamResampler(RATE, 16000), StreamResampler(RATE, 16000)
+    total = int((seconds or len(reply) / RATE + 1.3) * RATE)
+    voice = np.zeros(total, np.float32)
+    if user is not None and user_at is not None:
+        start = int(user_at * RATE)
+        voice[start:start + len(user)] = user[: total - start]
+    sent, starts, out, raw, decided = 0, [], [], [], None
+    for position in range(0, total, STEP):
+        t = position / RATE
+        clock.now = 100.0 + t
+        due = int(max(0.0, t - 0.3) * 2 * RATE)  # the voice writes twice as fast as it plays
+        if due > sent and sent < len(reply):
+            piece = reply[sent:min(due, len(reply))]
+            starts.append(echo.play(ref_16k.push(piece)))
+            speaker.receive(piece)
+            sent += len(piece)
+        was_playing = speaker.played_samples
+        mic = speaker.microphone(voice[position:position + STEP])
+        if report_start and was_playing == 0 < speaker.played_samples:
+            echo.started(starts[0])  # the client's word: its first sample became audible now
+        mic_16k = to_16k.push(mic)
+        raw.append(mic_16k)
+        out.append(echo.process(mic_16k))
+        if decided is None and echo.monitor.hears is not None:
+            decided = t
+    return Heard(np.concatenate(out), np.concatenate(raw), decided, echo, user_at)
+
+
+def speech_runs(audio: np.ndarray, after_s: float = 0.0, until_s: float | None = None) -> list[tuple[float, float]]:
+    """(start, seconds) of each run of VAD speech frames long enough to start a turn (0.1 s), in a stretch."""
+    scores = SileroVAD().probabilities(audio) >= 0.5
+    frame_s = 512 / 16000
+    runs, start = [], None
+    for index, speaking in enumerate([*scores, False]):
+        if speaking and start is None:
+            start = index
+        elif not speaking and start is not None:
+            if (index - start) * frame_s >= 0.1:
+                runs.append((start * frame_s, (index - start) * frame_s))
+            start = None
+    return [run for run in runs if run[0] >= after_s and (until_s is None or run[0] < until_s)]
+
+
+@pytest.mark.parametrize("gain, delay_s", [(0.3, 0.04), (0.5, 0.12), (1.0, 0.3)])
+def test_the_reply_on_a_loudspeaker_never_reaches_the_vad(reply: np.ndarray, gain: float, delay_s: float) -> None:
+    heard = session(Room(gain=gain, delay_s=delay_s), reply)
+    assert heard.echo.monitor.hears is True and heard.decided_at is not None
+    assert heard.decided_at < 0.3 + 0.08 + delay_s + 1.0, "the echo path is known within a second of the echo"
+    assert speech_runs(heard.raw, after_s=heard.decided_at), "the microphone itself is full of the reply"
+    assert speech_runs(heard.out, after_s=heard.decided_at + 0.1) == [], "nothing of it is left to start a turn"
+
+
+def test_headphones_lose_nothing(reply: np.ndarray, user: np.ndarray) -> None:
+    """No echo path: the user talks over the reply twice; the listener gets the microphone exactly as it came."""
+    heard = session(Room(gain=0.0), reply, np.concatenate([user, np.zeros(RATE, np.float32), user]), user_at=1.0)
+    assert heard.echo.monitor.hears is False and not heard.echo.active
+    expected = np.round(heard.raw[: len(heard.out)] * 32768).clip(-32768, 32767) / 32768
+    assert np.array_equal(heard.out, expected.astype(np.float32)), "not one sample changed"
+    assert speech_runs(heard.out, after_s=0.9, until_s=1.5), "the user, from the first word"
+
+
+def test_the_user_talking_over_the_echo_is_still_heard(reply: np.ndarray, user: np.ndarray) -> None:
+    heard = session(Room(gain=0.5, delay_s=0.12), reply, user, user_at=3.0)
+    runs = speech_runs(heard.out, after_s=2.5)
+    assert runs and runs[0][0] < 3.0 + 0.5, f"the user's speech starts a turn within 0.5 s: {runs}"
+
+
+def test_a_late_playback_start_is_cancelled_when_the_client_says_so(reply: np.ndarray) -> None:
+    """A client that buffers a second before playing: the reference laid at send time is too early for AEC3 (it looks
+    0.5 s back at most); the client's `output_audio_buffer.started` moves it to when playback began."""
+    room = Room(gain=0.5, delay_s=0.1)
+    unreported = session(room, reply, speaker_buffer_s=1.0)
+    reported = session(room, reply, speaker_buffer_s=1.0, report_start=True)
+    assert reported.echo.monitor.hears is True
+    after = reported.decided_at or 0.0
+    assert speech_runs(unreported.out, after_s=after + 0.1), "uncorrected, the echo leaks through"
+    assert speech_runs(reported.out, after_s=after + 0.1) == []
+
+
+def test_off_passes_the_microphone_through(reply: np.ndarray) -> None:
+    heard = session(Room(gain=0.5), reply, mode="off", seconds=1.0)
+    assert np.array_equal(heard.out, heard.raw) and heard.echo.describe()["active"] is False
+
+
+def test_the_reference_timeline_is_bounded_and_flushed() -> None:
+    clock = Clock()
+    timeline = ReferenceTimeline(max_s=2.0, clock=clock)
+    timeline.arrived(16000)  # a second of microphone audio came in
+    start = timeline.add(np.ones(5 * 16000, np.int16))
+    assert start == 16000, "a reply starts at the microphone sample captured now"
+    assert timeline.end - start == 5 * 16000 and timeline.stored_s == pytest.approx(2.0), "only the last 2 s are kept"
+    follow = timeline.add(np.ones(100, np.int16))
+    assert follow == timeline.end - 100, "the next piece plays right after"
+    timeline.flush(keep_s=0.3)
+    assert timeline.pending_s == pytest.approx(0.3 + 1.0, abs=0.01), "what the client may still play, no more"
+    buffer = np.zeros(FRAME, np.int16)
+    assert timeline.fill(timeline.consumed, buffer)
+    timeline.consumed = timeline.end + 16000
+    assert not timeline.fill(timeline.consumed, buffer), "idle for a second: no reference at all"
+
+
+def test_odd_chunks_come_out_in_whole_frames() -> None:
+    echo = EchoCanceller("on")
+    sizes = [1, 159, 160, 161, 333, 1000]
+    out = [echo.process(np.zeros(size, np.float32)) for size in sizes]
+    assert [len(piece) % FRAME for piece in out] == [0] * len(sizes)
+    assert sum(len(piece) for piece in out) == sum(sizes) // FRAME * FRAME
+
+
+def test_the_reply_s_own_words_are_echo_and_a_short_answer_is_not() -> None:
+    spoken = [STORY, "The capital of France is Paris."]
+    assert is_echo("Lighthouse keepers are an enduring testament to", spoken)
+    assert is_echo("they watched the sea for months at a time", spoken)
+    assert echo_share("ships could find their way home through fog", spoken) >= 0.8
+    assert not is_echo("What time is it in Tokyo?", spoken)
+    assert not is_echo("Paris.", spoken) and is_echo("Paris.", spoken, min_words=1)
+    assert not is_echo("Yes.", ["Yes, it is."]), "one word is always the user's"

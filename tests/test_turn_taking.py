@@ -1,0 +1,152 @@
+"""Semantic end of turn: Smart Turn v3.2 on real speech in several voices, the words that cannot end a sentence, the
+eagerness policy, and the turn detector acting on verdicts (Silero VAD throughout)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from room import RATE, speech, stretch_pause, with_silence
+
+from voicekit.audio import resample
+from voicekit.listening.events import TalkOptions, turn_detection, with_turn_detection
+from voicekit.listening.smart_turn import (
+    MODEL_SHA256,
+    EndOfTurnPolicy,
+    SmartTurn,
+    bundled_model_path,
+    features,
+    sounds_unfinished,
+)
+from voicekit.listening.turns import SpeechPaused, SpeechStarted, SpeechStopped, TurnDetector, TurnOptions
+from voicekit.listening.vad import SileroVAD
+
+VOICES = ["en_US-joe-medium", "af_heart", "bm_george", "am_michael"]
+
+
+def _16k(audio: np.ndarray) -> np.ndarray:
+    return resample(audio, RATE, 16000)
+
+
+def test_the_model_is_pipecats_file_and_its_input_is_eight_seconds_of_log_mel() -> None:
+    path = bundled_model_path()
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == MODEL_SHA256
+    assert (path.parent / "SMART_TURN_LICENSE.txt").read_text().startswith("smart-turn-v3.2-cpu.onnx")
+    short, long = features(np.zeros(1600, np.float32)), features(np.ones(20 * 16000, np.float32) * 0.01)
+    assert short.shape == long.shape == (80, 800) and short.dtype == np.float32
+    ramp = np.linspace(-0.5, 0.5, 10 * 16000, dtype=np.float32)
+    assert np.array_equal(features(ramp), features(ramp[-8 * 16000:])), "only the last 8 s count"
+
+
+@pytest.mark.parametrize("voice", VOICES)
+def test_a_finished_question_or_request_ends_the_turn_in_any_voice(kit: Any, kokoro_voices: Path, voice: str) -> None:
+    model = SmartTurn()
+    for text in ("What is the capital of France?", "Please book a table for four people at eight tonight."):
+        audio = _16k(with_silence(speech(kit, text, voice, kokoro_voices), 0.5, 0.2))
+        assert model.probability(audio) >= 0.5, (voice, text)
+
+
+def test_words_that_cannot_end_a_sentence_overrule_a_finished_sound(kit: Any, kokoro_voices: Path) -> None:
+    """"Please book a table for," sounds finished in every voice tried; its words do not."""
+    voice = "af_heart"
+    sentence = speech(kit, "Please book a table for, four people at eight tonight.", voice, kokoro_voices)
+    paused, at_s = stretch_pause(sentence, 0.6)
+    head = _16k(with_silence(paused[: int(at_s * RATE)], 0.5, 0.2))
+    heard = kit.transcribe(head, 16000).text
+    assert "table" in heard.lower() and sounds_unfinished(heard), heard
+    assert not sounds_unfinished(kit.transcribe(_16k(with_silence(sentence, 0.5, 0.3)), 16000).text)
+
+
+@pytest.mark.parametrize("text, unfinished", [
+    ("Please book a table for.", True), ("So what I was thinking is...", True), ("Can you tell me about the?", True),
+    ("My flight leaves on Monday and…", True), ("Um", True), ("I'd like the", True),
+    ("Where are you from?", False), ("What is it for?", False), ("I think so.", False), ("Yes.", False),
+    ("What is the capital of France?", False), ("I would like to order.", False), ("", False),
+])
+def test_sounds_unfinished(text: str, unfinished: bool) -> None:
+    assert sounds_unfinished(text) is unfinished
+
+
+def test_the_policy_waits_longer_the_less_finished_a_turn_sounds() -> None:
+    medium = EndOfTurnPolicy.for_eagerness("auto")
+    assert medium == EndOfTurnPolicy.for_eagerness("medium") == EndOfTurnPolicy(0.5, 0.2, 4.0)
+    assert medium.silence_to_end(0.9) == medium.silence_to_end(0.5) == 0.2
+    assert medium.silence_to_end(0.0) == pytest.approx(4.0)
+    waits = [medium.silence_to_end(p) for p in (0.45, 0.3, 0.1, 0.0)]
+    assert waits == sorted(waits) and 0.2 < waits[0] < 1.0
+    low, high = EndOfTurnPolicy.for_eagerness("low"), EndOfTurnPolicy.for_eagerness("high")
+    assert low.silence_to_end(0.6) > medium.silence_to_end(0.6) == high.silence_to_end(0.6) == 0.2
+    assert (low.max_wait_s, medium.max_wait_s, high.max_wait_s) == (8.0, 4.0, 2.0)
+    with pytest.raises(ValueError, match="eagerness must be one of low, medium, high, auto"):
+        EndOfTurnPolicy.for_eagerness("eager")
+
+
+def test_turn_detection_takes_openais_shapes() -> None:
+    base = TalkOptions()
+    semantic = with_turn_detection(base, {"type": "semantic_vad", "eagerness": "low"})
+    assert turn_detection(semantic) == {"type": "semantic_vad", "eagerness": "low", "threshold": 0.5,
+                                        "prefix_padding_ms": 300}
+    vad = with_turn_detection(semantic, {"type": "server_vad", "silence_duration_ms": 700, "threshold": 0.6})
+    assert turn_detection(vad) == {"type": "server_vad", "threshold": 0.6, "silence_duration_ms": 700,
+                                   "prefix_padding_ms": 300}
+    assert not vad.turn.semantic and vad.turn.pause_s < vad.turn.silence_s
+    assert turn_detection(with_turn_detection(vad, None)) == {"type": "none"}
+    for bad in ({"type": "magic"}, {"type": "server_vad", "silence_duration_ms": -5},
+                {"type": "server_vad", "threshold": "high"}, {"type": "semantic_vad", "eagerness": "eager"}):
+        with pytest.raises(ValueError):
+            with_turn_detection(base, bad)
+
+
+# -- the detector acting on verdicts -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sentence(kit: Any) -> np.ndarray:
+    """Piper's sentence, 16 kHz, 0.5 s of silence before, none after."""
+    return _16k(with_silence(speech(kit, "I would like a large pizza with olives."), 0.5, 0.0))
+
+
+def _semantic_detector() -> TurnDetector:
+    return TurnDetector(SileroVAD(), TurnOptions(end_of_turn=EndOfTurnPolicy.for_eagerness("auto")))
+
+
+def _push(detector: TurnDetector, audio: np.ndarray) -> list[Any]:
+    return [event for i in range(0, len(audio), 640) for event in detector.push(audio[i:i + 640])]
+
+
+def test_a_finished_verdict_ends_the_turn_at_once(sentence: np.ndarray) -> None:
+    detector = _semantic_detector()
+    events = _push(detector, np.concatenate([sentence, np.zeros(int(0.25 * 16000), np.float32)]))
+    paused = [event for event in events if isinstance(event, SpeechPaused)]
+    assert [type(e) for e in events if not isinstance(e, SpeechPaused)] == [SpeechStarted]
+    assert len(paused) >= 1 and detector.in_turn, "a 0.2 s pause asks the model; alone it ends nothing"
+    stopped = detector.verdict(paused[-1].turn, paused[-1].speech_s, 0.93)
+    assert len(stopped) == 1 and isinstance(stopped[0], SpeechStopped) and stopped[0].kept
+    assert stopped[0].at_s == pytest.approx(paused[-1].at_s), "the turn ends where the speech did"
+    assert not detector.in_turn
+
+
+def test_an_unfinished_verdict_waits_and_new_speech_makes_it_stale(sentence: np.ndarray) -> None:
+    detector = _semantic_detector()
+    events = _push(detector, np.concatenate([sentence, np.zeros(int(0.25 * 16000), np.float32)]))
+    paused = [event for event in events if isinstance(event, SpeechPaused)][-1]
+    assert detector.verdict(paused.turn, paused.speech_s, 0.1) == []  # wait 0.2 + 3.8 * 0.8 = 3.24 s of silence
+    assert not any(isinstance(e, SpeechStopped) for e in _push(detector, np.zeros(2 * 16000, np.float32)))
+    later = _push(detector, np.zeros(int(1.2 * 16000), np.float32))
+    assert [type(e) for e in later] == [SpeechStopped], "ended once the silence reached the verdict's wait"
+    # a verdict on a pause the user spoke after changes nothing
+    detector = _semantic_detector()
+    first = [e for e in _push(detector, np.concatenate([sentence, np.zeros(4000, np.float32)]))
+             if isinstance(e, SpeechPaused)][-1]
+    _push(detector, sentence[8000:])  # speaking again
+    assert detector.verdict(first.turn, first.speech_s, 0.99) == [] and detector.in_turn
+
+
+def test_without_a_verdict_the_longest_wait_ends_the_turn(sentence: np.ndarray) -> None:
+    detector = _semantic_detector()
+    events = _push(detector, np.concatenate([sentence, np.zeros(int(4.2 * 16000), np.float32)]))
+    stopped = [event for event in events if isinstance(event, SpeechStopped)]
+    assert len(stopped) == 1 and stopped[0].kept
