@@ -1,5 +1,6 @@
 """The Talk page (`/talk`): its credentials, and a real Chromium talking to a real server over `/v1/realtime`:
-a typed message, the fake microphone speaking a Piper WAV, and Stop flushing the player.
+a typed message, the fake microphone speaking a Piper WAV, and Stop flushing the player; in each, the page tells the
+server when it started and stopped playing the reply (`output_audio_buffer.started` / `.stopped`).
 
 The browser tests need Debian's chromium at /usr/bin/chromium (tests/install_browser.sh) and the `playwright`
 package; they are skipped, saying why, when either is missing.
@@ -9,7 +10,9 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import json
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from voicekit.serve import BackgroundServer, compose
+from voicekit.serve import BackgroundServer, compose, realtime
 from voicekit.serve.auth import check_page_token, header_authorized
 from voicekit.serve.talk import render_page, static_version
 
@@ -126,8 +129,58 @@ def _last_turn(page: Any) -> dict[str, Any]:
     return page.evaluate("() => { const t = window.voicekitTalk.turns; return t[t.length - 1] || null; }")
 
 
+PLAYBACK_EVENTS = ("output_audio_buffer.started", "output_audio_buffer.stopped")
+
+
+@pytest.fixture
+def playback_reports(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """What the server made of the page's playback events, one entry each: the response id, whether the session
+    knew that response (and, for `started`, took its start), and the `error` events the event was answered with
+    (raised by its handler, or emitted by the session while handling it)."""
+    seen: list[dict[str, Any]] = []
+    handle = realtime.handle_event
+
+    async def recording(session: Any, text: str) -> None:
+        event = json.loads(text)
+        if event.get("type") not in PLAYBACK_EVENTS:
+            return await handle(session, text)
+        errors: list[str] = []
+        cls = type(session)
+        session.error = lambda code, *args, **extra: (errors.append(code), cls.error(session, code, *args, **extra))
+        try:
+            await handle(session, text)
+        finally:
+            del session.error
+        response = session._response_by_id(event["response_id"])
+        seen.append({"type": event["type"], "response_id": event["response_id"],
+                     "audio_end_ms": event.get("audio_end_ms"), "known": response is not None,
+                     "heard_from": None if response is None else response.heard_from, "errors": errors})
+
+    monkeypatch.setattr(realtime, "handle_event", recording)
+    return seen
+
+
+def _check_playback_reported(page: Any, turn: dict[str, Any], server_side: list[dict[str, Any]]) -> None:
+    """The page sent `output_audio_buffer.started`, then `.stopped` with what it played, once each and only for
+    `turn` (the reply it played, under the server's response id); the server knew that response and answered
+    neither with an `error`."""
+    events = page.evaluate("window.voicekitTalk.events")
+    sent = [event for event in events if event["type"].removeprefix("sent:") in PLAYBACK_EVENTS]
+    expected = [("sent:" + name, turn["id"]) for name in PLAYBACK_EVENTS]
+    assert [(event["type"], event.get("response_id")) for event in sent] == expected, sent
+    assert sent[1]["audio_end_ms"] == turn["playedMs"] and turn["playback"] == "stopped"
+    deadline = time.monotonic() + 10
+    while len(server_side) < len(sent) and time.monotonic() < deadline:
+        page.wait_for_timeout(50)
+    assert [(entry["type"], entry["response_id"]) for entry in server_side] == [(name, turn["id"])
+                                                                               for name in PLAYBACK_EVENTS]
+    assert all(entry["known"] and entry["errors"] == [] for entry in server_side), server_side
+    assert server_side[0]["heard_from"] is not None and server_side[1]["audio_end_ms"] == turn["playedMs"]
+
+
 @pytest.mark.slow
-def test_typed_message_is_answered_and_played(talk_server: BackgroundServer, short_replies: None) -> None:
+def test_typed_message_is_answered_and_played(talk_server: BackgroundServer, short_replies: None,
+                                              playback_reports: list[dict[str, Any]]) -> None:
     sync_api = _browser_or_skip()
     with tempfile.TemporaryDirectory() as profile, sync_api.sync_playwright() as playwright:
         context = _launch(playwright, profile)
@@ -150,6 +203,7 @@ def test_typed_message_is_answered_and_played(talk_server: BackgroundServer, sho
             # before the next sentence is made on this CPU (one gap); more than that would be the player's fault.
             assert turn["underruns"] <= 2, turn
             assert (turn.get("outputGlitches") or 0) <= 2, turn  # the browser's own audio thread kept up
+            _check_playback_reported(page, turn, playback_reports)
             print(f"\ntalk page: first sound {turn['firstSoundMs']} ms after Enter (rendered "
                   f"{turn['firstRenderMs']} ms, first audio {turn['firstAudioMs']} ms), "
                   f"{turn['underruns']} underruns, {turn.get('outputGlitches')} output glitches, played "
@@ -165,8 +219,8 @@ def _question_wav(kit: Any, folder: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_fake_microphone_question_is_heard_and_answered(talk_server: BackgroundServer, kit: Any,
-                                                         short_replies: None) -> None:
+def test_fake_microphone_question_is_heard_and_answered(talk_server: BackgroundServer, kit: Any, short_replies: None,
+                                                         playback_reports: list[dict[str, Any]]) -> None:
     sync_api = _browser_or_skip()
     with tempfile.TemporaryDirectory() as folder, sync_api.sync_playwright() as playwright:
         wav = _question_wav(kit, Path(folder))
@@ -184,6 +238,7 @@ def test_fake_microphone_question_is_heard_and_answered(talk_server: BackgroundS
             turn = _last_turn(page)
             assert turn["kind"] == "speech" and turn["status"] == "completed" and turn["text"].strip()
             assert turn["firstSoundMs"] is not None and turn["playedMs"] > 300
+            _check_playback_reported(page, turn, playback_reports)
             print(f"\ntalk page, fake microphone: heard {transcript!r}; first sound {turn['firstSoundMs']} ms after "
                   f"the end of speech was detected, {turn['underruns']} underruns")
         finally:
@@ -191,7 +246,8 @@ def test_fake_microphone_question_is_heard_and_answered(talk_server: BackgroundS
 
 
 @pytest.mark.slow
-def test_stop_flushes_the_player(talk_server: BackgroundServer, kit: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_stop_flushes_the_player(talk_server: BackgroundServer, kit: Any, monkeypatch: pytest.MonkeyPatch,
+                                 playback_reports: list[dict[str, Any]]) -> None:
     sync_api = _browser_or_skip()
     monkeypatch.setattr(kit.chat_model, "sampling", dataclasses.replace(kit.chat_model.sampling, max_tokens=160))
     with tempfile.TemporaryDirectory() as profile, sync_api.sync_playwright() as playwright:
@@ -216,6 +272,9 @@ def test_stop_flushes_the_player(talk_server: BackgroundServer, kit: Any, monkey
             assert 300 < turn["playedMs"] < turn["receivedMs"] or not turn["done"]
             sent = [event["type"] for event in after["events"] if event["type"].startswith("sent:")]
             assert "sent:conversation.item.truncate" in sent
+            truncate = next(event for event in after["events"] if event["type"] == "sent:conversation.item.truncate")
+            assert truncate["audio_end_ms"] == turn["playedMs"]  # the flush still truncates to what was heard
+            _check_playback_reported(page, turn, playback_reports)
             if "sent:response.cancel" in sent:
                 page.wait_for_function("() => window.voicekitTalk.turns.at(-1).status === 'cancelled'",
                                        timeout=30_000)

@@ -19,8 +19,9 @@ const now = () => performance.now();
 // speech), t0 (Enter, or the speech_stopped event), firstAudioMs (first delta received), firstRenderMs (first
 // non-silent sample out of the worklet), firstSoundMs (that plus the output latency), underruns (the player ran
 // dry mid-reply: the audio came late), outputGlitches (the device ran dry: the browser was late), receivedMs,
-// playedMs, status, timings (the server's)}; firstSoundMs/firstRenderMs: the last reply's; underruns, gapMs: all
-// replies'; lastSoundAt: when the last non-silent sample was heard; events: what came and went, with times.
+// playedMs, playback (what the page told the server of its playback: null, "started", "stopped"), status, timings
+// (the server's)}; firstSoundMs/firstRenderMs: the last reply's; underruns, gapMs: all replies'; lastSoundAt: when
+// the last non-silent sample was heard; events: what came and went, with times.
 const talk = {
   ready: false, connected: false, state: "connecting", session: null, voices: [], micOn: false,
   firstSoundMs: null, firstRenderMs: null, underruns: 0, gapMs: 0, lastSoundAt: null,
@@ -61,7 +62,10 @@ function connect() {
 function send(event) {
   if (!socket || socket.readyState !== WebSocket.OPEN) return false;
   socket.send(JSON.stringify(event));
-  if (event.type !== "input_audio_buffer.append") log({type: "sent:" + event.type});
+  if (event.type !== "input_audio_buffer.append") {
+    log({type: "sent:" + event.type, response_id: event.response_id, item_id: event.item_id,
+         audio_end_ms: event.audio_end_ms});
+  }
   return true;
 }
 
@@ -103,6 +107,7 @@ function fromPlayer(message) {
       send({type: "conversation.item.truncate", item_id: turn.itemId, content_index: 0,
             audio_end_ms: message.playedMs});
     }
+    reportStopped(turn, message.playedMs);
     showTiming(turn);
   } else if (message.type === "tick") {
     talk.player = {state: message.state, queuedMs: message.queuedMs, playedMs: message.playedMs};
@@ -112,8 +117,30 @@ function fromPlayer(message) {
     if (message.lastSound >= 0) talk.lastSoundAt = player.audibleAt(message.lastSound);
     if (turn) turn.playedMs = message.playedMs;
   }
-  if (message.type === "start" && turn) turn.playing = true;
+  if (message.type === "start" && turn) { turn.playing = true; reportStarted(turn); }
   updateStatus();
+}
+
+// What the page played, told to the server (a voicekit extension). The server's echo canceller takes the reply
+// audio as its reference, laid as if the page played each reply from when it was sent; the page knows better. The
+// player's ids are the turns' ids, which are the server's response ids (response.created, the audio deltas). Only
+// the session that made a reply hears of it: after a reconnect, the new one never knew it.
+const sameSession = (turn) => turn.sessionId === talk.session?.id;
+
+// The first sample of the reply leaves the player now (its `start`): output_audio_buffer.started, sent at once
+// rather than after the output latency, because the canceller can use a reference that comes a little early but
+// not one that comes late.
+function reportStarted(turn) {
+  if (turn.playback || !sameSession(turn)) return;
+  if (send({type: "output_audio_buffer.started", response_id: turn.id})) turn.playback = "started";
+}
+
+// The player is done with the reply (played to its end, or flushed): output_audio_buffer.stopped with what was
+// played. Only for a reply the server was told had started: one flushed before its first sample says nothing.
+function reportStopped(turn, playedMs) {
+  if (turn.playback !== "started" || !sameSession(turn)) return;
+  turn.playback = "stopped";
+  send({type: "output_audio_buffer.stopped", response_id: turn.id, audio_end_ms: playedMs});
 }
 
 // -- audio in: the microphone ----------------------------------------------------------------------
@@ -236,7 +263,7 @@ function handle(event) {
     talk.turns.push({id: event.response.id, kind: start.kind, t0: start.t0, itemId: null, text: "",
                      firstAudioMs: null, firstSoundMs: null, firstRenderMs: null, underruns: 0,
                      receivedMs: 0, playedMs: 0, playing: false, finished: false, done: false, interrupted: false,
-                     status: null});
+                     playback: null, sessionId: talk.session?.id, status: null});
     if (talk.turns.length > 50) talk.turns.shift();
   } else if (type === "response.output_item.added") {
     const turn = turnOf(event.response_id);
