@@ -13,6 +13,7 @@ own `Reply` / `AsyncReply`, fed from the HTTP body as it arrives. What differs f
 - `say()` / `chat()` send the request at once and return when the first audio is ready (errors raise there);
   `asay()` / `achat()` send it on the first `async for` step, so their errors raise there;
 - `say` timings: `ttfa_s` is the server's, `tts_s` the time the client waited for audio.
+`realtime()` / `arealtime()` talk over the server's `WS /v1/realtime` (voicekit/client_realtime.py).
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ import contextlib
 import logging
 import os
 import re
+import threading
 import time
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -31,7 +34,9 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import httpx
 
 from voicekit.chat import HistoryItem, normalize_history
+from voicekit.client_realtime import AsyncRemoteSession, RemoteRealtimeSession
 from voicekit.client_stream import AsyncAudioStream, AudioStream, Call
+from voicekit.engines.loop import EventLoopThread
 from voicekit.errors import (
     AudioDecodeError,
     AudioTooLongError,
@@ -156,6 +161,9 @@ class RemoteKit:
             "base_url": self.url, "auth": login, "timeout": httpx.Timeout(timeout, connect=min(10.0, timeout)),
             "headers": {"Authorization": f"Bearer {key}"} if key else {}}
         self._client = httpx.Client(**self._options)
+        self._loop: EventLoopThread | None = None  # sync realtime sessions run on it, made on the first
+        self._loop_lock = threading.Lock()
+        self._sessions: weakref.WeakSet[RemoteRealtimeSession] = weakref.WeakSet()
         try:
             health = self.health()
             if not isinstance(health, dict) or health.get("status") != "ok" or "preset" not in health:
@@ -233,8 +241,46 @@ class RemoteKit:
         return await asyncio.to_thread(self.transcribe, audio, sample_rate, language, prompt=prompt,
                                        temperature=temperature)
 
+    # -- talking out loud -------------------------------------------------------------------------------
+
+    def realtime(self, voice: str | None = None, instructions: str | None = None,
+                 history: list[dict[str, Any]] | None = None) -> RemoteRealtimeSession:
+        """A spoken conversation for sync code over the server's `WS /v1/realtime`: feed microphone audio, read
+        events, as with a local kit's `realtime()` (voicekit/client_realtime.py). Connects now: a refused session
+        raises here."""
+        session = RemoteRealtimeSession(self, voice=voice, instructions=instructions, history=history)
+        self._sessions.add(session)
+        return session
+
+    def arealtime(self, voice: str | None = None, instructions: str | None = None,
+                  history: list[dict[str, Any]] | None = None) -> AsyncRemoteSession:
+        """A spoken conversation for async code (use it on one loop); it connects on its first awaited call."""
+        return AsyncRemoteSession(self, voice=voice, instructions=instructions, history=history)
+
+    def realtime_loop(self) -> EventLoopThread:
+        """The loop thread that drives the sync realtime sessions (started on first use)."""
+        with self._loop_lock:
+            self._loop = self._loop or EventLoopThread("voicekit-remote-realtime")
+            return self._loop
+
+    def socket_url(self) -> str:
+        """The server's realtime socket: ws(s)://host:port/v1/realtime."""
+        return "ws" + self.url[len("http"):] + "/v1/realtime"
+
+    def socket_headers(self) -> dict[str, str]:
+        """The kit's credentials for a WebSocket handshake (the same Authorization as its HTTP requests)."""
+        request = self._client.build_request("GET", "/v1/realtime")
+        if self._options["auth"] is not None:
+            request = next(self._options["auth"].auth_flow(request))
+        return {"Authorization": request.headers["authorization"]} if "authorization" in request.headers else {}
+
     def close(self) -> None:
-        """Close the HTTP connections (the server and its models keep running)."""
+        """Close the HTTP connections and the realtime sessions (the server and its models keep running)."""
+        for session in list(self._sessions):
+            with contextlib.suppress(Exception):
+                session.close()
+        if self._loop is not None:
+            self._loop.close()
         self._client.close()
 
     def __enter__(self) -> RemoteKit:
