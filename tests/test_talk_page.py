@@ -9,6 +9,7 @@ package; they are skipped, saying why, when either is missing.
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import json
 import tempfile
@@ -212,37 +213,58 @@ def test_typed_message_is_answered_and_played(talk_server: BackgroundServer, sho
             context.close()
 
 
-def _question_wav(kit: Any, folder: Path) -> Path:
+@contextlib.contextmanager
+def _asking(kit: Any, url: str) -> Iterator[Any]:
+    """The Talk page with its microphone on, in a Chromium whose fake microphone says QUESTION once (a Piper WAV)."""
     from voicekit.bench.browser import fake_microphone_wav
 
-    return fake_microphone_wav(kit.say(QUESTION).audio(), kit.sample_rate, folder / "question.wav")
+    sync_api = _browser_or_skip()
+    with tempfile.TemporaryDirectory() as folder, sync_api.sync_playwright() as playwright:
+        wav = fake_microphone_wav(kit.say(QUESTION).audio(), kit.sample_rate, Path(folder) / "question.wav")
+        context = _launch(playwright, str(Path(folder) / "profile"),
+                          ("--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                           f"--use-file-for-fake-audio-capture={wav}%noloop"))
+        try:
+            page = _open_talk(context, url)
+            page.click("#vk-mic")
+            yield page
+        finally:
+            context.close()
 
 
 @pytest.mark.slow
 def test_fake_microphone_question_is_heard_and_answered(talk_server: BackgroundServer, kit: Any, short_replies: None,
                                                          playback_reports: list[dict[str, Any]]) -> None:
-    sync_api = _browser_or_skip()
-    with tempfile.TemporaryDirectory() as folder, sync_api.sync_playwright() as playwright:
-        wav = _question_wav(kit, Path(folder))
-        context = _launch(playwright, str(Path(folder) / "profile"),
-                          ("--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-                           f"--use-file-for-fake-audio-capture={wav}%noloop"))
-        try:
-            page = _open_talk(context, talk_server.url)
-            page.click("#vk-mic")
-            page.wait_for_function("() => { const t = window.voicekitTalk.turns.at(-1); "
-                                   "return t && t.finished; }", timeout=150_000)
-            transcript = page.evaluate("window.voicekitTalk.lastTranscript").lower()
-            assert "capital" in transcript and "france" in transcript, transcript
-            assert transcript in page.locator(".vk-user").last.inner_text().lower()
-            turn = _last_turn(page)
-            assert turn["kind"] == "speech" and turn["status"] == "completed" and turn["text"].strip()
-            assert turn["firstSoundMs"] is not None and turn["playedMs"] > 300
-            _check_playback_reported(page, turn, playback_reports)
-            print(f"\ntalk page, fake microphone: heard {transcript!r}; first sound {turn['firstSoundMs']} ms after "
-                  f"the end of speech was detected, {turn['underruns']} underruns")
-        finally:
-            context.close()
+    with _asking(kit, talk_server.url) as page:
+        page.wait_for_function("() => { const t = window.voicekitTalk.turns.at(-1); "
+                               "return t && t.finished; }", timeout=150_000)
+        transcript = page.evaluate("window.voicekitTalk.lastTranscript").lower()
+        assert "capital" in transcript and "france" in transcript, transcript
+        assert transcript in page.locator(".vk-user").last.inner_text().lower()
+        turn = _last_turn(page)
+        assert turn["kind"] == "speech" and turn["status"] == "completed" and turn["text"].strip()
+        assert turn["firstSoundMs"] is not None and turn["playedMs"] > 300
+        _check_playback_reported(page, turn, playback_reports)
+        print(f"\ntalk page, fake microphone: heard {transcript!r}; first sound {turn['firstSoundMs']} ms after "
+              f"the end of speech was detected, {turn['underruns']} underruns")
+
+
+@pytest.mark.slow
+def test_echo_turn_is_neither_shown_nor_answered(talk_server: BackgroundServer, kit: Any,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A turn the server takes for the reply's own voice coming back (`"echo": true`) is dropped: the page shows no
+    bubble for it, waits for no answer, and goes on listening."""
+    from voicekit.listening import session
+
+    monkeypatch.setattr(session, "is_echo", lambda *args, **kwargs: True)  # whatever the microphone says
+    with _asking(kit, talk_server.url) as page:
+        page.wait_for_function("() => window.voicekitTalk.events.some((event) => event.type === 'page.echo')",
+                               timeout=120_000)
+        page.wait_for_timeout(500)
+        talk = page.evaluate("() => ({turns: window.voicekitTalk.turns.length, state: window.voicekitTalk.state,"
+                             " transcript: window.voicekitTalk.lastTranscript})")
+        assert talk == {"turns": 0, "state": "listening", "transcript": ""}
+        assert page.locator(".vk-user").count() == 0
 
 
 @pytest.mark.slow

@@ -184,7 +184,7 @@ function stopMic() {
 
 // -- turns -------------------------------------------------------------------------------------------
 
-let pendingStart = null;      // {kind, t0}: the next response.created answers this
+let pendingStart = null;      // {kind, t0, itemId?}: the next response.created answers this
 let speechStop = null;        // the last speech_stopped: {t0, itemId}, a turn once committed
 let hearing = false;          // between speech_started and speech_stopped
 // Error codes that only mean the page and the server crossed (a cancel or truncate just after the reply ended).
@@ -249,7 +249,15 @@ function handle(event) {
     hearing = false;
     speechStop = {t0: now(), itemId: event.item_id};
   } else if (type === "input_audio_buffer.committed") {
-    if (speechStop && speechStop.itemId === event.item_id) pendingStart = {kind: "speech", t0: speechStop.t0};
+    if (speechStop && speechStop.itemId === event.item_id) {
+      pendingStart = {kind: "speech", t0: speechStop.t0, itemId: event.item_id};
+    }
+  } else if (type === "conversation.item.input_audio_transcription.completed" && event.echo) {
+    // The reply's own voice came back through the microphone: the server drops the turn and answers nothing. It
+    // was not the user: no bubble, no waiting for an answer, and the reply that is playing goes on.
+    log({type: "page.echo", item_id: event.item_id});
+    removeBubble(event.item_id);
+    if (pendingStart?.itemId === event.item_id) pendingStart = null;
   } else if (type === "conversation.item.input_audio_transcription.completed"
              || type === "conversation.item.input_audio_transcription.failed") {
     talk.lastTranscript = event.transcript || "";
@@ -372,6 +380,10 @@ function addBubble(role, text, key) {
   }
   bubble.querySelector("p").textContent = text || "…";
   box.scrollTop = box.scrollHeight;
+}
+
+function removeBubble(key) {
+  $("vk-conversation").querySelector(`[data-key="${CSS.escape(key)}"]`)?.remove();
 }
 
 function markBubble(turn, mark) {
