@@ -239,8 +239,9 @@ class AsyncRemoteSession:
         """The next event (None once the session is closed); TimeoutError after `timeout` seconds."""
         if not self._closing:
             await self.connect()
-        try:
-            event = await asyncio.wait_for(self._events.get(), timeout)
+        try:  # one already queued is returned even with timeout 0 (wait_for would time out before getting it)
+            event = self._events.get_nowait() if self._events.qsize() else await asyncio.wait_for(self._events.get(),
+                                                                                                  timeout)
         except asyncio.TimeoutError:  # the builtin TimeoutError from Python 3.11 on
             raise TimeoutError(f"no realtime event within {timeout} s") from None
         if event is None:
