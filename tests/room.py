@@ -1,5 +1,6 @@
 """Speech for the room tests in more than one voice: Piper's joe (the voice the kit answers in) and Kokoro's voices
-(users the project does not speak as), at the socket's 24 kHz, with helpers to pause inside a sentence."""
+(users the project does not speak as), at the socket's 24 kHz; `stretch_pause` (the bench's) pauses inside a
+sentence."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from typing import Any
 import numpy as np
 
 from voicekit.audio import resample
-from voicekit.listening.vad import SileroVAD
+from voicekit.bench.talk_room import stretch_pause
+
+__all__ = ["RATE", "speech", "stretch_pause", "with_silence"]
 
 RATE = 24000
 
@@ -33,26 +36,6 @@ def speech(kit: Any, text: str, voice: str = "en_US-joe-medium", kokoro_voices: 
         return np.concatenate([chunk async for chunk in backend.synthesize(text, voice)])
 
     return resample(asyncio.run(run()), backend.sample_rate, RATE)
-
-
-def stretch_pause(audio: np.ndarray, pause_s: float) -> tuple[np.ndarray, float]:
-    """Make the longest silence inside the speech (a comma's) `pause_s` long; returns the audio and where the pause
-    begins (seconds). The voice reads the whole sentence, so the words before the pause sound unfinished."""
-    at_16k = resample(audio, RATE, 16000)
-    speaking = SileroVAD().probabilities(at_16k) >= 0.5
-    first, last = np.flatnonzero(speaking)[[0, -1]]
-    best, start, run = (0, first), first, 0
-    for index in range(first, last):
-        run = run + 1 if not speaking[index] else 0
-        if run == 1:
-            start = index
-        if run > best[0]:
-            best = (run, start)
-    frame = 512 * RATE // 16000
-    begin = best[1] * frame
-    end = begin + best[0] * frame
-    middle = np.zeros(int(pause_s * RATE), np.float32)
-    return np.concatenate([audio[:begin], middle, audio[end:]]), begin / RATE
 
 
 def with_silence(audio: np.ndarray, before_s: float = 0.5, after_s: float = 1.5) -> np.ndarray:

@@ -253,7 +253,8 @@ def build_transcriber(settings: Settings) -> Transcriber:
     """The speech recognizer of `settings` (Whisper on faster-whisper), loaded now.
 
     Kits call it on first use (`kit.transcriber`), not at load time: it costs memory a kit that only speaks does
-    not need. With `asr_device=auto` on a GPU whose CUDA CTranslate2 cannot use, it falls back to the CPU.
+    not need. With `asr_device=auto` on a GPU whose CUDA CTranslate2 cannot use, it falls back to the CPU with the
+    packaged Whisper base (a large model such as large-v3-turbo takes seconds per turn on a CPU), and says why.
     """
     from voicekit.listening.asr import load_transcriber
 
@@ -266,8 +267,8 @@ def build_transcriber(settings: Settings) -> Transcriber:
     except ModelUnavailableError as error:
         if where != "cuda" or settings.asr_device != "auto":
             raise
-        log.warning("speech recognizer: %s; running it on the CPU instead", error)
-        return load_transcriber(settings.asr_model, device="cpu", **{**options, "compute_type": "default"})
+        log.warning("speech recognizer: %s; running Whisper base on the CPU instead", error)
+        return load_transcriber("", device="cpu", **{**options, "compute_type": "default"})
 
 
 # -- the kit ----------------------------------------------------------------------------------------------

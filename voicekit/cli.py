@@ -110,6 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "(qwen2.5-0.5b, qwen2.5-1.5b, smollm2-135m; repeatable)")
     bench.add_argument("--browser", action="store_true", help="talk: also the first sound in chromium "
                        "(Gradio's player and the Talk page's; needs playwright)")
+    bench.add_argument("--room", choices=("headset", "speaker", "pauses"), help="talk: a room instead of the "
+                       "plain turns: headset (latency from the last word, words heard, voices the kit does not "
+                       "speak in), speaker (echo, self-interruptions, interruptions over the echo), pauses (pauses "
+                       "mid-sentence, 'Yes.'); --repeats trials of each (20 for the published figures)")
     bench.set_defaults(run=run_bench)
     return parser
 
@@ -248,7 +252,7 @@ def run_bench(args: argparse.Namespace) -> int:
     elif args.what == "talk":
         from voicekit.bench.talk import run_talk_bench
 
-        results = run_talk_bench(preset=args.preset, repeats=args.repeats, browser=args.browser)
+        results = run_talk_bench(preset=args.preset, repeats=args.repeats, browser=args.browser, room=args.room)
     elif args.what == "llm":
         from voicekit.bench.llm import run_llm_bench
 

@@ -157,9 +157,9 @@ class Settings(_Schema):
     max_text_chars: int = Field(2000, gt=0, description="longest text (`say`) or message (`chat`) accepted; "
                                 "longer input is refused with a clear error")
     # listening (voicekit.listening: speech recognition, turn-taking, barge-in)
-    asr_model: str = Field("", description="speech recognizer: a faster-whisper model name (`tiny.en`, "
-                           "`large-v3-turbo`, ...), hub id or folder; empty: the bundled Whisper tiny.en "
-                           "(cpu, laptop) or `large-v3-turbo` (gpu)")
+    asr_model: str = Field("", description="speech recognizer: `base` (Whisper base, installed with voicekit), "
+                           "`tiny.en` (bundled, faster, hears less), a faster-whisper model name (`large-v3-turbo`, "
+                           "...), hub id or folder; empty: `base` (cpu, laptop) or `large-v3-turbo` (gpu)")
     asr_device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where the recognizer runs; `auto`: "
                                                         "cuda on the gpu preset, else cpu")
     asr_compute_type: str = Field("default", description="CTranslate2 compute type (`int8`, `float16`, ...); "

@@ -129,8 +129,10 @@ def _median(runs: list[dict[str, Any]], key: str) -> float | None:
     return round(statistics.median(values), 4) if values else None
 
 
-def run_talk_bench(preset: str | None = None, repeats: int = 3, browser: bool = False) -> dict[str, Any]:
-    """Load a kit, serve it here, and time spoken turns, barge-in and (optionally) the browser's first sound."""
+def run_talk_bench(preset: str | None = None, repeats: int = 3, browser: bool = False,
+                   room: str | None = None) -> dict[str, Any]:
+    """Load a kit, serve it here, and time spoken turns, barge-in and (optionally) the browser's first sound; with
+    `room`, the trials of voicekit/bench/talk_room.py instead."""
     import voicekit
     from voicekit.serve import BackgroundServer, compose
 
@@ -138,6 +140,12 @@ def run_talk_bench(preset: str | None = None, repeats: int = 3, browser: bool = 
     server = BackgroundServer(compose(kit) if browser else _api_only(kit))
     try:
         url = server.url.replace("http://", "ws://").rstrip("/") + "/v1/realtime"
+        if room is not None:
+            from voicekit.bench.talk_room import run_rooms
+
+            asyncio.run(spoken_turn(url, _spoken(kit, QUESTIONS[0])))  # warm-up: loads the recognizer
+            return {"bench": "talk", "machine": machine_info(), "preset": kit.settings.preset,
+                    "settings": _listening_settings(kit), **run_rooms(url, kit, room, max(1, repeats))}
         questions = [_spoken(kit, text) for text in QUESTIONS[: max(1, repeats)]]
         asyncio.run(spoken_turn(url, questions[0]))  # warm-up: loads the recognizer, fills caches
         turns = [asyncio.run(spoken_turn(url, question)) for question in questions]
@@ -155,6 +163,15 @@ def run_talk_bench(preset: str | None = None, repeats: int = 3, browser: bool = 
     finally:
         server.stop()
         kit.close()
+
+
+def _listening_settings(kit: Any) -> dict[str, Any]:
+    settings = kit.settings
+    recognizer = kit.transcriber
+    return {"turn_detection": settings.turn_detection, "turn_eagerness": settings.turn_eagerness,
+            "echo_cancellation": settings.echo_cancellation, "talk_mode": settings.talk_mode,
+            "recognizer": {"model": recognizer.name, "device": recognizer.device,
+                           "compute_type": recognizer.compute_type}}
 
 
 def _api_only(kit: Any) -> Any:

