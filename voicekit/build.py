@@ -268,7 +268,7 @@ def build_transcriber(settings: Settings) -> Transcriber:
         if where != "cuda" or settings.asr_device != "auto":
             raise
         log.warning("speech recognizer: %s; running Whisper base on the CPU instead", error)
-        return load_transcriber("", device="cpu", **{**options, "compute_type": "default"})
+        return load_transcriber("base", device="cpu", **{**options, "compute_type": "default"})
 
 
 # -- the kit ----------------------------------------------------------------------------------------------

@@ -53,7 +53,7 @@ PRESET_DEFAULTS: dict[str, dict[str, Any]] = {
     },
     # A laptop with internet: Kokoro's voices (fetched once) and a chat model worth hearing, on llama.cpp.
     "laptop": {"chat_engine": "llamacpp", "chat_model": LAPTOP_CHAT_MODEL, "tts": "kokoro", "extra_voices": ("piper",),
-               "top_k": 40, "repetition_penalty": 1.05},
+               "top_k": 40, "repetition_penalty": 1.05, "asr_model": "base"},
 }
 
 
@@ -157,9 +157,10 @@ class Settings(_Schema):
     max_text_chars: int = Field(2000, gt=0, description="longest text (`say`) or message (`chat`) accepted; "
                                 "longer input is refused with a clear error")
     # listening (voicekit.listening: speech recognition, turn-taking, barge-in)
-    asr_model: str = Field("", description="speech recognizer: `base` (Whisper base, installed with voicekit), "
-                           "`tiny.en` (bundled, faster, hears less), a faster-whisper model name (`large-v3-turbo`, "
-                           "...), hub id or folder; empty: `base` (cpu, laptop) or `large-v3-turbo` (gpu)")
+    asr_model: str = Field("", description="speech recognizer: `tiny.en` (bundled), `base` (Whisper base, installed "
+                           "with voicekit: hears unusual voices better, takes twice as long), a faster-whisper model "
+                           "name (`large-v3-turbo`, ...), hub id or folder; empty: `tiny.en` (cpu), `base` (laptop) "
+                           "or `large-v3-turbo` (gpu)")
     asr_device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where the recognizer runs; `auto`: "
                                                         "cuda on the gpu preset, else cpu")
     asr_compute_type: str = Field("default", description="CTranslate2 compute type (`int8`, `float16`, ...); "

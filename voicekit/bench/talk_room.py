@@ -40,6 +40,7 @@ QUESTIONS = ("What is the capital of France?", "Please book a table for four peo
              "How far away is the moon?", "Set a timer for ten minutes.", "What do cats like to eat?")
 STORY_INSTRUCTIONS = "You are a friendly guide. Answer in three or four sentences."
 SHORT_INSTRUCTIONS = "Answer in one short sentence."
+DEFAULT_INSTRUCTIONS = ""  # the kit's own system prompt (one to three short sentences): what a user gets
 
 
 @dataclass
@@ -67,9 +68,15 @@ def speech_span(audio: np.ndarray, rate: int = RATE) -> tuple[float, float]:
     return (float(frames[0] * frame_s), float((frames[-1] + 1) * frame_s)) if len(frames) else (0.0, 0.0)
 
 
+_NUMBERS = dict(enumerate([
+    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
+    "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen", "twenty"]))
+
+
 def words(text: str) -> list[str]:
-    """Lower-case words, punctuation dropped."""
-    return re.findall(r"[a-z']+", text.lower())
+    """Lower-case words, punctuation dropped, numbers up to twenty spelled out ("10" is "ten")."""
+    found = re.findall(r"[a-z']+|\d+", text.lower())
+    return [_NUMBERS.get(int(word), word) if word.isdigit() else word for word in found]
 
 
 def word_accuracy(expected: str, heard: str) -> float:
@@ -251,7 +258,8 @@ async def interruption_over_echo(url: str, room: Room, topic: str, user: np.ndar
 # -- pauses: one turn or two? ----------------------------------------------------------------------------------
 
 
-async def paused_turn(url: str, audio: np.ndarray, text: str) -> dict[str, Any]:
+async def paused_turn(url: str, audio: np.ndarray, text: str,
+                      instructions: str = SHORT_INSTRUCTIONS) -> dict[str, Any]:
     """Speak `audio` (a sentence with a pause inside, or a short answer); count the turns the server took."""
     lead = int(0.3 * RATE)
     spoken_audio = np.concatenate([np.zeros(lead, np.float32), audio])
@@ -267,14 +275,21 @@ async def paused_turn(url: str, audio: np.ndarray, text: str) -> dict[str, Any]:
     def finished(trial: Trial, position: int) -> bool:
         return bool(trial.responses()) or position > len(spoken_audio) + 6 * RATE
 
-    trial = await converse(url, mic=mic, session={"instructions": SHORT_INSTRUCTIONS}, until=finished)
+    trial = await converse(url, mic=mic, session={"instructions": instructions}, until=finished)
     committed = trial.of("input_audio_buffer.committed")
     first_audio = next((at for at, _ in trial.of("response.output_audio.delta")), None)
     heard = [event["transcript"] for event in trial.transcripts()]
+    last = marks.get("last_word")
+    stages: dict[str, Any] = {}
+    if last is not None and committed:  # where the time went: the turn's end, the recognizer, then the reply
+        stages["turn_end_s"] = round(trial.of("input_audio_buffer.speech_stopped")[-1][0] - last, 3)
+        stages["asr_s"] = trial.transcripts()[-1].get("asr_s") if trial.transcripts() else None
+        done = trial.responses()
+        if done:
+            stages["reply_first_audio_s"] = done[0].get("timings", {}).get("ttfa_s")
     return {"text": text, "turns": len(committed), "heard": heard,
             "heard_accuracy": round(word_accuracy(text, " ".join(heard)), 3), "answered": bool(trial.responses()),
-            "last_word_to_first_audio_s": round(first_audio - marks["last_word"], 3)
-            if first_audio and "last_word" in marks else None}
+            "last_word_to_first_audio_s": round(first_audio - last, 3) if first_audio and last else None, **stages}
 
 
 # -- headset: from the last word to the first reply audio; what the recognizer heard -----------------------------
@@ -282,7 +297,8 @@ async def paused_turn(url: str, audio: np.ndarray, text: str) -> dict[str, Any]:
 
 async def question_on_a_headset(url: str, audio: np.ndarray, text: str) -> dict[str, Any]:
     """Ask `text` with no echo at all: latency from the last word, and the words heard."""
-    result = await paused_turn(url, np.concatenate([audio, np.zeros(RATE, np.float32)]), text)
+    result = await paused_turn(url, np.concatenate([audio, np.zeros(RATE, np.float32)]), text,
+                               instructions=DEFAULT_INSTRUCTIONS)
     result.pop("turns")
     return result
 

