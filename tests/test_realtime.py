@@ -381,3 +381,20 @@ def test_speaking_over_a_reply_on_the_socket_stops_its_audio(servers: dict[str, 
     assert result["status"] == "cancelled" and result["reason"] == "turn_detected"
     assert result["late_audio_deltas"] == 0
     assert 0 < result["barge_in_stop_s"] < 3.0
+
+
+def test_an_assistant_message_can_be_added_and_other_roles_cannot(servers: dict[str, BackgroundServer]) -> None:
+    async def scenario() -> list[dict[str, Any]]:
+        async with connect(_ws(servers["open"]), max_size=None) as ws:
+            await ws.recv()
+            for role, part in (("assistant", "output_text"), ("system", "input_text"), ("assistant", "input_image")):
+                await ws.send(json.dumps({"type": "conversation.item.create", "item": {
+                    "type": "message", "role": role, "content": [{"type": part, "text": "Hello there."}]}}))
+            return [json.loads(await ws.recv()) for _ in range(3)]
+
+    added, system, image = asyncio.run(scenario())
+    assert added["type"] == "conversation.item.added" and added["item"]["role"] == "assistant"
+    assert added["item"]["content"] == [{"type": "output_text", "text": "Hello there."}]
+    assert system["type"] == image["type"] == "error"
+    assert "role: 'user' or 'assistant'" in system["error"]["message"]
+    assert "needs a content part of type output_text or text" in image["error"]["message"]

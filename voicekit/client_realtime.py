@@ -15,7 +15,8 @@ What differs from a local session:
 - the server checks what it is sent: a bad event comes back as an `error` event (the voice, the text of `ask` and
   the echo mode are checked here first, and raise as they do locally);
 - `set_echo_cancellation(mode)` is answered by `session.updated`; `send(event)` sends any other client event;
-- a session cannot start from a past conversation (`history=`): the socket takes only user messages;
+- a past conversation (`history=`) is sent as `conversation.item.create` events, user and assistant messages, as
+  OpenAI's protocol restores one;
 - a refused connection raises when the session opens: `remote.realtime()`, or the first awaited call of an
   `arealtime()` session (or `await session.connect()`, `async with`).
 """
@@ -51,9 +52,6 @@ class AsyncRemoteSession:
 
     def __init__(self, kit: Any, voice: str | None = None, instructions: str | None = None,
                  history: list[dict[str, Any]] | None = None) -> None:
-        if history:
-            raise InvalidRequestError("a realtime session on a voicekit server cannot start from a past "
-                                      "conversation yet: the socket takes only user messages")
         self.kit = kit
         self.id = ""
         self.voice = kit.resolve_voice(voice)
@@ -75,6 +73,10 @@ class AsyncRemoteSession:
         settings = {"voice": voice and self.voice, "instructions": instructions}
         if any(value is not None for value in settings.values()):
             self.send({"type": "session.update", "session": {k: v for k, v in settings.items() if v is not None}})
+        for role, text in _messages(history or []):  # a past conversation, as OpenAI's protocol restores one
+            part = "input_text" if role == "user" else "output_text"
+            self.send({"type": "conversation.item.create",
+                       "item": {"type": "message", "role": role, "content": [{"type": part, "text": text}]}})
 
     # -- connecting -------------------------------------------------------------------------------------
 
@@ -181,10 +183,10 @@ class AsyncRemoteSession:
             self.id = self.description.get("id", self.id)
             self.voice = self.description.get("voice", self.voice)
             self.instructions = self.description.get("instructions", self.instructions)
-        elif kind == "conversation.item.added" and data.get("item", {}).get("role") == "user":
+        elif kind == "conversation.item.added" and data.get("item", {}).get("role") in ("user", "assistant"):
             item = data["item"]
             text = " ".join(part.get("text", "") for part in item.get("content", []))
-            self.history.append({"role": "user", "content": text, "id": item["id"]})
+            self.history.append({"role": item["role"], "content": text, "id": item["id"]})
         elif kind == "conversation.item.input_audio_transcription.completed":
             if data.get("transcript") and not data.get("echo"):  # echo and nothing heard: no turn, no reply
                 self.history.append({"role": "user", "content": data["transcript"], "id": data["item_id"]})
@@ -379,3 +381,14 @@ class RemoteRealtimeSession(RealtimeSession):
     def send(self, event: dict[str, Any]) -> None:
         """Send a client event as it is (docs/API.md, "Realtime")."""
         self._call(lambda: self.session.send(event))
+
+
+def _messages(history: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """(role, text) of a conversation's user and assistant messages (other items carry nothing to restore)."""
+    found = []
+    for item in history:
+        if not isinstance(item, dict) or not isinstance(item.get("content"), str):
+            raise InvalidRequestError("history items are messages: {'role': 'user' or 'assistant', 'content': str}")
+        if item.get("role") in ("user", "assistant") and item["content"].strip():
+            found.append((item["role"], item["content"].strip()))
+    return found

@@ -332,7 +332,11 @@ def run_rooms(url: str, kit: Any, room: str, repeats: int) -> dict[str, Any]:
                          "voice": voices[i % len(voices)]})
         yes = [{**asyncio.run(paused_turn(url, spoken(kit, "Yes.", voice), "Yes.")), "voice": voice}
                for voice in voices]
-        results.update(paused=runs, one_turn=sum(run["turns"] == 1 for run in runs), of=len(runs), yes=yes,
+        # one turn: a single commit whose words are the whole sentence (a split one commits and answers its first half)
+        whole = [run["turns"] == 1 and run["heard_accuracy"] >= 0.7 for run in runs]
+        for run, kept in zip(runs, whole, strict=True):
+            run["one_turn"] = kept
+        results.update(paused=runs, one_turn=sum(whole), of=len(runs), yes=yes,
                        yes_answered=sum(run["answered"] for run in yes),
                        yes_last_word_to_first_audio_s=median([run["last_word_to_first_audio_s"] for run in yes]))
     else:

@@ -81,6 +81,10 @@ class RealtimeSession:
         """Change the voice or the instructions for later replies."""
         self._call(lambda: self.session.update(voice, instructions))
 
+    def set_echo_cancellation(self, mode: str) -> None:
+        """Echo cancellation `auto` (default), `on` or `off` from now on."""
+        self._call(lambda: self.session.set_echo_cancellation(mode))
+
     def close(self) -> None:
         """Stop the running reply and end the session."""
         self._loop.run(self.session.aclose())

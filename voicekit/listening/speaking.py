@@ -49,14 +49,18 @@ class ReplySpeaker:
 
     # -- text input and responses ---------------------------------------------------------------------
 
-    def add_message(self, text: str) -> str:
-        """Add a typed user message to the conversation (answer it with `create_response()`); returns its item id."""
+    def add_message(self, text: str, role: str = "user") -> str:
+        """Add a message to the conversation: a typed user message (answer it with `create_response()`), or an
+        assistant's (a conversation restored after a reconnect); returns its item id."""
         if not isinstance(text, str) or not text.strip():
             raise ValueError("a message needs some text")
+        if role not in ("user", "assistant"):
+            raise ValueError(f"a message's role is user or assistant, not {role!r}")
         item_id = new_id("item")
-        self.history.append({"role": "user", "content": text.strip(), "id": item_id})
-        self.emit("conversation.item.added", item={"id": item_id, "type": "message", "role": "user",
-                                                    "content": [{"type": "input_text", "text": text.strip()}]})
+        self.history.append({"role": role, "content": text.strip(), "id": item_id})
+        part = "input_text" if role == "user" else "output_text"
+        self.emit("conversation.item.added", item={"id": item_id, "type": "message", "role": role,
+                                                    "content": [{"type": part, "text": text.strip()}]})
         return item_id
 
     def create_response(self) -> str | None:
@@ -218,8 +222,13 @@ class ReplySpeaker:
         """The client's word: it stopped playing `response_id` after `audio_end_ms` (all of it, or dropped the rest):
         a cut reply keeps in the history what was heard."""
         response = self._response_by_id(response_id)
-        if response is not None and audio_end_ms is not None and response is not self.response \
-                and response.status != "completed":
+        if response is None or audio_end_ms is None:
+            return
+        dropped = audio_end_ms / 1000 < response.sent_s - 0.05  # it stopped before the end of what it was sent
+        latest = self._spoken[-1] if self._spoken else None
+        if dropped and response is latest and self.response is None:  # nothing newer plays: the echo canceller
+            self.listener.reply_stopped()  # no longer waits for audio that will never be heard
+        if response is not self.response and (dropped or response.status != "completed"):
             self.truncate(response.item_id, audio_end_ms)
 
     def _response_by_id(self, response_id: str) -> SpokenReply | None:

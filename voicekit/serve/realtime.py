@@ -22,7 +22,7 @@ from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 from voicekit.audio import float_to_pcm16
 from voicekit.errors import VoicekitError
 from voicekit.listening.echo import ECHO_MODES
-from voicekit.listening.events import with_turn_detection
+from voicekit.listening.events import INPUT_RATE, with_turn_detection
 from voicekit.listening.session import AsyncRealtimeSession, Event
 from voicekit.serve.admission import Admission
 from voicekit.serve.auth import socket_authorized
@@ -148,6 +148,10 @@ async def _session_update(session: AsyncRealtimeSession, event: dict[str, Any]) 
     echo = settings.get("echo_cancellation")
     if echo is not None and echo not in ECHO_MODES:
         raise ValueError(f"`echo_cancellation` must be one of {', '.join(ECHO_MODES)}, not {echo!r}")
+    if rate is not None and not 8000 <= rate <= 48000:
+        raise ValueError(f"the input audio rate must be between 8000 and 48000 Hz, not {rate}")
+    if voice is not None:
+        session.kit.resolve_voice(voice)  # all of it is checked before any of it applies
     if rate is not None:
         session.set_input_rate(rate)
     if echo is not None:
@@ -157,12 +161,14 @@ async def _session_update(session: AsyncRealtimeSession, event: dict[str, Any]) 
 
 def _input_rate(spec: Any) -> int | None:
     """The input rate a format names: "pcm16" (24 kHz), or {"type": "audio/pcm", "rate": R}; None when unnamed."""
-    if spec is None or spec == "pcm16":
+    if spec is None:
         return None
+    if spec == "pcm16":
+        return INPUT_RATE
     if not isinstance(spec, dict) or spec.get("type") not in ("audio/pcm", "pcm16"):
         raise ValueError("the input format must be pcm16: {\"type\": \"audio/pcm\", \"rate\": 24000}")
-    rate = spec.get("rate")
-    if rate is not None and not isinstance(rate, int):
+    rate = spec.get("rate", INPUT_RATE)
+    if not isinstance(rate, int):
         raise TypeError("the input format's `rate` must be a whole number of Hz")
     return rate
 
@@ -178,15 +184,21 @@ async def _append(session: AsyncRealtimeSession, event: dict[str, Any]) -> None:
     await session.append_audio(pcm)
 
 
+_TEXT_PARTS = {"user": ("input_text", "text"), "assistant": ("output_text", "text", "output_audio")}
+
+
 async def _item_create(session: AsyncRealtimeSession, event: dict[str, Any]) -> None:
     item = event.get("item") or {}
-    if not isinstance(item, dict) or item.get("type", "message") != "message" or item.get("role") != "user":
-        raise ValueError("only user messages can be added: {type: 'message', role: 'user', content: [...]}")
+    role = item.get("role") if isinstance(item, dict) else None
+    if not isinstance(item, dict) or item.get("type", "message") != "message" or role not in _TEXT_PARTS:
+        raise ValueError("only messages can be added: {type: 'message', role: 'user' or 'assistant', content: [...]}")
     parts = item.get("content") or []
-    texts = [part.get("text", "") for part in parts if isinstance(part, dict) and part.get("type") == "input_text"]
+    texts = [part.get("text") or part.get("transcript") or "" for part in parts
+             if isinstance(part, dict) and part.get("type") in _TEXT_PARTS[role]]
     if not texts or not "".join(texts).strip():
-        raise ValueError("the message needs an input_text content part with some text")
-    session.add_message(" ".join(texts))
+        kinds = " or ".join(_TEXT_PARTS[role][:2])
+        raise ValueError(f"the {role} message needs a content part of type {kinds}, with some text")
+    session.add_message(" ".join(texts), role)
 
 
 async def _truncate(session: AsyncRealtimeSession, event: dict[str, Any]) -> None:
