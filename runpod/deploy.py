@@ -10,9 +10,12 @@
 The template's fields come from runpod/template.json. By default the pod runs a stock public image (CUDA 13.0
 toolkit) whose start command clones the repository (`--git-url`, default: this checkout's `origin`) onto the
 volume and runs runpod/bootstrap.sh; `--image` uses a voicekit image instead, started with runpod/start.sh.
-Pods are only placed on hosts whose driver supports the CUDA versions in `--cuda-versions` (default 13.0: the
-CUDA build of torch that vLLM pins). The SDK posts to `$RUNPOD_API_BASE_URL/graphql` (default
-https://api.runpod.io); `--api-url` sets that variable, e.g. for a local stand-in in the tests.
+Pods are only placed on hosts whose driver's CUDA version is one of `--cuda-versions`. RunPod matches the versions
+exactly (a host whose driver reports 13.1 is not one of "13.0"), so the default lists 13.0, the CUDA build of torch
+that vLLM pins, and every later version RunPod offers (`RUNPOD_CUDA_VERSIONS`: today 13.0 is the newest, so
+["13.0"]; add a new 13.x there and to template.json when RunPod offers it). The SDK posts to
+`$RUNPOD_API_BASE_URL/graphql` (default https://api.runpod.io); `--api-url` sets that variable, e.g. for a local
+stand-in in the tests.
 """
 
 from __future__ import annotations
@@ -38,6 +41,20 @@ MASK = "***"
 TEMPLATES_QUERY = "query { myself { podTemplates { id name imageName dockerArgs } } }"
 GIT_ENV = ("VOICEKIT_GIT_URL", "VOICEKIT_GIT_REF")  # only the stock-image path clones the repository
 GIT_URL_PLACEHOLDER = "<VOICEKIT_GIT_URL>"
+# The CUDA versions RunPod's pod API accepts in allowedCudaVersions (its REST reference's enum, read 2026-12), newest
+# first, and the oldest one torch 2.13's CUDA 13.0 build runs on.
+RUNPOD_CUDA_VERSIONS = ("13.0", "12.9", "12.8", "12.7", "12.6", "12.5", "12.4", "12.3", "12.2", "12.1", "12.0",
+                        "11.8")
+MIN_CUDA = "13.0"
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split("."))
+
+
+def cuda_versions_from(minimum: str = MIN_CUDA, offered: Sequence[str] = RUNPOD_CUDA_VERSIONS) -> list[str]:
+    """Every CUDA version RunPod offers from `minimum` on, oldest first (RunPod matches each one exactly)."""
+    return sorted((item for item in offered if _version(item) >= _version(minimum)), key=_version)
 
 
 class DeployError(Exception):
@@ -77,6 +94,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.cuda_versions = [item.strip() for item in args.cuda_versions.split(",") if item.strip()]
     if not all(re.fullmatch(r"\d+\.\d+", item) for item in args.cuda_versions):
         parser.error("--cuda-versions takes versions like 13.0 (comma-separated)")
+    old = [item for item in args.cuda_versions if _version(item) < _version(MIN_CUDA)]
+    if old:
+        parser.error(f"--cuda-versions {', '.join(old)}: the gpu preset's torch is a CUDA {MIN_CUDA} build and does "
+                     f"not run on a host whose driver stops at CUDA {old[0]}")
+    unknown = [item for item in args.cuda_versions if item not in RUNPOD_CUDA_VERSIONS]
+    if unknown:
+        print(f"note: RunPod listed {', '.join(cuda_versions_from())} of CUDA {MIN_CUDA} and later when this was "
+              f"written; {', '.join(unknown)} is passed as given (a host is matched only if RunPod offers it)",
+              file=sys.stderr)
     return args
 
 

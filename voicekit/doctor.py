@@ -12,6 +12,7 @@ import platform
 import re
 import sys
 from dataclasses import astuple, dataclass, field
+from types import SimpleNamespace
 
 from voicekit import device
 from voicekit.device import parse_cuda_version  # noqa: F401 (part of doctor's rules, re-exported)
@@ -39,6 +40,9 @@ class Report:
     advice: list[str] = field(default_factory=list)
     chat: str = ""  # which chat model the auto preset (or VOICEKIT_PRESET) would run, on which engine
     voices: str = ""  # its voice families, and how many voices each has on this machine
+    recognizer: str = ""  # where its speech recognizer would run (the GPU: can CTranslate2 load cuBLAS 12?)
+    memory: str = ""  # the GPU's memory, and how the kit would split it between its engines and Whisper
+    server: str = ""  # a voicekit server answering on this machine: its engines' KV cache, its recognizer
 
 
 def _major_minor(version: str) -> tuple[int, int]:
@@ -89,7 +93,83 @@ def diagnose(gpus: list[str] | bool | None = False,
             if cuda_build and cuda_driver_problem(report.driver_cuda, cuda_build, sees_cuda) else " (see advice)")
     report.advice = _advice(report)
     report.chat, report.voices = _kit_lines(report.preset)
+    _gpu_lines(report)
+    report.server = _server_line()
     return report
+
+
+def _gpu_lines(report: Report) -> None:
+    """The recognizer's line and the GPU memory line (with their advice), for the settings `load()` would use."""
+    from voicekit import build
+    from voicekit.errors import VoicekitError
+    from voicekit.settings import Settings
+
+    try:
+        settings = Settings.resolve(None if os.environ.get("VOICEKIT_PRESET") else report.preset)
+    except VoicekitError:
+        return  # the chat line says why
+    facts = build.recognizer_facts(SimpleNamespace(settings=settings))
+    model = facts["model"]
+    line = f"{model} on {facts['device']} ({facts['compute_type']})"
+    fallback = ""
+    if facts["device"] == "cuda":
+        blas = device.load_cuda12_blas()
+        ct2 = device.ctranslate2_facts()
+        seen = "CTranslate2 is not installed" if ct2 is None else f"CTranslate2 {ct2[0]} sees {ct2[1]} CUDA device(s)"
+        line += f"; {seen}; cuBLAS 12: {blas.reason if blas.path else 'missing'}"
+        if blas.path is None or ct2 is None or ct2[1] == 0:
+            fallback = f"it would run on the CPU instead ({blas.reason if blas.path is None else seen})"
+            report.advice.append(f"speech recognition would fall back to the CPU: {device.CUBLAS12_HINT} gives "
+                                 "CTranslate2 the cuBLAS 12 it loads on CUDA")
+    elif settings.preset == "gpu" and settings.asr_device == "auto" and build.gpu_sized(model):
+        fallback = "torch sees no CUDA device: Whisper base on the CPU instead"
+    report.recognizer = line + (f"; {fallback}" if fallback else "")
+    memory = device.gpu_memory() if report.torch_sees_cuda else None
+    if memory is None:
+        report.memory = "no CUDA device torch can use"
+        return
+    report.memory = (f"{memory.name}: {memory.total / 1e9:.1f} GB, {memory.free / 1e9:.1f} GB free, "
+                     f"{memory.torch_allocated / 1e9:.1f} GB held by torch here")
+    try:
+        plan = build.memory_plan(settings, memory.total)
+    except VoicekitError as error:
+        report.advice.append(str(error))
+        return
+    if plan is not None:
+        split = " + ".join(f"{name} {share:g} ({share * plan.total_bytes / 1e9:.1f} GB)"
+                           for name, share in plan.shares.items())
+        whisper = f" + Whisper ~{plan.asr_bytes / 1e9:.1f} GB" if plan.asr_bytes else ""
+        report.memory += f"; the kit would take {split}{whisper}" + (f" ({plan.note})" if plan.note else "")
+
+
+def _server_line(timeout: float = 0.5) -> str:
+    """What a voicekit server on this machine (VOICEKIT_PORT, else 7860) runs: its recognizer, its vLLM engines'
+    memory share and KV-cache tokens and the GPU's memory in use, from its /health; empty when none answers."""
+    import httpx
+
+    from voicekit.client import find_server
+
+    url = find_server(timeout)
+    if url is None:
+        return ""
+    try:
+        health = httpx.get(f"{url}/health", timeout=5).json()
+    except (httpx.HTTPError, ValueError) as error:
+        return f"{url}: its /health did not answer ({type(error).__name__})"
+    parts = [f"{url}: preset {health.get('preset')}"]
+    recognizer = health.get("recognizer") or {}
+    if recognizer:
+        parts.append(f"recognizer {recognizer.get('model')} on {recognizer.get('device')}"
+                     + (f" ({recognizer['fallback_reason']})" if recognizer.get("fallback_reason") else ""))
+    for engine in health.get("vllm_engines") or []:
+        share = engine.get("gpu_memory_utilization")
+        size = f", {engine['memory_bytes'] / 1e9:.1f} GB" if engine.get("memory_bytes") else ""
+        parts.append(f"{engine.get('role')} engine {engine.get('model')}: share {share}{size}, KV cache "
+                     f"{engine.get('kv_cache_tokens')} tokens")
+    gpu = health.get("gpu") or {}
+    if gpu:
+        parts.append(f"GPU {gpu.get('used_bytes', 0) / 1e9:.1f} of {gpu.get('total_bytes', 0) / 1e9:.1f} GB in use")
+    return "; ".join(parts)
 
 
 def _kit_lines(auto: str) -> tuple[str, str]:
@@ -184,5 +264,11 @@ def format_report(report: Report) -> str:
         f"chat model  {report.chat}",
         f"voices      {report.voices}",
     ]
+    if report.recognizer:
+        lines.append(f"recognizer  {report.recognizer}")
+    if report.memory:
+        lines.append(f"gpu memory  {report.memory}")
+    if report.server:
+        lines.append(f"server      {report.server}")
     lines += [f"advice      {line}" for line in report.advice]
     return "\n".join(lines)

@@ -16,6 +16,7 @@ Presets:
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal, get_args
 
@@ -31,7 +32,18 @@ ENV_PREFIX = "VOICEKIT_"
 PRESETS = ("cpu", "gpu", "laptop")
 #: The laptop preset's chat model: a small instruct GGUF from the hub (downloaded once, ~0.4 GB); docs/VOICES.md
 LAPTOP_CHAT_MODEL = "Qwen/Qwen2.5-0.5B-Instruct-GGUF/qwen2.5-0.5b-instruct-q4_k_m.gguf"
-MAX_TOTAL_MEMORY_SHARE = 0.9  # vLLM engines of one kit on one GPU, together
+MAX_TOTAL_MEMORY_SHARE = 0.9  # vLLM engines of one kit on one GPU, together, and Whisper when it runs there
+DEFAULT_MEMORY_SHARES = {"chat_memory_share": 0.30, "tts_memory_share": 0.40}
+# Whisper on the GPU: parameters of each faster-whisper model (a hub repo or folder not named here counts as
+# large-v3-turbo), and the work space CTranslate2 adds (cuBLAS, beam search). large-v3-turbo in float16: 809 M
+# parameters, ~1.6 GB of weights, ~1.8 GB in all (estimated: not measured on a GPU yet).
+WHISPER_PARAMETERS = {"tiny": 39_000_000, "base": 74_000_000, "small": 244_000_000, "medium": 769_000_000,
+                      "large": 1_550_000_000, "distil-large": 756_000_000, "turbo": 809_000_000,
+                      "large-v3-turbo": 809_000_000, "distil-small": 166_000_000, "distil-medium": 394_000_000}
+WHISPER_WORKSPACE_BYTES = 200_000_000
+# Whisper's share when the card's size is not known (settings are checked without probing the GPU): 1.8 GB of a
+# 36 GB card. The kit, on the GPU, counts it from the card's real size (voicekit/build.py, `memory_plan`).
+ASR_SHARE_ESTIMATE = 0.05
 
 DEFAULT_SYSTEM_PROMPT = (
     "You are a friendly voice assistant. Your replies are spoken aloud, so answer in one to three short, "
@@ -187,12 +199,15 @@ class Settings(_Schema):
     talk_mode: Mode = Field("overlap", description="the schedule of spoken turns (realtime sessions, the page's "
                             "Talk mode): `overlap` starts speaking while the model writes")
     # GPU (vLLM)
-    chat_memory_share: float = Field(0.30, description="vLLM `gpu_memory_utilization` of the chat engine (a share "
-                                     "of the GPU's total memory, between 0 and 1)")
-    tts_memory_share: float = Field(0.40, description="vLLM `gpu_memory_utilization` of the speech engine. When "
-                                    "both engines run on vLLM in one process, the two shares must add up to "
-                                    "less than 0.9 (a clear error otherwise): SNAC, the CUDA contexts and "
-                                    "activations need the rest")
+    chat_memory_share: float = Field(DEFAULT_MEMORY_SHARES["chat_memory_share"], description="vLLM "
+                                     "`gpu_memory_utilization` of the chat engine (a share of the GPU's total "
+                                     "memory, between 0 and 1)")
+    tts_memory_share: float = Field(DEFAULT_MEMORY_SHARES["tts_memory_share"], description="vLLM "
+                                    "`gpu_memory_utilization` of the speech engine. When both engines run on "
+                                    "vLLM in one process, the two shares and Whisper's part (when it runs on the "
+                                    "GPU: ~1.8 GB for large-v3-turbo) must add up to less than 0.9 (a clear error "
+                                    "otherwise): SNAC, the CUDA contexts and activations need the rest. On a card "
+                                    "too small for the default 0.30/0.40 the kit computes a split from its size")
     max_model_len: int = Field(4096, gt=0, description="vLLM context length (the default 131072 wastes GPU memory)")
     dtype: str = Field("auto", description="vLLM dtype; `auto` picks bfloat16 on GPUs of compute capability 8.0 "
                        "and later, and leaves the choice to vLLM on older ones (T4: vLLM refuses float16 for "
@@ -220,7 +235,7 @@ class Settings(_Schema):
             raise ValueError(f"extra_voices may name piper and kokoro, not {', '.join(sorted(unknown))}")
         if self.n_gpu_layers < -1:
             raise ValueError(f"n_gpu_layers must be -1 (all), 0 (none) or a layer count, not {self.n_gpu_layers}")
-        _check_memory_shares(vllm_memory_shares(self))
+        _check_memory_shares(gpu_memory_shares(self))
         return self
 
     @classmethod
@@ -304,6 +319,30 @@ def vllm_memory_shares(settings: Settings) -> dict[str, float]:
     return shares
 
 
+def recognizer_on_gpu(settings: Settings) -> bool:
+    """Whether the settings put Whisper on the GPU (`asr_device` cuda, or auto on the gpu preset)."""
+    return settings.asr_device == "cuda" or (settings.asr_device == "auto" and settings.preset == "gpu")
+
+
+def whisper_gpu_bytes(model: str, compute_type: str = "default") -> int:
+    """Estimated GPU memory of a Whisper model (weights in `compute_type`, float16 by default, plus work space)."""
+    name = (model or "tiny.en").strip().lower().rsplit("/", 1)[-1]
+    name = name.removeprefix("faster-whisper-").removeprefix("whisper-").removesuffix(".en")
+    base = name if name in WHISPER_PARAMETERS else re.sub(r"-v\d+$", "", name)
+    parameters = WHISPER_PARAMETERS.get(base, WHISPER_PARAMETERS["large-v3-turbo"])
+    per_parameter = 1 if compute_type.startswith("int8") else 4 if compute_type == "float32" else 2
+    return parameters * per_parameter + WHISPER_WORKSPACE_BYTES
+
+
+def gpu_memory_shares(settings: Settings) -> dict[str, float]:
+    """What the settings put on one GPU, as shares of its memory: the vLLM engines' (by setting name) and, when
+    Whisper runs there, its estimated share (`ASR_SHARE_ESTIMATE`: the card's size is not known here)."""
+    shares = vllm_memory_shares(settings)
+    if shares and recognizer_on_gpu(settings):
+        shares[f"Whisper {settings.asr_model or 'tiny.en'} on the GPU"] = ASR_SHARE_ESTIMATE
+    return shares
+
+
 def _check_memory_shares(shares: Mapping[str, float]) -> None:
     # vLLM refuses to start an engine whose share is more than the memory still free, and the CUDA contexts,
     # SNAC and activations outside the shares need about a tenth of the card.
@@ -311,10 +350,13 @@ def _check_memory_shares(shares: Mapping[str, float]) -> None:
         if not 0.0 < share < 1.0:
             raise ValueError(f"{name} must be between 0 and 1 (a share of the GPU's memory), not {share}")
     if sum(shares.values()) >= MAX_TOTAL_MEMORY_SHARE:
-        given = " + ".join(f"{name} {share:g}" for name, share in shares.items())
-        raise ValueError(f"the vLLM memory shares add up to {sum(shares.values()):.2f} ({given}); together they "
+        whisper = any(name.startswith("Whisper") for name in shares)
+        given = " + ".join(f"{name} {'~' if name.startswith('Whisper') else ''}{share:g}"
+                           for name, share in shares.items())
+        raise ValueError(f"the GPU memory shares add up to {sum(shares.values()):.2f} ({given}); together they "
                          f"must stay under {MAX_TOTAL_MEMORY_SHARE} so both engines, SNAC and the CUDA contexts "
-                         "fit on one GPU: lower VOICEKIT_CHAT_MEMORY_SHARE or VOICEKIT_TTS_MEMORY_SHARE")
+                         "fit on one GPU: lower VOICEKIT_CHAT_MEMORY_SHARE or VOICEKIT_TTS_MEMORY_SHARE"
+                         + (" (or run the recognizer on the CPU: VOICEKIT_ASR_DEVICE=cpu)" if whisper else ""))
 
 
 class _EnvironmentSource(EnvSettingsSource):

@@ -2,7 +2,8 @@
 
 Cases follow the Qwen3-TTS benchmark's word counts (2, 12, 32, 74) for `say`, plus three chat prompts
 (one short, one factual, one asking for a reply of several sentences) in both pipeline modes. Each case
-runs `repeats` times after one warm-up turn; the JSON holds the median of each figure and its spread.
+runs `repeats` times after one warm-up turn; the JSON holds the median of each figure and its spread, and
+`resources`: each vLLM engine's memory share and KV-cache tokens, the GPU's memory in use, the recognizer.
 """
 
 from __future__ import annotations
@@ -77,10 +78,21 @@ def run_pipeline_bench(preset: str | None = None, repeats: int = 3, quick: bool 
         _timed(lambda: kit.chat("Hi", seed=0))
         cases = _say_cases(kit, repeats, quick) + _chat_cases(kit, repeats, quick)
         return {"machine": machine_info(), "preset": kit.settings.preset, "description": kit.description,
-                "repeats": repeats, "seconds": round(time.perf_counter() - started, 1), "cases": cases}
+                "repeats": repeats, "seconds": round(time.perf_counter() - started, 1), "cases": cases,
+                "resources": _resources(kit)}
     finally:
         if owned:
             kit.close()
+
+
+def _resources(kit: Any) -> dict[str, Any] | None:
+    """The kit's vLLM engines (share, KV-cache tokens), the GPU's memory and the recognizer (voicekit.build);
+    None for a kit behind a server (its /health has them)."""
+    if not hasattr(kit, "pipeline"):
+        return None
+    from voicekit.build import resources
+
+    return resources(kit)
 
 
 def family_voices(kit: Any) -> dict[str, str]:

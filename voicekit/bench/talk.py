@@ -8,6 +8,9 @@ at real time, as a microphone would) and times what a user waits for:
 - `asr_rtf`: recognizer seconds per second of speech;
 - `barge_in_stop_s`: from the first sample of speech sent over a playing reply to that reply's `response.done`
   (its audio stops there; later deltas of it are counted as `late_audio_deltas`, which must be 0).
+The JSON names the recognizer that heard the turns (`recognizer`: model, device, compute type, and `fallback_reason`
+when it runs on the CPU instead of the GPU) and what the kit holds in GPU memory (`resources`: each vLLM engine's
+share and KV-cache tokens, the GPU's memory in use).
 With `--browser` (Playwright + chromium), the page's first sound for Gradio's player and the Talk page's.
 """
 
@@ -130,48 +133,64 @@ def _median(runs: list[dict[str, Any]], key: str) -> float | None:
 
 
 def run_talk_bench(preset: str | None = None, repeats: int = 3, browser: bool = False,
-                   room: str | None = None) -> dict[str, Any]:
+                   room: str | None = None, *, kit: Any = None, url: str | None = None) -> dict[str, Any]:
     """Load a kit, serve it here, and time spoken turns, barge-in and (optionally) the browser's first sound; with
-    `room`, the trials of voicekit/bench/talk_room.py instead."""
+    `room`, the trials of voicekit/bench/talk_room.py instead. `kit`: one already loaded (left open); `url`: a
+    server already serving that kit here (its page too, for `browser`). The JSON names the recognizer (model,
+    device, and why it fell back to the CPU when it did) and the GPU memory the kit holds (`resources`)."""
     import voicekit
     from voicekit.serve import BackgroundServer, compose
 
-    kit = voicekit.load(preset=preset)
-    server = BackgroundServer(compose(kit) if browser else _api_only(kit))
+    owned = kit is None
+    kit = kit or voicekit.load(preset=preset)
+    server = None
+    if url is None:
+        server = BackgroundServer(compose(kit) if browser else _api_only(kit))
+        url = server.url
     try:
-        url = server.url.replace("http://", "ws://").rstrip("/") + "/v1/realtime"
+        socket_url = url.replace("http://", "ws://").rstrip("/") + "/v1/realtime"
         if room is not None:
             from voicekit.bench.talk_room import run_rooms
 
-            asyncio.run(spoken_turn(url, _spoken(kit, QUESTIONS[0])))  # warm-up: loads the recognizer
+            asyncio.run(spoken_turn(socket_url, _spoken(kit, QUESTIONS[0])))  # warm-up: loads the recognizer
             return {"bench": "talk", "machine": machine_info(), "preset": kit.settings.preset,
-                    "settings": _listening_settings(kit), **run_rooms(url, kit, room, max(1, repeats))}
+                    "settings": _listening_settings(kit), "resources": _resources(kit),
+                    **run_rooms(socket_url, kit, room, max(1, repeats))}
         questions = [_spoken(kit, text) for text in QUESTIONS[: max(1, repeats)]]
-        asyncio.run(spoken_turn(url, questions[0]))  # warm-up: loads the recognizer, fills caches
-        turns = [asyncio.run(spoken_turn(url, question)) for question in questions]
-        barge = [asyncio.run(barge_in(url, questions[i % len(questions)])) for i in range(max(1, repeats))]
+        asyncio.run(spoken_turn(socket_url, questions[0]))  # warm-up: loads the recognizer, fills caches
+        turns = [asyncio.run(spoken_turn(socket_url, question)) for question in questions]
+        barge = [asyncio.run(barge_in(socket_url, questions[i % len(questions)])) for i in range(max(1, repeats))]
         results: dict[str, Any] = {
             "bench": "talk", "machine": machine_info(), "preset": kit.settings.preset,
             "talk_mode": kit.settings.talk_mode, "turn_silence_s": kit.settings.turn_silence_s,
+            "recognizer": _listening_settings(kit)["recognizer"],
             "turn_end_to_first_audio_s": _median(turns, "turn_end_to_first_audio_s"),
             "speech_end_to_first_audio_s": _median(turns, "speech_end_to_first_audio_s"),
             "asr_rtf": _median(turns, "asr_rtf"), "barge_in_stop_s": _median(barge, "barge_in_stop_s"),
-            "late_audio_deltas": sum(run["late_audio_deltas"] for run in barge), "turns": turns, "barge_in": barge}
+            "late_audio_deltas": sum(run["late_audio_deltas"] for run in barge), "turns": turns, "barge_in": barge,
+            "resources": _resources(kit)}
         if browser:
-            results["browser"] = _browser(server.url, kit)
+            results["browser"] = _browser(url, kit)
         return results
     finally:
-        server.stop()
-        kit.close()
+        if server is not None:
+            server.stop()
+        if owned:
+            kit.close()
 
 
 def _listening_settings(kit: Any) -> dict[str, Any]:
     settings = kit.settings
-    recognizer = kit.transcriber
+    facts = kit.transcriber.facts()  # loads the recognizer when nothing has yet
     return {"turn_detection": settings.turn_detection, "turn_eagerness": settings.turn_eagerness,
             "echo_cancellation": settings.echo_cancellation, "talk_mode": settings.talk_mode,
-            "recognizer": {"model": recognizer.name, "device": recognizer.device,
-                           "compute_type": recognizer.compute_type}}
+            "recognizer": {key: facts[key] for key in ("model", "device", "compute_type", "fallback_reason")}}
+
+
+def _resources(kit: Any) -> dict[str, Any]:
+    from voicekit.build import resources
+
+    return resources(kit)
 
 
 def _api_only(kit: Any) -> Any:

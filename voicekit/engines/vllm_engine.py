@@ -16,6 +16,9 @@ child processes, no shared forward context). Facts this module relies on (vLLM's
   CPU build accepts `kv_cache_memory_bytes=` (through `**engine_kwargs`) for a fixed small KV cache.
 * vLLM starts its engine core with multiprocessing: a script that creates engines needs an
   `if __name__ == "__main__":` guard.
+* Once started, the engine's `vllm_config.cache_config` holds the KV cache the core allocated: `num_gpu_blocks`
+  blocks of `block_size` tokens, and (vLLM 0.32) `kv_cache_size_tokens`, the tokens it holds counted per KV-cache
+  group (hybrid models such as Gemma 2's sliding-window layers); `memory_report()` reads them.
 
 vLLM is imported lazily, so this module imports without vLLM installed.
 """
@@ -113,6 +116,8 @@ class VLLMEngine(EngineBase):
             raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization}")
         self.model = model
         self.max_model_len = max_model_len
+        self.gpu_memory_utilization = gpu_memory_utilization
+        self.kv_cache_memory_bytes = engine_kwargs.get("kv_cache_memory_bytes")
         self._sampling_overrides = dict(sampling_overrides or {})
         engine_kwargs.setdefault("disable_log_stats", True)
         args = AsyncEngineArgs(
@@ -127,7 +132,9 @@ class VLLMEngine(EngineBase):
         started = time.monotonic()
         self._llm = AsyncLLM.from_engine_args(args)
         self.start_seconds = time.monotonic() - started
-        logger.info("vLLM engine for %s started in %.1f s", model, self.start_seconds)
+        self._memory = kv_cache_facts(self._llm.vllm_config.cache_config)
+        logger.info("vLLM engine for %s started in %.1f s (KV cache: %s tokens)", model, self.start_seconds,
+                    self._memory.get("kv_cache_tokens"))
         self._hf_tokenizer: Any = None
 
     @classmethod
@@ -229,9 +236,32 @@ class VLLMEngine(EngineBase):
 
     # -- extras ------------------------------------------------------------------------------------------
 
+    def memory_report(self) -> dict[str, Any]:
+        """The engine's memory: its `gpu_memory_utilization` share (of the GPU; of RAM on vLLM's CPU build), a fixed
+        `kv_cache_memory_bytes` when given, and the KV cache it got (tokens, blocks, block size), as vLLM reported
+        it after start."""
+        return {"engine": self.name, "model": self.model, "gpu_memory_utilization": self.gpu_memory_utilization,
+                "kv_cache_memory_bytes": self.kv_cache_memory_bytes, "max_model_len": self.max_model_len,
+                **self._memory}
+
     def num_unfinished_requests(self) -> int:
         """Requests vLLM itself still tracks (0 after every stream ended or was aborted)."""
         return 0 if self._closed else int(self._llm.get_num_unfinished_requests())
+
+
+def kv_cache_facts(cache_config: Any) -> dict[str, Any]:
+    """KV-cache size from a started engine's `cache_config`: `kv_cache_tokens` is vLLM's own count
+    (`kv_cache_size_tokens`) when it has one, else blocks x block size; None where vLLM reported nothing."""
+    blocks = getattr(cache_config, "num_gpu_blocks", None)
+    block_size = getattr(cache_config, "block_size", None)
+    tokens = getattr(cache_config, "kv_cache_size_tokens", None)
+    if tokens is None and blocks is not None and block_size is not None:
+        tokens = int(blocks) * int(block_size)
+    concurrency = getattr(cache_config, "kv_cache_max_concurrency", None)
+    return {"kv_cache_tokens": None if tokens is None else int(tokens),
+            "kv_cache_blocks": None if blocks is None else int(blocks),
+            "block_size": None if block_size is None else int(block_size),
+            "max_concurrency": None if concurrency is None else round(float(concurrency), 2)}
 
 
 def render_chat_ids(tokenizer: Any, messages: Sequence[ChatMessage]) -> list[int]:

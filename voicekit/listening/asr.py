@@ -10,6 +10,11 @@ Whisper repo on the hub or a local folder (voicekit/listening/whisper_models.py)
 20 s, not Whisper's 30 s, so a short spoken turn is heard in about half the time. `decode_audio` reads audio
 files: WAV with voicekit.audio, anything else with PyAV (the ffmpeg libraries inside faster-whisper's `av`
 dependency: MP3, Ogg/Opus, WebM, FLAC, M4A, ...).
+
+On CUDA, CTranslate2 needs cuBLAS 12 (`libcublas.so.12`), which vLLM's CUDA 13 stack does not bring:
+`load_transcriber` loads the one of the `nvidia-cublas-cu12` wheel first (`voicekit.device.load_cuda12_blas`), and
+a failure names what was missing. voicekit/build.py decides what runs instead (a small model on the CPU) and says why
+(`Transcriber.fallback_reason`).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from voicekit import device as machine
 from voicekit.audio import is_silent, pcm16_to_float, read_wav, resample, wav_bytes
 from voicekit.errors import (
     AudioDecodeError,
@@ -86,10 +92,12 @@ class Transcriber:
     sample_rate = SAMPLE_RATE
 
     def __init__(self, model: Any, name: str, device: str, compute_type: str, *, beam_size: int | None = None,
-                 max_seconds: float = MAX_TRANSCRIBE_S) -> None:
-        """`model`: a `faster_whisper.WhisperModel`; `beam_size` None: 1 on cpu (greedy, ~2x faster), 5 on cuda."""
+                 max_seconds: float = MAX_TRANSCRIBE_S, fallback_reason: str | None = None) -> None:
+        """`model`: a `faster_whisper.WhisperModel`; `beam_size` None: 1 on cpu (greedy, ~2x faster), 5 on cuda;
+        `fallback_reason`: why this model runs instead of the one the settings asked for (None: it is that one)."""
         self.model = model
         self.name, self.device, self.compute_type = name, device, compute_type
+        self.fallback_reason = fallback_reason
         self.beam_size = beam_size or (1 if device == "cpu" else 5)
         self.max_seconds = max_seconds
         # CTranslate2 models are thread-safe (concurrent calls queue for the model's `num_workers` workers), so
@@ -100,6 +108,12 @@ class Transcriber:
 
     def __repr__(self) -> str:
         return f"Transcriber({self.name!r}, device={self.device!r}, compute_type={self.compute_type!r})"
+
+    def facts(self) -> dict[str, Any]:
+        """What runs, for /health, doctor, the page and the benchmarks: model, device, compute type, and why it
+        runs instead of the model asked for (`fallback_reason`, None when it is that model)."""
+        return {"model": self.name, "device": self.device, "compute_type": self.compute_type, "loaded": True,
+                "fallback_reason": self.fallback_reason}
 
     @property
     def multilingual(self) -> bool:
@@ -307,13 +321,17 @@ def load_transcriber(model: str = "", *, device: str = "cpu", compute_type: str 
     compute = compute_type if compute_type not in ("", "default") else ("int8" if device == "cpu" else "float16")
     cpu_threads = threads or min(4, os.cpu_count() or 1)
     started = time.perf_counter()
+    blas = machine.load_cuda12_blas() if device != "cpu" else None
+    if blas is not None:
+        log.log(logging.INFO if blas.path else logging.WARNING, "cuBLAS 12 for CTranslate2: %s", blas.reason)
     try:
         whisper = whisper_model(folder, device=device, compute_type=compute, cpu_threads=cpu_threads)
-        if device != "cpu":  # CTranslate2 loads cuBLAS/cuDNN at the first run: fail here, not on a user's call
+        if device != "cpu":  # CTranslate2 loads cuBLAS at the first run: fail here, not on a user's call
             list(whisper.transcribe(np.full(SAMPLE_RATE, 1e-3, dtype=np.float32), language="en")[0])
     except (RuntimeError, ValueError, OSError) as error:
+        missing = f" ({blas.reason})" if blas is not None and blas.path is None else ""
         raise ModelUnavailableError(f"could not load the speech recognizer {name} on {device} ({compute}): "
-                                    f"{first_line(error)}") from error
+                                    f"{first_line(error)}{missing}") from error
     log.info("speech recognizer %s loaded on %s (%s, %d threads) in %.2f s", name, device, compute, cpu_threads,
              time.perf_counter() - started)
     return Transcriber(whisper, name, device, compute, beam_size=beam_size)

@@ -31,6 +31,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
+from voicekit.build import resources
 from voicekit.errors import VoicekitError
 from voicekit.serve.admission import Admission, Busy, Limits
 from voicekit.serve.audio import FORMATS, AudioFormat, encode_stream
@@ -158,14 +159,16 @@ def create_app(kit: Any, *, api_key: str | None = None, password: str | None = N
     async def health() -> JSONResponse:
         # 503 with the reason once an engine is dead (vLLM core crashed, model server gone): load balancers
         # and supervisors see it without sending a request that would fail. The probe runs on the kit's loop.
-        failure, warnings = await anyio.to_thread.run_sync(lambda: (kit.health(), kit.warnings()))
+        # `recognizer`, `vllm_engines` (share, KV-cache tokens) and `gpu` (memory in use): what is loaded where
+        failure, warnings, loaded = await anyio.to_thread.run_sync(
+            lambda: (kit.health(), kit.warnings(), resources(kit)))
         engine = getattr(kit.chat_model, "engine", None)
         body = {"status": "error" if failure else "ok", **({"reason": failure} if failure else {}),
                 "warnings": warnings,
                 "preset": kit.description.get("preset", kit.settings.preset),
                 "active_requests": len(state.active),
                 "engine_requests": len(engine.active_requests()) if engine is not None else 0,
-                "served": state.served, "admission": state.admission.as_dict(), "rss_mb": _rss_mb()}
+                "served": state.served, "admission": state.admission.as_dict(), "rss_mb": _rss_mb(), **loaded}
         if failure:
             log.warning("health check failed: %s", failure)
         if warnings != state.warnings:  # logged when they change, not at every probe

@@ -13,13 +13,14 @@ import contextlib
 import html
 import json
 import logging
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 import numpy as np
 
+from voicekit.build import recognizer_facts
 from voicekit.errors import VoicekitError
 from voicekit.pipeline import MODES, Timings
 from voicekit.serve.admission import Admission, Busy, Limits
@@ -29,6 +30,7 @@ log = logging.getLogger("voicekit.web")
 
 MIN_CHUNK_S = 1.0
 MAX_TURNS_SHOWN = 8
+POD_STATUS_REFRESH_S = 3.0
 
 
 # -- helpers the page uses (plain functions, tested without a browser) ------------------------------
@@ -109,10 +111,26 @@ def turns_table(turns: list[dict[str, Any]]) -> str:
 
 
 def status_line(kit: Any) -> str:
-    """Which preset, models and device are in use (no secrets)."""
+    """Which preset, models and device are in use (no secrets), the speech recognizer included."""
     info = kit.description or {}
     return (f"**preset** {info.get('preset', kit.settings.preset)} · **chat** {info.get('chat', '?')} · "
-            f"**voice** {info.get('tts', '?')} · **device** {info.get('device', '?')}")
+            f"**voice** {info.get('tts', '?')} · **device** {info.get('device', '?')} · "
+            f"**speech recognition** {recognizer_line(recognizer_facts(kit))}")
+
+
+def recognizer_line(facts: dict[str, Any]) -> str:
+    """"large-v3-turbo on cuda (float16)", "base on cpu (int8; large-v3-turbo could not run on the GPU: ...)", or
+    before its first use "large-v3-turbo on cuda (loaded on first use)"."""
+    model = Path(str(facts.get("model", "?"))).name or str(facts.get("model"))
+    detail = facts.get("compute_type") if facts.get("loaded") else "loaded on first use"
+    reason = facts.get("fallback_reason")
+    return f"{model} on {facts.get('device', '?')} ({detail}{f'; {reason}' if reason else ''})"
+
+
+def recognizer_notice(kit: Any) -> str:
+    """A line for the top of the page when speech recognition fell back to the CPU, else empty."""
+    reason = recognizer_facts(kit).get("fallback_reason")
+    return f"**Note:** speech recognition is slower than it should be: {reason}" if reason else ""
 
 
 def load_examples(assets_dir: Path | None) -> list[str]:
@@ -178,9 +196,15 @@ def voice_choices(kit: Any) -> list[tuple[str, str]]:
     return choices
 
 
+def _note(line: str | None) -> str:
+    return f"**Note:** {line}" if line else ""
+
+
 def build_blocks(kit: Any, *, assets_dir: str | Path | None = None, title: str = "voicekit",
-                 notice: str | None = None, admission: Admission | None = None) -> gr.Blocks:
-    """The page for `kit`; `notice` is one line above the tabs (e.g. why a pod runs the cpu preset).
+                 notice: str | None = None, admission: Admission | None = None,
+                 pod_status: Callable[[], str] | None = None) -> gr.Blocks:
+    """The page for `kit`; `notice` is one line above the tabs (e.g. why a pod runs the cpu preset); `pod_status`
+    gives a line that replaces it while not empty, refreshed every POD_STATUS_REFRESH_S (a pod preparing its GPU).
     Queue settings and auth are applied by the caller (see app.py)."""
     assets = Path(assets_dir) if assets_dir else None
     rate = kit.sample_rate
@@ -188,8 +212,14 @@ def build_blocks(kit: Any, *, assets_dir: str | Path | None = None, title: str =
     with gr.Blocks(title=title) as blocks:
         turns = gr.State([])
         gr.HTML(_header(assets))
-        if notice:
-            gr.Markdown(f"**Note:** {notice}", elem_id="vk-notice")
+        if pod_status is not None:
+            pod_line = gr.Markdown(_note(pod_status() or notice), elem_id="vk-notice")
+            gr.Timer(POD_STATUS_REFRESH_S).tick(lambda: _note(pod_status() or notice), None, pod_line, queue=False,
+                                                show_progress="hidden", api_visibility="private")
+        elif notice:
+            gr.Markdown(_note(notice), elem_id="vk-notice")
+        # the recognizer loads on first use (the gpu preset's server loads it at start): shown as each page loads
+        asr_notice = gr.Markdown(recognizer_notice(kit), elem_id="vk-asr-notice")
         with gr.Tabs():
             # Talk first: typed or spoken, its AudioWorklet player sounds within ~0.6 s of Enter here, where the
             # Chat tab's streamed gr.Audio takes ~3.7 s (docs/BENCHMARKS.md, "Talking out loud").
@@ -232,7 +262,7 @@ def build_blocks(kit: Any, *, assets_dir: str | Path | None = None, title: str =
                                        elem_id="vk-speak-audio")
                 speak_timings = gr.Markdown("")
             with gr.Tab("Settings", id="settings"):
-                gr.Markdown(status_line(kit), elem_id="vk-status")
+                status = gr.Markdown(status_line(kit), elem_id="vk-status")
                 system_prompt = gr.Textbox(kit.settings.system_prompt, label="System prompt", lines=4)
                 temperature = gr.Slider(0.0, 2.0, value=kit.settings.temperature, step=0.05, label="Temperature")
                 mode = gr.Radio(list(MODES), value=kit.settings.mode, label="Mode",
@@ -300,4 +330,6 @@ def build_blocks(kit: Any, *, assets_dir: str | Path | None = None, title: str =
         preview.click(preview_voice, [speak_voice], [speak_audio, speak_timings], api_name="preview")
         speak_text.submit(speak, [speak_text, speak_voice], [speak_audio, speak_timings],
                           api_visibility="private")
+        blocks.load(lambda: (status_line(kit), recognizer_notice(kit)), None, [status, asr_notice], queue=False,
+                    api_visibility="private")
     return blocks
