@@ -26,6 +26,7 @@ from stand_in_hub import StandInHub
 
 import voicekit
 from voicekit.audio import float_to_pcm16, resample, wav_bytes, write_wav
+from voicekit.build import build_transcriber
 from voicekit.cli import main as cli_main
 from voicekit.errors import AudioDecodeError, AudioTooLongError, ModelUnavailableError, UnsupportedLanguageError
 from voicekit.kit import Kit
@@ -155,7 +156,8 @@ def test_languages_are_checked(kit: Kit, spoken: dict[str, np.ndarray]) -> None:
 
 
 def test_the_transcriber_loads_once_on_first_use_from_any_thread(kit: Kit, spoken: dict[str, np.ndarray]) -> None:
-    fresh = Kit(kit.settings, kit.pipeline, kit.loop)  # shares the loaded models; has no recognizer yet
+    fresh = Kit(kit.settings, kit.pipeline, kit.loop,  # shares the loaded models; has no recognizer yet
+                recognizer=lambda: build_transcriber(kit.settings))
     assert fresh._transcriber is None
     seen: list[Any] = []
     threads = [threading.Thread(target=lambda: seen.append(fresh.transcriber)) for _ in range(4)]

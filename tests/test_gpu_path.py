@@ -26,12 +26,13 @@ import httpx
 import numpy as np
 import pytest
 
-from voicekit import build, device
-from voicekit.build import CPU_FALLBACK_MODELS, build_transcriber, memory_plan, recognizer_facts, with_memory_plan
+from voicekit import build, device, placement
+from voicekit.build import CPU_FALLBACK_MODELS, build_transcriber, planned_recognizer
 from voicekit.errors import ModelUnavailableError, SettingsError
 from voicekit.listening import asr
 from voicekit.listening.whisper_models import tiny_en_folder
-from voicekit.settings import Settings, whisper_gpu_bytes
+from voicekit.placement import check_memory_shares, gpu_memory_shares, memory_plan, whisper_gpu_bytes, with_memory_plan
+from voicekit.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 CUBLAS_MISSING = "Library libcublas.so.12 is not found or cannot be loaded"  # CTranslate2's words, on Linux
@@ -163,7 +164,7 @@ def simulated_gpu(monkeypatch: pytest.MonkeyPatch, turbo_stand_in: Path) -> list
 def test_a_cuda_failure_falls_back_to_base_on_the_cpu_and_says_why(simulated_gpu: list[tuple[str, str]],
                                                                      caplog: pytest.LogCaptureFixture) -> None:
     settings = Settings.resolve("gpu", env={})
-    assert settings.asr_model == "large-v3-turbo" and build.asr_device(settings) == "cuda"
+    assert settings.asr_model == "large-v3-turbo" and placement.asr_device(settings) == "cuda"
     with caplog.at_level(logging.WARNING, logger="voicekit"):
         transcriber = build_transcriber(settings)
     try:
@@ -248,7 +249,7 @@ def test_an_explicit_cuda_recognizer_fails_with_the_reason(simulated_gpu: list[t
 
 def test_recognizer_facts_before_the_first_use() -> None:
     def facts(preset: str, **overrides: Any) -> dict[str, Any]:
-        return recognizer_facts(SimpleNamespace(settings=Settings.resolve(preset, env={}, **overrides)))
+        return planned_recognizer(Settings.resolve(preset, env={}, **overrides))
 
     assert facts("cpu") == {"model": "tiny.en", "device": "cpu", "compute_type": "int8", "loaded": False,
                             "fallback_reason": None}
@@ -271,11 +272,13 @@ def test_whisper_gpu_memory_estimates() -> None:
 def test_the_settings_count_whisper_on_the_gpu_in_the_0_9_check() -> None:
     with pytest.raises(SettingsError, match=r"add up to 0\.94 \(chat_memory_share 0\.4 \+ tts_memory_share 0\.49 \+ "
                                             r"Whisper large-v3-turbo on the GPU ~0\.05\).*VOICEKIT_ASR_DEVICE=cpu"):
-        Settings.resolve("gpu", env={}, chat_memory_share=0.4, tts_memory_share=0.49)
-    assert Settings.resolve("gpu", env={}, chat_memory_share=0.4, tts_memory_share=0.49, asr_device="cpu")
+        check_memory_shares(gpu_memory_shares(Settings.resolve("gpu", env={}, chat_memory_share=0.4,
+                                                               tts_memory_share=0.49)))
+    check_memory_shares(gpu_memory_shares(Settings.resolve("gpu", env={}, chat_memory_share=0.4, tts_memory_share=0.49,
+                                                           asr_device="cpu")))
 
 
-@pytest.mark.parametrize("card_gib, chat, speech", [(80, 0.30, 0.40), (24, 0.30, 0.40), (20, 0.355, 0.434)])
+@pytest.mark.parametrize("card_gib, chat, speech", [(80, 0.30, 0.40), (24, 0.30, 0.40), (20, 0.357, 0.438)])
 def test_the_split_is_computed_from_the_cards_size(card_gib: int, chat: float, speech: float) -> None:
     settings = Settings.resolve("gpu", env={})
     plan = memory_plan(settings, card_gib * GIB)
@@ -326,8 +329,9 @@ def test_kv_cache_facts_and_resources() -> None:
         def memory_report(self) -> dict[str, Any]:
             return {"engine": "vllm", "model": "m", "gpu_memory_utilization": 0.3, "kv_cache_tokens": 1600}
 
-    kit = SimpleNamespace(settings=Settings.resolve("cpu", env={}), chat_model=SimpleNamespace(engine=Engine()),
-                          tts=SimpleNamespace(engine=object()))
+    settings = Settings.resolve("cpu", env={})
+    kit = SimpleNamespace(settings=settings, chat_model=SimpleNamespace(engine=Engine()),
+                          tts=SimpleNamespace(engine=object()), recognizer_facts=lambda: planned_recognizer(settings))
     found = build.resources(kit)
     assert found["vllm_engines"] == [{"role": "chat", "engine": "vllm", "model": "m", "gpu_memory_utilization": 0.3,
                                       "kv_cache_tokens": 1600}]

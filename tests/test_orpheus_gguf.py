@@ -276,7 +276,7 @@ def test_default_gguf_is_the_community_q4_k_m() -> None:
     ("cpu", "me/repo/orpheus.gguf", "http://localhost:8000", None),
 ])
 def test_engine_choice(preset: str, tts_model: str, tts_url: str, expected: str | None) -> None:
-    from voicekit.build import orpheus_engine_choice
+    from voicekit.placement import orpheus_engine_choice
     from voicekit.settings import Settings
 
     settings = Settings.resolve(preset, env={}, tts="orpheus", tts_model=tts_model, tts_url=tts_url)

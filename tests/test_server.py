@@ -28,13 +28,14 @@ import pytest
 from stand_in import send_json, serve
 
 from voicekit.audio import read_wav
-from voicekit.build import bundled_chat_model_path, chat_sampling
+from voicekit.build import build_transcriber, chat_sampling, planned_recognizer
 from voicekit.chat import ChatModel
 from voicekit.engines.http_engine import HTTPEngine
 from voicekit.engines.llamacpp import LlamaCppEngine
 from voicekit.engines.loop import EventLoopThread
 from voicekit.kit import Kit
 from voicekit.pipeline import Pipeline
+from voicekit.placement import bundled_chat_model_path
 from voicekit.serve import BackgroundServer, compose
 from voicekit.serve.api import create_app
 from voicekit.serve.audio import ensure_ffmpeg
@@ -359,7 +360,8 @@ def kit_over(engine: Any, tts: Any) -> Iterator[Kit]:
     settings = Settings.resolve("cpu")
     chat = ChatModel(engine, settings.system_prompt, chat_sampling(settings))
     try:
-        yield Kit(settings, Pipeline(tts, chat), loop, description={"preset": "cpu"})
+        yield Kit(settings, Pipeline(tts, chat), loop, description={"preset": "cpu"},
+                  recognizer=lambda: build_transcriber(settings), recognizer_plan=planned_recognizer(settings))
     finally:
         loop.run(engine.close(), timeout=30)
         loop.close()

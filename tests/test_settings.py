@@ -4,10 +4,23 @@ from __future__ import annotations
 
 import pytest
 
-from voicekit.build import chat_sampling, pick_dtype, vllm_options
+from voicekit import pipeline
+from voicekit import settings as schema
+from voicekit.build import chat_sampling, load, resolve_settings
+from voicekit.builtin import vllm_options
+from voicekit.config_doc import configuration_markdown
 from voicekit.device import choose_preset, cuda_capability
 from voicekit.errors import SettingsError
-from voicekit.settings import Settings, configuration_markdown
+from voicekit.placement import check_memory_shares, gpu_memory_shares, pick_dtype
+from voicekit.registry import ENGINES, VOICE_FAMILIES
+from voicekit.settings import Settings
+
+
+def placed(preset: str, env: dict[str, str] | None = None, **overrides: object) -> Settings:
+    """Settings as `load()` checks them before it builds anything: the GPU memory shares must fit."""
+    settings = Settings.resolve(preset, env=env or {}, **overrides)
+    check_memory_shares(gpu_memory_shares(settings))
+    return settings
 
 
 def test_cpu_preset_defaults() -> None:
@@ -68,7 +81,27 @@ def test_auto_rule() -> None:
 
 
 def test_auto_picks_cpu_on_this_machine() -> None:
-    assert Settings.resolve("auto", env={}).preset == "cpu"
+    assert resolve_settings("auto", env={}).preset == "cpu"
+    assert resolve_settings(env={}).preset == "cpu"
+
+
+def test_settings_alone_do_not_probe_the_machine() -> None:
+    with pytest.raises(SettingsError, match=r"`auto` depends on this machine.*resolve_settings"):
+        Settings.resolve("auto", env={})
+    assert Settings.resolve("auto", env={}, auto=lambda: "laptop").preset == "laptop"
+    assert schema.MODES == pipeline.MODES, "the settings' modes are the pipeline's"
+
+
+def test_an_unknown_part_is_one_clear_error_listing_the_known_ones() -> None:
+    assert Settings.resolve("cpu", env={"VOICEKIT_TTS": " Kokoro"}).tts == "kokoro"
+    with pytest.raises(SettingsError, match="unknown voice family 'kokoroo'; known: piper, kokoro, orpheus, qwen3"):
+        load("cpu", tts="kokoroo")
+    with pytest.raises(SettingsError, match="unknown engine 'llama'; known: llamacpp, vllm, http"):
+        load("cpu", chat_engine="llama")
+    with pytest.raises(SettingsError, match="extra_voices may name piper, kokoro, not orpheus"):
+        load("cpu", extra_voices="orpheus")
+    assert set(VOICE_FAMILIES.names()) == {"piper", "kokoro", "orpheus", "qwen3"}
+    assert ENGINES.names() == ("llamacpp", "vllm", "http")
 
 
 def test_every_setting_is_documented(repo_root) -> None:
@@ -117,24 +150,26 @@ def test_n_gpu_layers_defaults_to_all_and_rejects_nonsense() -> None:
 
 def test_vllm_memory_shares_together_stay_under_0_9() -> None:
     # Whisper large-v3-turbo runs on the GPU too (~0.05 of a card whose size the settings do not know)
-    assert Settings.resolve("gpu", env={}, chat_memory_share=0.4, tts_memory_share=0.44).tts_memory_share == 0.44
-    assert Settings.resolve("gpu", env={}, chat_memory_share=0.4, tts_memory_share=0.49, asr_device="cpu")
+    assert placed("gpu", chat_memory_share=0.4, tts_memory_share=0.44).tts_memory_share == 0.44
+    assert placed("gpu", chat_memory_share=0.4, tts_memory_share=0.49, asr_device="cpu")
     with pytest.raises(SettingsError, match=r"add up to 0.95 \(chat_memory_share 0.4 \+ tts_memory_share 0.5 \+ "
                                             r"Whisper large-v3-turbo on the GPU ~0.05\).*under 0.9.*"
                                             "VOICEKIT_CHAT_MEMORY_SHARE.*VOICEKIT_ASR_DEVICE=cpu"):
-        Settings.resolve("gpu", env={"VOICEKIT_TTS_MEMORY_SHARE": "0.5"}, chat_memory_share=0.4)
-    with pytest.raises(SettingsError, match="tts_memory_share must be between 0 and 1"):
+        placed("gpu", {"VOICEKIT_TTS_MEMORY_SHARE": "0.5"}, chat_memory_share=0.4)
+    with pytest.raises(SettingsError, match="tts_memory_share: input should be less than 1"):
         Settings.resolve("gpu", env={}, tts_memory_share=1.2)
+    with pytest.raises(SettingsError, match="add up to"):
+        load("gpu", chat_memory_share=0.5, tts_memory_share=0.5)  # checked before anything loads
 
 
 def test_memory_shares_count_only_vllm_engines_in_this_process() -> None:
     # Orpheus behind `vllm serve` or on llama.cpp takes no share of this process: only the chat engine's counts.
-    assert Settings.resolve("gpu", env={}, tts_url="http://127.0.0.1:8001", tts_memory_share=0.8).tts_memory_share
-    assert Settings.resolve("gpu", env={}, tts_model="/models/orpheus.gguf", tts_memory_share=0.8)
-    assert Settings.resolve("cpu", env={}, tts="orpheus", chat_memory_share=0.6, tts_memory_share=0.6)
+    assert placed("gpu", tts_url="http://127.0.0.1:8001", tts_memory_share=0.8).tts_memory_share
+    assert placed("gpu", tts_model="/models/orpheus.gguf", tts_memory_share=0.8)
+    assert placed("cpu", tts="orpheus", chat_memory_share=0.6, tts_memory_share=0.6)
     with pytest.raises(SettingsError, match="add up to"):
-        Settings.resolve("cpu", env={}, chat_engine="vllm", chat_model="m", tts="orpheus", tts_model="o",
-                         chat_memory_share=0.6, tts_memory_share=0.6)
+        placed("cpu", chat_engine="vllm", chat_model="m", tts="orpheus", tts_model="o",
+               chat_memory_share=0.6, tts_memory_share=0.6)
 
 
 def test_chat_sampling_is_the_chat_settings_not_orpheus() -> None:
@@ -147,3 +182,26 @@ def test_chat_sampling_is_the_chat_settings_not_orpheus() -> None:
     assert (cpu.top_k, cpu.repetition_penalty, cpu.temperature, cpu.max_tokens) == (40, 1.0, 0.7, 200)
     with pytest.raises(SettingsError, match="top_k: input should be greater than or equal to 0"):
         Settings.resolve("cpu", env={}, top_k=-1)
+
+
+def test_a_new_voice_family_is_one_registration(monkeypatch: pytest.MonkeyPatch) -> None:
+    from scripted import SAMPLES_PER_CHAR, ScriptedBackend
+
+    from voicekit.config_doc import configuration_markdown as docs
+    from voicekit.registry import Registry, VoiceFamily
+
+    families = Registry[VoiceFamily]("voice family")
+    for family in VOICE_FAMILIES:
+        families.register(family)
+    monkeypatch.setattr("voicekit.build.VOICE_FAMILIES", families)
+    monkeypatch.setattr("voicekit.config_doc.VOICE_FAMILIES", families)
+    families.register(VoiceFamily("foo", "scripted voices", lambda settings, voice, extra: ScriptedBackend(
+        voices=("ada", "bob"), name="foo"), extra_ok=True))
+    with load("cpu", tts="foo", chat=False) as kit:
+        assert [voice.family for voice in kit.voices] == ["foo", "foo"] and kit.default_voice == "ada"
+        assert len(kit.say("Hello there.", voice="bob").audio()) == len("Hello there.") * SAMPLES_PER_CHAR
+    with load("cpu", extra_voices="foo", chat=False) as kit:
+        assert {voice.family for voice in kit.voices} == {"piper", "foo"}, "offered beside the kit's own family"
+    assert "Registered: `piper`, `kokoro`, `orpheus`, `qwen3`, `foo`" in docs()
+    with pytest.raises(ValueError, match="a voice family named 'foo' is registered already"):
+        families.register(VoiceFamily("foo", "again", lambda settings, voice, extra: None))

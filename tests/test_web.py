@@ -79,7 +79,8 @@ def test_tag_buttons_for_a_speech_model_with_emotion_tags(kit: Any) -> None:
     assert insert_tag("", "<sigh>") == "<sigh>"
     tagged = SimpleNamespace(voices=["tara", "leo"], default_voice="tara", sample_rate=24000,
                              tags=["<laugh>", "<sigh>"], settings=kit.settings,
-                             description={"preset": "gpu", "chat": "x", "tts": "y"})
+                             description={"preset": "gpu", "chat": "x", "tts": "y"},
+                             recognizer_facts=kit.recognizer_facts)
     def buttons(blocks: Any) -> set[str]:
         return {block.value for block in blocks.blocks.values() if type(block).__name__ == "Button"}
 

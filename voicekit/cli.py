@@ -67,8 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     voices = commands.add_parser("voices", help="list the voices (by family), or fetch a family's voices once")
     voices.add_argument("--preset", help="auto (default), cpu, gpu or laptop")
-    voices.add_argument("--fetch", choices=("kokoro",), help="download Kokoro's 28 English voices into the Hugging "
-                        "Face cache (then every preset offers them)")
+    voices.add_argument("--fetch", choices=_fetchable_families(), help="download a voice family's voices into the "
+                        "Hugging Face cache (kokoro: the 28 English ones; then every preset offers them)")
     voices.set_defaults(run=run_voices)
 
     serve = commands.add_parser("serve", help="serve the web page and the HTTP API on one port (as app.py does)")
@@ -123,13 +123,21 @@ def _add_common(command: argparse.ArgumentParser) -> None:
     command.add_argument("--preset", help="auto (default), cpu or gpu")
 
 
+def _fetchable_families() -> tuple[str, ...]:
+    """Voice families that can download their voices (the registry's records with a `fetch`)."""
+    import voicekit.builtin  # noqa: F401 (registers the built-in families)
+    from voicekit.registry import VOICE_FAMILIES
+
+    return tuple(family.name for family in VOICE_FAMILIES if family.fetch is not None)
+
+
 def _read_text(value: str, preset: str | None, what: str) -> str:
     """The text argument ('-': standard input), checked before any model loads so mistakes fail fast."""
+    from voicekit.build import resolve_settings
     from voicekit.pipeline import check_text
-    from voicekit.settings import Settings
 
     text = sys.stdin.read() if value == "-" else value
-    check_text(text, Settings.resolve(preset).max_text_chars, what)
+    check_text(text, resolve_settings(preset).max_text_chars, what)
     return text
 
 
@@ -166,11 +174,10 @@ def run_chat(args: argparse.Namespace) -> int:
 
 def run_transcribe(args: argparse.Namespace) -> int:
     """`transcribe`: the recognizer alone (build_transcriber), on a file decoded before the model loads."""
-    from voicekit.build import build_transcriber
+    from voicekit.build import build_transcriber, resolve_settings
     from voicekit.listening.asr import read_audio
-    from voicekit.settings import Settings
 
-    settings = Settings.resolve(args.preset, asr_model=args.model)
+    settings = resolve_settings(args.preset, asr_model=args.model)
     samples, rate = read_audio(sys.stdin.buffer.read() if args.file == "-" else args.file)
     transcriber = build_transcriber(settings)
     try:
@@ -183,16 +190,17 @@ def run_transcribe(args: argparse.Namespace) -> int:
 
 
 def run_voices(args: argparse.Namespace) -> int:
-    """`voices`: one voice per line with its family and what it is, the default marked; `--fetch kokoro`."""
+    """`voices`: one voice per line with its family and what it is, the default marked; `--fetch FAMILY`."""
     import voicekit
 
-    if args.fetch == "kokoro":
-        from voicekit.settings import Settings
-        from voicekit.tts.kokoro import ENGLISH_VOICES, hub_voices
+    if args.fetch:
+        from voicekit.build import resolve_settings
+        from voicekit.registry import VOICE_FAMILIES
 
         logging.getLogger().setLevel(logging.INFO)  # huggingface_hub draws its progress bars meanwhile
-        found = hub_voices(ENGLISH_VOICES, Settings.resolve(args.preset).token, download=True)
-        print(f"{len(found)} Kokoro voices in the Hugging Face cache ({next(iter(found.values())).parent})")
+        fetch = VOICE_FAMILIES[args.fetch].fetch
+        assert fetch is not None  # argparse offers only the families that can fetch
+        fetch(resolve_settings(args.preset))
         return 0
     with voicekit.load(args.preset, chat=False) as kit:
         for voice in kit.voices:
@@ -226,12 +234,13 @@ def run_serve(args: argparse.Namespace) -> int:
 
 def run_config(args: argparse.Namespace) -> int:
     """`config`: the settings this machine resolves to (JSON, secrets masked), or the generated settings docs."""
-    from voicekit.settings import Settings, configuration_markdown
+    from voicekit.build import resolve_settings
+    from voicekit.config_doc import configuration_markdown
 
     if args.markdown:
         print(configuration_markdown(), end="")
     else:
-        print(json.dumps(Settings.resolve(args.preset).public_dict(), indent=2))
+        print(json.dumps(resolve_settings(args.preset).public_dict(), indent=2))
     return 0
 
 

@@ -12,7 +12,6 @@ import platform
 import re
 import sys
 from dataclasses import astuple, dataclass, field
-from types import SimpleNamespace
 
 from voicekit import device
 from voicekit.device import parse_cuda_version  # noqa: F401 (part of doctor's rules, re-exported)
@@ -100,15 +99,14 @@ def diagnose(gpus: list[str] | bool | None = False,
 
 def _gpu_lines(report: Report) -> None:
     """The recognizer's line and the GPU memory line (with their advice), for the settings `load()` would use."""
-    from voicekit import build
+    from voicekit import build, placement
     from voicekit.errors import VoicekitError
-    from voicekit.settings import Settings
 
     try:
-        settings = Settings.resolve(None if os.environ.get("VOICEKIT_PRESET") else report.preset)
+        settings = build.resolve_settings(None if os.environ.get("VOICEKIT_PRESET") else report.preset)
     except VoicekitError:
         return  # the chat line says why
-    facts = build.recognizer_facts(SimpleNamespace(settings=settings))
+    facts = build.planned_recognizer(settings)
     model = facts["model"]
     line = f"{model} on {facts['device']} ({facts['compute_type']})"
     fallback = ""
@@ -121,7 +119,7 @@ def _gpu_lines(report: Report) -> None:
             fallback = f"it would run on the CPU instead ({blas.reason if blas.path is None else seen})"
             report.advice.append(f"speech recognition would fall back to the CPU: {device.CUBLAS12_HINT} gives "
                                  "CTranslate2 the cuBLAS 12 it loads on CUDA")
-    elif settings.preset == "gpu" and settings.asr_device == "auto" and build.gpu_sized(model):
+    elif settings.preset == "gpu" and settings.asr_device == "auto" and placement.gpu_sized(model):
         fallback = "torch sees no CUDA device: Whisper base on the CPU instead"
     report.recognizer = line + (f"; {fallback}" if fallback else "")
     memory = device.gpu_memory() if report.torch_sees_cuda else None
@@ -131,7 +129,7 @@ def _gpu_lines(report: Report) -> None:
     report.memory = (f"{memory.name}: {memory.total / 1e9:.1f} GB, {memory.free / 1e9:.1f} GB free, "
                      f"{memory.torch_allocated / 1e9:.1f} GB held by torch here")
     try:
-        plan = build.memory_plan(settings, memory.total)
+        plan = placement.memory_plan(settings, memory.total)
     except VoicekitError as error:
         report.advice.append(str(error))
         return
@@ -174,33 +172,19 @@ def _server_line(timeout: float = 0.5) -> str:
 
 def _kit_lines(auto: str) -> tuple[str, str]:
     """What `voicekit.load()` would run here (VOICEKIT_PRESET, else the auto preset), loading nothing."""
-    from voicekit.build import chat_engine_choice
+    from voicekit.build import resolve_settings
     from voicekit.errors import VoicekitError
-    from voicekit.settings import Settings
-    from voicekit.tts.kokoro import ENGLISH_VOICES, voices_for
+    from voicekit.placement import chat_engine_choice
+    from voicekit.registry import VOICE_FAMILIES
 
     try:
-        settings = Settings.resolve(None if os.environ.get("VOICEKIT_PRESET") else auto)
+        settings = resolve_settings(None if os.environ.get("VOICEKIT_PRESET") else auto)
         chat = f"{chat_engine_choice(settings)} (preset {settings.preset}; VOICEKIT_CHAT_MODEL changes it)"
+        families = [VOICE_FAMILIES[name] for name in (settings.tts, *settings.extra_voices)]
     except VoicekitError as error:
         return f"cannot load: {error}", ""
-    families = [settings.tts, *(name for name in settings.extra_voices if name != settings.tts)]
-    shown = []
-    for family in families:
-        if family == "kokoro":
-            try:
-                count = len(voices_for(ENGLISH_VOICES, settings.kokoro_voices or None, None, download=False))
-            except VoicekitError as error:
-                count, family = 0, f"kokoro ({error})"
-            if count:
-                shown.append(f"{family}: {count} voices here")
-            elif family == settings.tts:
-                shown.append(f"{family}: fetched on first load")
-            else:
-                shown.append(f"{family}: none here (VOICEKIT_KOKORO_VOICES, or python -m voicekit voices --fetch "
-                             "kokoro)")
-        else:
-            shown.append(family)
+    shown = [family.probe(settings) if family.probe else family.name
+             for family in dict.fromkeys(families)]  # each family once, the kit's own first
     return chat, ", ".join(shown)
 
 

@@ -21,6 +21,7 @@ import numpy as np
 from voicekit.audio import concat, wav_bytes, write_wav
 from voicekit.chat import ChatModel, HistoryItem
 from voicekit.engines.loop import EventLoopThread
+from voicekit.errors import ModelUnavailableError
 from voicekit.listening.blocking import RealtimeSession
 from voicekit.listening.events import with_turn_detection
 from voicekit.listening.session import AsyncRealtimeSession, TalkOptions
@@ -156,14 +157,18 @@ class Kit:
     """A loaded chat model + speech backend + pipeline, driven on one long-lived event loop."""
 
     def __init__(self, settings: Settings, pipeline: Pipeline, loop: EventLoopThread,
-                 description: dict[str, str] | None = None) -> None:
-        """Built by `voicekit.build` (or `voicekit.load()`): the pipeline's models run on `loop`."""
+                 description: dict[str, str] | None = None, *, recognizer: Callable[[], Transcriber] | None = None,
+                 recognizer_plan: dict[str, Any] | None = None) -> None:
+        """Built by `voicekit.build` (or `voicekit.load()`): the pipeline's models run on `loop`. `recognizer` loads
+        the speech recognizer on first use; `recognizer_plan` says what it will load (model, device) until then."""
         self.settings = settings
         self.pipeline = pipeline
         self.tts: SpeechBackend = pipeline.tts
         self.chat_model: ChatModel | None = pipeline.chat_model
         self.loop = loop
         self.description = description or {}
+        self._load_recognizer = recognizer
+        self._recognizer_plan = recognizer_plan or {}
 
     @property
     def voices(self) -> list[Voice]:
@@ -236,10 +241,17 @@ class Kit:
         if self._transcriber is None:
             with self._transcriber_lock:
                 if self._transcriber is None:
-                    from voicekit.build import build_transcriber  # build imports this module
-
-                    self._transcriber = build_transcriber(self.settings)
+                    if self._load_recognizer is None:
+                        raise ModelUnavailableError("this kit was built without a speech recognizer")
+                    self._transcriber = self._load_recognizer()
         return self._transcriber
+
+    def recognizer_facts(self) -> dict[str, Any]:
+        """The recognizer: what runs once loaded (model, device, compute type, `fallback_reason` when it runs on the
+        CPU instead of the GPU), or before its first use what will load (`loaded` False). Loads nothing."""
+        if self._transcriber is not None:
+            return self._transcriber.facts()
+        return dict(self._recognizer_plan)
 
     def transcribe(self, audio: AudioSource, sample_rate: int | None = None, language: str | None = None, *,
                    prompt: str | None = None, temperature: float | None = None,

@@ -16,34 +16,24 @@ Presets:
 from __future__ import annotations
 
 import os
-import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, SettingsConfigDict
 from pydantic_settings.sources.utils import parse_env_vars
 
-from voicekit.engines.gguf_files import is_gguf_spec
 from voicekit.errors import SettingsError
-from voicekit.pipeline import MODES, Mode  # noqa: F401 (MODES: re-exported)
 
 ENV_PREFIX = "VOICEKIT_"
 PRESETS = ("cpu", "gpu", "laptop")
 #: The laptop preset's chat model: a small instruct GGUF from the hub (downloaded once, ~0.4 GB); docs/VOICES.md
 LAPTOP_CHAT_MODEL = "Qwen/Qwen2.5-0.5B-Instruct-GGUF/qwen2.5-0.5b-instruct-q4_k_m.gguf"
-MAX_TOTAL_MEMORY_SHARE = 0.9  # vLLM engines of one kit on one GPU, together, and Whisper when it runs there
 DEFAULT_MEMORY_SHARES = {"chat_memory_share": 0.30, "tts_memory_share": 0.40}
-# Whisper on the GPU: parameters of each faster-whisper model (a hub repo or folder not named here counts as
-# large-v3-turbo), and the work space CTranslate2 adds (cuBLAS, beam search). large-v3-turbo in float16: 809 M
-# parameters, ~1.6 GB of weights, ~1.8 GB in all (estimated: not measured on a GPU yet).
-WHISPER_PARAMETERS = {"tiny": 39_000_000, "base": 74_000_000, "small": 244_000_000, "medium": 769_000_000,
-                      "large": 1_550_000_000, "distil-large": 756_000_000, "turbo": 809_000_000,
-                      "large-v3-turbo": 809_000_000, "distil-small": 166_000_000, "distil-medium": 394_000_000}
-WHISPER_WORKSPACE_BYTES = 200_000_000
-# Whisper's share when the card's size is not known (settings are checked without probing the GPU): 1.8 GB of a
-# 36 GB card. The kit, on the GPU, counts it from the card's real size (voicekit/build.py, `memory_plan`).
-ASR_SHARE_ESTIMATE = 0.05
+
+# The pipeline's schedules (voicekit/pipeline.py MODES: a test keeps the two in step)
+Mode = Literal["sequential", "overlap"]
+MODES: tuple[str, ...] = get_args(Mode)
 
 DEFAULT_SYSTEM_PROMPT = (
     "You are a friendly voice assistant. Your replies are spoken aloud, so answer in one to three short, "
@@ -74,6 +64,11 @@ def _split_list(value: Any) -> Any:
     if not isinstance(value, str):
         return value
     return () if value.strip().lower() == "none" else tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def _part_name(value: Any) -> Any:
+    """A part's registered name, as written ("Kokoro " -> "kokoro"); the registry checks it when the kit is built."""
+    return value.strip().lower() if isinstance(value, str) else value
 
 
 class _Schema(BaseSettings):
@@ -109,8 +104,9 @@ class Settings(_Schema):
         "cpu", description="`cpu`, `gpu`, `laptop` or `auto` (the first argument of `voicekit.load()`, `--preset`, "
         "or `VOICEKIT_PRESET`). `auto` never picks `laptop`, the one preset that downloads its models")
     # chat model
-    chat_engine: Literal["llamacpp", "vllm", "http"] = Field(
-        "llamacpp", description="`llamacpp`, `vllm` (in-process) or `http` (an OpenAI-compatible `vllm serve`)")
+    chat_engine: str = Field(
+        "llamacpp", description="the chat model's engine: `llamacpp`, `vllm` (in-process) or `http` (an "
+        "OpenAI-compatible `vllm serve`)")
     chat_model: str = Field("", description="GGUF path for llama.cpp, hub id or path for vLLM; empty: the bundled "
                             "SmolLM2-135M-Instruct GGUF")
     chat_url: str = Field("", description="base URL of the server when `chat_engine` is `http`")
@@ -131,7 +127,7 @@ class Settings(_Schema):
                               "`-1` all, `0` none, `N` the first N. Only a Metal or CUDA build of "
                               "llama-cpp-python can offload; a CPU-only build always runs on the CPU")
     # speech
-    tts: Literal["piper", "orpheus", "qwen3", "kokoro"] = Field(
+    tts: str = Field(
         "piper", description="the default voice family: `piper`, `orpheus`, `qwen3` (see [QWEN3.md](QWEN3.md)) or "
         "`kokoro` ([VOICES.md](VOICES.md)); its default voice is the kit's")
     extra_voices: Annotated[tuple[str, ...], NoDecode] = Field(
@@ -199,10 +195,10 @@ class Settings(_Schema):
     talk_mode: Mode = Field("overlap", description="the schedule of spoken turns (realtime sessions, the page's "
                             "Talk mode): `overlap` starts speaking while the model writes")
     # GPU (vLLM)
-    chat_memory_share: float = Field(DEFAULT_MEMORY_SHARES["chat_memory_share"], description="vLLM "
+    chat_memory_share: float = Field(DEFAULT_MEMORY_SHARES["chat_memory_share"], gt=0.0, lt=1.0, description="vLLM "
                                      "`gpu_memory_utilization` of the chat engine (a share of the GPU's total "
                                      "memory, between 0 and 1)")
-    tts_memory_share: float = Field(DEFAULT_MEMORY_SHARES["tts_memory_share"], description="vLLM "
+    tts_memory_share: float = Field(DEFAULT_MEMORY_SHARES["tts_memory_share"], gt=0.0, lt=1.0, description="vLLM "
                                     "`gpu_memory_utilization` of the speech engine. When both engines run on "
                                     "vLLM in one process, the two shares and Whisper's part (when it runs on the "
                                     "GPU: ~1.8 GB for large-v3-turbo) must add up to less than 0.9 (a clear error "
@@ -225,29 +221,30 @@ class Settings(_Schema):
                            "`HF_HOME` or the hub default")
 
     _split_voices = field_validator("piper_hub_voices", "extra_voices", mode="before")(_split_list)
+    _part_name = field_validator("tts", "chat_engine", mode="before")(_part_name)
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
         if self.chat_engine == "http" and not self.chat_url:
             raise ValueError("chat_engine 'http' needs chat_url (VOICEKIT_CHAT_URL)")
-        unknown = set(self.extra_voices) - {"piper", "kokoro"}
-        if unknown:
-            raise ValueError(f"extra_voices may name piper and kokoro, not {', '.join(sorted(unknown))}")
         if self.n_gpu_layers < -1:
             raise ValueError(f"n_gpu_layers must be -1 (all), 0 (none) or a layer count, not {self.n_gpu_layers}")
-        _check_memory_shares(gpu_memory_shares(self))
         return self
 
     @classmethod
-    def resolve(cls, preset: str | None = None, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    def resolve(cls, preset: str | None = None, env: Mapping[str, str] | None = None, *,
+                auto: Callable[[], str] | None = None, **overrides: Any) -> Settings:
         """Settings from a preset (None: VOICEKIT_PRESET or auto), the environment (default os.environ) and
-        keyword overrides (None values are ignored)."""
+        keyword overrides (None values are ignored). `auto` picks the preset `auto` means on this machine: it is
+        voicekit.placement's decision, which `voicekit.build.resolve_settings()` (and `voicekit.load()`) pass."""
         env = os.environ if env is None else env
         wanted = (preset or env.get(ENV_PREFIX + "PRESET") or "auto").strip().lower()
         if wanted == "auto":
-            from voicekit.device import auto_preset
-
-            wanted = auto_preset()[0]
+            if auto is None:
+                raise SettingsError("the preset `auto` depends on this machine: resolve it with "
+                                    "voicekit.build.resolve_settings() (voicekit.load() does), or name cpu, gpu or "
+                                    "laptop")
+            wanted = auto()
         if wanted not in PRESETS:
             raise SettingsError(f"preset must be one of {', '.join((*PRESETS, 'auto'))}, not {wanted!r}")
         from_env = cls.environment(env)
@@ -308,57 +305,6 @@ class ServeSettings(_Schema):
 # -- the rules behind the schema ----------------------------------------------------------------------
 
 
-def vllm_memory_shares(settings: Settings) -> dict[str, float]:
-    """The GPU memory share of each vLLM engine these settings start in this process, by setting name."""
-    shares = {}
-    if settings.chat_engine == "vllm":
-        shares["chat_memory_share"] = settings.chat_memory_share
-    orpheus_on_llamacpp = is_gguf_spec(settings.tts_model) or (not settings.tts_model and settings.preset == "cpu")
-    if settings.tts == "orpheus" and not settings.tts_url and not orpheus_on_llamacpp:
-        shares["tts_memory_share"] = settings.tts_memory_share
-    return shares
-
-
-def recognizer_on_gpu(settings: Settings) -> bool:
-    """Whether the settings put Whisper on the GPU (`asr_device` cuda, or auto on the gpu preset)."""
-    return settings.asr_device == "cuda" or (settings.asr_device == "auto" and settings.preset == "gpu")
-
-
-def whisper_gpu_bytes(model: str, compute_type: str = "default") -> int:
-    """Estimated GPU memory of a Whisper model (weights in `compute_type`, float16 by default, plus work space)."""
-    name = (model or "tiny.en").strip().lower().rsplit("/", 1)[-1]
-    name = name.removeprefix("faster-whisper-").removeprefix("whisper-").removesuffix(".en")
-    base = name if name in WHISPER_PARAMETERS else re.sub(r"-v\d+$", "", name)
-    parameters = WHISPER_PARAMETERS.get(base, WHISPER_PARAMETERS["large-v3-turbo"])
-    per_parameter = 1 if compute_type.startswith("int8") else 4 if compute_type == "float32" else 2
-    return parameters * per_parameter + WHISPER_WORKSPACE_BYTES
-
-
-def gpu_memory_shares(settings: Settings) -> dict[str, float]:
-    """What the settings put on one GPU, as shares of its memory: the vLLM engines' (by setting name) and, when
-    Whisper runs there, its estimated share (`ASR_SHARE_ESTIMATE`: the card's size is not known here)."""
-    shares = vllm_memory_shares(settings)
-    if shares and recognizer_on_gpu(settings):
-        shares[f"Whisper {settings.asr_model or 'tiny.en'} on the GPU"] = ASR_SHARE_ESTIMATE
-    return shares
-
-
-def _check_memory_shares(shares: Mapping[str, float]) -> None:
-    # vLLM refuses to start an engine whose share is more than the memory still free, and the CUDA contexts,
-    # SNAC and activations outside the shares need about a tenth of the card.
-    for name, share in shares.items():
-        if not 0.0 < share < 1.0:
-            raise ValueError(f"{name} must be between 0 and 1 (a share of the GPU's memory), not {share}")
-    if sum(shares.values()) >= MAX_TOTAL_MEMORY_SHARE:
-        whisper = any(name.startswith("Whisper") for name in shares)
-        given = " + ".join(f"{name} {'~' if name.startswith('Whisper') else ''}{share:g}"
-                           for name, share in shares.items())
-        raise ValueError(f"the GPU memory shares add up to {sum(shares.values()):.2f} ({given}); together they "
-                         f"must stay under {MAX_TOTAL_MEMORY_SHARE} so both engines, SNAC and the CUDA contexts "
-                         "fit on one GPU: lower VOICEKIT_CHAT_MEMORY_SHARE or VOICEKIT_TTS_MEMORY_SHARE"
-                         + (" (or run the recognizer on the CPU: VOICEKIT_ASR_DEVICE=cpu)" if whisper else ""))
-
-
 class _EnvironmentSource(EnvSettingsSource):
     """pydantic-settings' environment source, reading a given mapping instead of os.environ (tests, `resolve`)."""
 
@@ -388,91 +334,3 @@ def _first_problem(schema: type[_Schema], error: ValidationError, env_values: Ma
     if name in env_values and kind.endswith("_parsing"):
         return f"{ENV_PREFIX}{name.upper()}={value!r} is not a valid {_TYPE_NAMES.get(expected, expected)}"
     return f"{name}: {message[0].lower()}{message[1:]} (got {value!r})"
-
-
-# -- docs/CONFIGURATION.md, made from the schema ---------------------------------------------------------
-
-_DOC_HEAD = """# Configuration
-
-<!-- Generated from voicekit/settings.py by `python -m voicekit config --markdown > docs/CONFIGURATION.md`;
-     tests/test_settings.py fails when this file is stale. Edit the field descriptions, not this file. -->
-
-Every setting of a kit is a field of `voicekit.Settings` (voicekit/settings.py, on pydantic-settings). Values
-come from, lowest first:
-
-1. the field's **default**, then the **preset**'s (`cpu`, `gpu` or `laptop`; `auto`, the default, picks `gpu`
-   when torch sees CUDA and vLLM is installed, otherwise `cpu`, never `laptop`, the preset that downloads its
-   models; `python -m voicekit doctor` says which and why);
-2. **environment variables** `VOICEKIT_<NAME>` (an empty one counts as unset);
-3. **keyword arguments**: `voicekit.load("cpu", mode="overlap", temperature=0.4)`.
-
-The preset itself is the first argument of `voicekit.load()`, the `--preset` flag of the CLI, or `VOICEKIT_PRESET`.
-A bad value (unknown preset or mode, a number that is not a number, shares that do not fit) is a one-line
-`SettingsError`. `python -m voicekit config` prints what this machine resolves to, secrets masked.
-
-"""
-
-_DOC_SERVE = """
-## Serving (`python -m voicekit serve`, `python app.py`)
-
-`voicekit.ServeSettings`: flags (`--host`, `--port`, `--concurrency`) win over these variables.
-
-"""
-
-_DOC_TAIL = """
-Secrets (`hf_token`, `password`, `api_key`) are `SecretStr`: hidden from `repr()`, masked in
-`settings.public_dict()` (what logs and the web page show), and never printed.
-"""
-
-
-def _shown(value: Any) -> str:
-    if isinstance(value, SecretStr):
-        value = value.get_secret_value()
-    if value in ("", (), None):
-        return "empty"
-    if isinstance(value, bool):
-        return f"`{str(value).lower()}`"
-    if isinstance(value, tuple):
-        return f"`{','.join(value)}`"
-    if isinstance(value, str) and len(value) > 40:
-        return "see meaning"
-    return f"`{value:.2f}`" if isinstance(value, float) and 0.0 < value < 1.0 else f"`{value}`"
-
-
-def _variable(name: str, field: Any) -> str:
-    names = f"`{ENV_PREFIX}{name.upper()}`"
-    if isinstance(field.validation_alias, AliasChoices):  # e.g. hf_token: HF_TOKEN too
-        names += "".join(f", `{alias}`" for alias in field.validation_alias.choices[1:-1] if isinstance(alias, str))
-    return names
-
-
-def _kit_rows() -> list[str]:
-    rows = []
-    for name, field in Settings.model_fields.items():
-        cpu = PRESET_DEFAULTS["cpu"].get(name, field.default)
-        others = [PRESET_DEFAULTS[preset].get(name, field.default) for preset in ("gpu", "laptop")]
-        cells = [_variable(name, field), f"`{name}`", "`auto`" if name == "preset" else _shown(cpu),
-                 *("" if name == "preset" or value == cpu else _shown(value) for value in others),
-                 str(field.description or "")]
-        rows.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
-    return rows
-
-
-_SERVE_FLAGS = {"host": "--host", "port": "--port", "concurrency": "--concurrency"}
-
-
-def _serve_rows() -> list[str]:
-    rows = []
-    for name, field in ServeSettings.model_fields.items():
-        flag = f"`{_SERVE_FLAGS[name]}`" if name in _SERVE_FLAGS else ""
-        cells = [_variable(name, field), flag, _shown(field.default), str(field.description or "")]
-        rows.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
-    return rows
-
-
-def configuration_markdown() -> str:
-    """docs/CONFIGURATION.md: every field of `Settings` and `ServeSettings`, from the schema."""
-    kit_table = ["| variable | keyword | cpu preset | gpu (when different) | laptop (when different) | meaning |",
-                 "|---|---|---|---|---|---|", *_kit_rows()]
-    serve_table = ["| variable | flag | default | meaning |", "|---|---|---|---|", *_serve_rows()]
-    return _DOC_HEAD + "\n".join(kit_table) + "\n" + _DOC_SERVE + "\n".join(serve_table) + "\n" + _DOC_TAIL

@@ -109,6 +109,11 @@ class EngineBase:
         """Why this engine can no longer generate; here: only when it was closed."""
         return f"the {self.name} engine for {self.model} is closed" if self._closed else None
 
+    def tokenize(self, text: str) -> list[int]:
+        """Ids of plain `text` in the model's vocabulary (Orpheus builds its prompts from them). Engines that can
+        say so override this; the others cannot."""
+        raise NotImplementedError(f"the {self.name} engine for {self.model} cannot tokenize text")
+
 
 @runtime_checkable
 class Engine(Protocol):

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,9 +117,11 @@ class HTTPEngine(EngineBase):
         timeout_s: float = 300.0,
         connect_timeout_s: float = 10.0,
         sampling_overrides: Mapping[str, Any] | None = None,
+        tokenizer: Callable[[str], list[int]] | None = None,
     ) -> None:
         super().__init__()
         self._httpx = _import_httpx()
+        self._tokenizer = tokenizer  # the model's hub tokenizer, for `tokenize` (Orpheus's prompts)
         self.base_url = base_url.rstrip("/")
         if self.base_url.endswith("/v1"):
             self.base_url = self.base_url[: -len("/v1")]
@@ -129,6 +131,12 @@ class HTTPEngine(EngineBase):
         self._sampling_overrides = dict(sampling_overrides or {})
         self._client: Any = None  # created on the loop that first uses it
         self._is_router: bool | None = None  # known after the server first answers GET /workers
+
+    def tokenize(self, text: str) -> list[int]:
+        """Ids of `text` from the tokenizer this engine was given (the served model's, from the hub)."""
+        if self._tokenizer is None:
+            return super().tokenize(text)
+        return list(self._tokenizer(text))
 
     def _async_client(self) -> Any:
         if self._client is None:

@@ -201,6 +201,10 @@ class VLLMEngine(EngineBase):
             self._hf_tokenizer = self._llm.get_tokenizer()
         return self._hf_tokenizer
 
+    def tokenize(self, text: str) -> list[int]:
+        """Ids of `text` from the model's tokenizer, as vLLM loaded it."""
+        return list(self.tokenizer(text).input_ids)
+
     async def render_chat(self, messages: Sequence[ChatMessage]) -> list[int]:
         """Apply the model's chat template and return the prompt as token ids.
 

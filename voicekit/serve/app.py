@@ -176,9 +176,7 @@ class BackgroundServer:
 def warm_recognizer(kit: Any) -> threading.Thread | None:
     """Load the kit's speech recognizer in a background thread when it runs on the GPU (the gpu preset), so that
     its device, or why it fell back to the CPU, is known before the first spoken turn; None otherwise."""
-    from voicekit.build import recognizer_facts
-
-    if recognizer_facts(kit)["device"] != "cuda":
+    if kit.recognizer_facts().get("device") != "cuda":
         return None
 
     def load() -> None:

@@ -20,7 +20,6 @@ from typing import Any
 import gradio as gr
 import numpy as np
 
-from voicekit.build import recognizer_facts
 from voicekit.errors import VoicekitError
 from voicekit.pipeline import MODES, Timings
 from voicekit.serve.admission import Admission, Busy, Limits
@@ -115,7 +114,7 @@ def status_line(kit: Any) -> str:
     info = kit.description or {}
     return (f"**preset** {info.get('preset', kit.settings.preset)} · **chat** {info.get('chat', '?')} · "
             f"**voice** {info.get('tts', '?')} · **device** {info.get('device', '?')} · "
-            f"**speech recognition** {recognizer_line(recognizer_facts(kit))}")
+            f"**speech recognition** {recognizer_line(kit.recognizer_facts())}")
 
 
 def recognizer_line(facts: dict[str, Any]) -> str:
@@ -129,7 +128,7 @@ def recognizer_line(facts: dict[str, Any]) -> str:
 
 def recognizer_notice(kit: Any) -> str:
     """A line for the top of the page when speech recognition fell back to the CPU, else empty."""
-    reason = recognizer_facts(kit).get("fallback_reason")
+    reason = kit.recognizer_facts().get("fallback_reason")
     return f"**Note:** speech recognition is slower than it should be: {reason}" if reason else ""
 
 
