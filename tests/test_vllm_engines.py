@@ -293,8 +293,8 @@ def test_orpheus_backend_on_vllm_parses_every_id_and_decodes_whole_frames(kit_lo
     from voicekit.tts.orpheus_codes import SAMPLES_PER_FRAME
     from voicekit.tts.snac_decoder import build_snac
 
-    backend = OrpheusBackend(orpheus_engine, lambda text: orpheus_engine.tokenizer(text).input_ids,
-                             build_snac("cpu", weights=None))
+    assert orpheus_engine.tokenize("Hello there.") == list(orpheus_engine.tokenizer("Hello there.").input_ids)
+    backend = OrpheusBackend(orpheus_engine, orpheus_engine.tokenize, build_snac("cpu", weights=None))  # as built
     assert backend.prompt_ids("Hello there.", "leo") == tm.orpheus_prompt_ids(
         orpheus_engine.tokenizer, "leo", "Hello there.")
     sampling = backend.sampling_for("Hello there.")
