@@ -233,6 +233,20 @@ def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return venv
 
 
+# Run by the installed venv's Python: where the page's assets and every bundled model are found from there.
+FIND_BUNDLED = """
+import json
+from voicekit.build import bundled_chat_model_path
+from voicekit.listening import smart_turn, vad
+from voicekit.listening.whisper_models import tiny_en_folder
+from voicekit.serve.app import ASSETS
+from voicekit.tts.piper import bundled_voice_path
+print(json.dumps({"assets": str(ASSETS), "chat": str(bundled_chat_model_path() or ""),
+                  "voice": str(bundled_voice_path() or ""), "smart_turn": str(smart_turn.bundled_model_path()),
+                  "vad": str(vad.bundled_model_path()), "tiny_en": str((tiny_en_folder() or ASSETS) / "model.bin")}))
+"""
+
+
 @pytest.fixture(scope="module")
 def served(installed: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`voicekit serve --preset cpu` from the installed wheel, started in an empty folder."""
@@ -240,9 +254,11 @@ def served(installed: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     env = {key: value for key, value in os.environ.items()
            if not key.startswith("VOICEKIT_") and key not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env.update(HF_HUB_OFFLINE="1", PATH=f"{installed / 'bin'}:{env.get('PATH', '')}")
-    found = run([str(installed / "bin" / "python"), "-c", "import voicekit.serve.app as app; print(app.ASSETS)"],
-                cwd=elsewhere, env=env)
-    assert Path(found.stdout.strip()).is_relative_to(installed), found.stdout  # not the checkout's package
+    found = run([str(installed / "bin" / "python"), "-c", FIND_BUNDLED], cwd=elsewhere, env=env)
+    paths = json.loads(found.stdout)
+    assert Path(paths.pop("assets")).is_relative_to(installed), found.stdout  # not the checkout's package
+    assert Path(paths["smart_turn"]).is_relative_to(installed), found.stdout
+    assert all(path and Path(path).is_file() for path in paths.values()), found.stdout
     port = free_port()
     log = (elsewhere / "serve.log").open("w")
     server = subprocess.Popen([str(installed / "bin" / "voicekit"), "serve", "--preset", "cpu", "--host", "127.0.0.1",
