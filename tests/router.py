@@ -17,7 +17,7 @@ import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from voicekit.engines.vllm_serve import free_port, log_tail
+from vllm_serve import free_port, log_tail
 
 
 def router_binary() -> Path | None:

@@ -136,7 +136,7 @@ def orpheus_engine(kit_loop: EventLoopThread, models: dict[str, Path], chat_engi
 
 
 def _serve(path: Path, name: str, log_dir: Path, *extra: str):  # type: ignore[no-untyped-def]
-    from voicekit.engines.vllm_serve import VLLMServer
+    from vllm_serve import VLLMServer
 
     return VLLMServer(
         str(path),
@@ -591,7 +591,7 @@ def test_http_engine_reports_server_errors(kit_loop, http_engine) -> None:  # ty
 
 @needs_vllm
 def test_server_that_dies_at_start_reports_its_log(tmp_path: Path) -> None:
-    from voicekit.engines.vllm_serve import ServerStartError, VLLMServer
+    from vllm_serve import ServerStartError, VLLMServer
 
     missing = tmp_path / "no-such-model"
     server = VLLMServer(str(missing), gpu_memory_utilization=0.1, max_model_len=256, enforce_eager=True,

@@ -52,7 +52,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def replicas(models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Any]]:
     """Two `vllm serve` replicas of the same model (served under its path), started side by side."""
-    from voicekit.engines.vllm_serve import VLLMServer
+    from vllm_serve import VLLMServer
 
     logs = tmp_path_factory.mktemp("replicas")
     servers = [VLLMServer(str(models["orpheus"]), gpu_memory_utilization=0.1, max_model_len=MAX_MODEL_LEN,

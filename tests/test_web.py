@@ -23,7 +23,7 @@ import pytest
 
 from voicekit.audio import read_wav
 from voicekit.errors import SettingsError
-from voicekit.serve import ASSETS, BackgroundServer, compose, serve_settings
+from voicekit.serve import BackgroundServer, compose, serve_settings
 from voicekit.serve.audio import ensure_ffmpeg
 from voicekit.serve.page import ChunkGrouper, build_blocks, format_timings, insert_tag, plain_history, turns_table
 from voicekit.settings import ServeSettings
@@ -31,6 +31,7 @@ from voicekit.settings import ServeSettings
 pytestmark = [pytest.mark.filterwarnings("ignore:.*no_silent_downcasting"),  # raised inside gradio's queue
               pytest.mark.filterwarnings("ignore:The copy keyword is deprecated")]
 
+ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -211,7 +212,7 @@ def test_browser_sends_a_message_and_hears_the_reply(page_server: BackgroundServ
                          document.querySelector('#vk-reply textarea').value.trim().length > 0""",
                 timeout=150_000)
             assert page.locator("#vk-chatbot").inner_text().count("Hello! Who are you?") == 1
-            page.screenshot(path=str(ASSETS / "screenshot.png"), full_page=True)
+            page.screenshot(path=str(ROOT / "docs" / "screenshot.png"), full_page=True)  # the README's
         finally:
             browser.close()
 

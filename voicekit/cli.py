@@ -222,6 +222,12 @@ def run_doctor(args: argparse.Namespace) -> int:
 
 def run_serve(args: argparse.Namespace) -> int:
     """`serve`: load the kit, serve the page and the API until interrupted."""
+    import importlib.util
+
+    missing = [name for name in ("fastapi", "uvicorn", "gradio") if importlib.util.find_spec(name) is None]
+    if missing:  # before minutes of loading models
+        raise VoicekitError(f"the server needs {', '.join(missing)}: pip install \"voicekit[serve]\" (in a "
+                            "checkout: pip install -r requirements.txt)")
     logging.getLogger().setLevel(logging.INFO)  # the server logs each request and what it serves
     import voicekit
     from voicekit.serve import serve, serve_settings

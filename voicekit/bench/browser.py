@@ -1,8 +1,10 @@
 """Time to first sound in a real browser: the Gradio Chat tab's streamed `gr.Audio` against the Talk page's
 AudioWorklet player, and a spoken turn through Chromium's fake microphone (`python -m voicekit bench talk`).
 
-Both drive a headless Chromium with Playwright (a dev dependency, imported when called). First sound is measured
-in the page, in performance.now() time, from the Enter key (or, for speech, from the `speech_stopped` event) to:
+Both drive a headless Chromium with Playwright (a dev dependency, imported when called: without it, or without a
+Chromium to launch, they raise ImportError / RuntimeError saying what to install, and `bench talk --browser` keeps
+its socket figures and records why the browser's were skipped). First sound is measured in the page, in
+performance.now() time, from the Enter key (or, for speech, from the `speech_stopped` event) to:
 the `<audio>` element's first `playing` event with `currentTime > 0` (Gradio), and the first non-silent sample the
 worklet outputs (Talk: `rendered`, when it leaves the worklet, and `audible`, that time plus the output latency
 the AudioContext reports). Gaps: the element's `waiting` events after it started; the worklet's underruns.
@@ -20,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from voicekit.audio import read_wav, write_wav
+from voicekit.errors import first_line
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -44,8 +47,8 @@ def _require_playwright() -> Any:
     try:
         from playwright import sync_api
     except ImportError as error:
-        raise ImportError("the browser benchmark needs the `playwright` package (requirements-dev.txt) and "
-                          "Chromium (tests/install_browser.sh)") from error
+        raise ImportError('the browser benchmark needs the `playwright` package (pip install "voicekit[dev]", or '
+                          "pip install playwright) and Chromium") from error
     return sync_api
 
 
@@ -60,7 +63,12 @@ def _chromium(extra_args: tuple[str, ...] = (), credentials: tuple[str, str] | N
             options["executable_path"] = CHROMIUM
         if credentials:
             options["http_credentials"] = {"username": credentials[0], "password": credentials[1]}
-        context = playwright.chromium.launch_persistent_context(profile, **options)
+        try:
+            context = playwright.chromium.launch_persistent_context(profile, **options)
+        except sync_api.Error as error:
+            raise RuntimeError(f"the browser benchmark could not start Chromium ({first_line(error)}): install "
+                               f"Debian's chromium ({CHROMIUM}) or Playwright's (python -m playwright install "
+                               "chromium)") from None
         try:
             yield context
         finally:

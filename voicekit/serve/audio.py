@@ -99,7 +99,7 @@ def ensure_ffmpeg() -> str | None:
             log.warning("could not put the bundled ffmpeg on PATH (%s); using any system ffmpeg", error)
     found = shutil.which("ffmpeg")
     if found is None:
-        log.warning("ffmpeg not found: install imageio-ffmpeg (pip install -r requirements.txt); the page's "
+        log.warning("ffmpeg not found: install imageio-ffmpeg (pip install 'voicekit[serve]'); the page's "
                     "streamed audio and the mp3/opus/aac/flac formats need it")
     return found
 

@@ -133,7 +133,7 @@ def recognizer_notice(kit: Any) -> str:
 
 
 def load_examples(assets_dir: Path | None) -> list[str]:
-    """Example prompts from `assets/examples.json` (a list of strings), or none."""
+    """Example prompts from `examples.json` in `assets_dir` (voicekit/serve/assets/: a list of strings), or none."""
     path = assets_dir / "examples.json" if assets_dir else None
     if path is None or not path.is_file():
         return []

