@@ -236,7 +236,7 @@ def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 # Run by the installed venv's Python: where the page's assets and every bundled model are found from there.
 FIND_BUNDLED = """
 import json
-from voicekit.build import bundled_chat_model_path
+from voicekit.placement import bundled_chat_model_path
 from voicekit.listening import smart_turn, vad
 from voicekit.listening.whisper_models import tiny_en_folder
 from voicekit.serve.app import ASSETS
