@@ -195,5 +195,5 @@ def test_a_session_starts_from_a_past_conversation(remote: RemoteKit, server: Ba
     assert [(item["role"], item["content"]) for item in history[:3]] == [
         ("user", "My name is Ada."), ("assistant", "Nice to meet you, Ada."), ("user", "What is my name?")]
     assert history[3]["role"] == "assistant" and history[3]["content"]
-    with pytest.raises(VoicekitError, match="history items are messages"):
+    with pytest.raises(VoicekitError, match=r"history\[0\]: `content` is the message.s text"):
         remote.realtime(history=[{"role": "user", "content": None}])
