@@ -85,3 +85,25 @@ def test_a_bad_history_is_refused_clearly(kit: Any, history: Any, message: str) 
     assert isinstance(refused.value, ValueError)
     with pytest.raises(ValueError, match=message):
         kit.realtime(history=history)
+
+
+async def test_a_conversation_restored_over_the_socket_keeps_cut_replies_cut(kit: Any) -> None:
+    """What the Talk page and RemoteKit.realtime(history=...) send after a reconnect: conversation.item.create for
+    each message, a cut reply with `status: "incomplete"` (OpenAI's mark for it); no reply is made for them."""
+    from voicekit.serve.realtime import handle_event
+
+    session = kit.arealtime()
+    try:
+        for role, part, text, status in (("user", "input_text", "Tell me a story.", None),
+                                         ("assistant", "output_text", "Once upon a…", "incomplete")):
+            item = {"type": "message", "role": role, "content": [{"type": part, "text": text}]}
+            await handle_event(session, json.dumps({"type": "conversation.item.create",
+                                                    "item": {**item, **({"status": status} if status else {})}}))
+        assert [(m["role"], m["content"], m.get("interrupted", False)) for m in session.history] == [
+            ("user", "Tell me a story.", False), ("assistant", "Once upon a…", True)]
+        events = [await session.next_event(1) for _ in range(3)]
+        assert [event.type for event in events] == ["session.created", *["conversation.item.added"] * 2]
+        assert [event.data["item"]["status"] for event in events[1:]] == ["completed", "incomplete"]
+        assert session.response is None  # nothing is answered by itself
+    finally:
+        await session.aclose()

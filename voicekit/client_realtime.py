@@ -78,7 +78,8 @@ class AsyncRemoteSession:
         for item in past:  # a past conversation, as OpenAI's protocol restores one
             part = "input_text" if item["role"] == "user" else "output_text"
             self.send({"type": "conversation.item.create", "item": {
-                "type": "message", "role": item["role"], "content": [{"type": part, "text": item["content"]}]}})
+                "type": "message", "role": item["role"], "content": [{"type": part, "text": item["content"]}],
+                **({"status": "incomplete"} if item.get("interrupted") else {})}})
 
     # -- connecting -------------------------------------------------------------------------------------
 
@@ -188,7 +189,8 @@ class AsyncRemoteSession:
         elif kind == "conversation.item.added" and data.get("item", {}).get("role") in ("user", "assistant"):
             item = data["item"]
             text = " ".join(part.get("text", "") for part in item.get("content", []))
-            self.history.append({"role": item["role"], "content": text, "id": item["id"]})
+            self.history.append({"role": item["role"], "content": text, "id": item["id"],
+                                 **({"interrupted": True} if item.get("status") == "incomplete" else {})})
         elif kind == "conversation.item.input_audio_transcription.completed":
             if data.get("transcript") and not data.get("echo"):  # echo and nothing heard: no turn, no reply
                 self.history.append({"role": "user", "content": data["transcript"], "id": data["item_id"]})

@@ -49,17 +49,20 @@ class ReplySpeaker:
 
     # -- text input and responses ---------------------------------------------------------------------
 
-    def add_message(self, text: str, role: str = "user") -> str:
+    def add_message(self, text: str, role: str = "user", interrupted: bool = False) -> str:
         """Add a message to the conversation: a typed user message (answer it with `create_response()`), or an
-        assistant's (a conversation restored after a reconnect); returns its item id."""
+        assistant's (a conversation restored after a reconnect; `interrupted`: a reply cut short, as its
+        `status: "incomplete"` says on the wire); returns its item id."""
         if not isinstance(text, str) or not text.strip():
             raise ValueError("a message needs some text")
         if role not in ("user", "assistant"):
             raise ValueError(f"a message's role is user or assistant, not {role!r}")
-        item_id = new_id("item")
-        self.items.append({"role": role, "content": text.strip(), "id": item_id})
+        item_id, cut = new_id("item"), interrupted and role == "assistant"
+        self.items.append({"role": role, "content": text.strip(), "id": item_id,
+                           **({"interrupted": True} if cut else {})})
         part = "input_text" if role == "user" else "output_text"
         self.emit("conversation.item.added", item={"id": item_id, "type": "message", "role": role,
+                                                    "status": "incomplete" if cut else "completed",
                                                     "content": [{"type": part, "text": text.strip()}]})
         return item_id
 
