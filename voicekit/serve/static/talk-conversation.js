@@ -1,9 +1,9 @@
 // voicekit Talk page: the conversation as the page keeps it, so that a new session (after a dropped socket or a
 // restarted server) picks it up where it was. The page follows what the server's history holds: the user's typed
 // messages and non-echo transcripts, and each reply as the user heard it (the server's text once the reply is done,
-// cut to what was played when the page truncated it or the socket dropped mid-reply). On a new session the page re-sends its session settings and the messages as
-// `conversation.item.create` events (user: input_text, assistant: output_text); it asks for no reply, so nothing is
-// answered or spoken again.
+// cut to what was played when the page truncated it or the socket dropped mid-reply). On a new session the page
+// re-sends its session settings and the messages as `conversation.item.create` events (user: input_text, assistant:
+// output_text, status "incomplete" when cut); it asks for no reply, so nothing is answered or spoken again.
 
 // The words of a reply up to `playedMs` of its audio: whole pieces, then the share of the next one's words (as the
 // server's SpokenReply.heard_text tells it). `pieces`: [{text, endMs}], endMs the audio received up to its end.

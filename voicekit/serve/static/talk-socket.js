@@ -2,11 +2,11 @@
 // waking, a restarted server). The page learns of each drop (`onDrop`) and of each new session from its events.
 
 const OPEN_TIMEOUT_MS = 5000; // a handshake that hangs (a network not yet back) is dropped and tried again
-const FIRST_TRIES = 6;        // a page that never had a session gives up after these (~6 s): credentials?
+const FIRST_TRIES = 6;        // a page that never had a session gives up after these (~5 s): credentials?
 const BACKOFF_FIRST_MS = 250;
-const BACKOFF_MAX_MS = 2000;  // with the jitter at most 2.4 s: a page is back within ~2.5 s of its server
+const BACKOFF_MAX_MS = 1500;  // with the jitter at most 1.8 s: a page is back within ~2 s of its server
 
-// How long to wait before connection attempt `attempt` (1, 2, ...): doubling from 250 ms to 2 s, +-20% jitter so
+// How long to wait before connection attempt `attempt` (1, 2, ...): doubling from 250 ms to 1.5 s, +-20% jitter so
 // that the pages of a restarted server do not all come back at the same instant.
 export function backoffMs(attempt) {
   const base = Math.min(BACKOFF_MAX_MS, BACKOFF_FIRST_MS * 2 ** Math.max(0, attempt - 1));

@@ -68,8 +68,9 @@ function dropped(closed, next) {
   pendingStart = speechStop = null;
   hearing = false;
   updateStatus();
+  const lasting = socket.attempts > 10 ? " (reload the page if it lasts)" : "";   // ~15 s: a lost login?
   if (next === "gave up") setStatus("error", "cannot connect: reload the page (and log in)");
-  else if (next !== "leaving") setStatus(next, next + "…");
+  else if (next !== "leaving") setStatus(next, next + "…" + lasting);
 }
 
 // A new session: the first, or one after a drop, which is given the page's settings and the conversation so far
