@@ -43,8 +43,38 @@ export function timingText(turn) {
   return parts.join(" · ");
 }
 
-// The voice menu: the session's voices, grouped by family, the session's voice selected.
-export function fillVoices(select, session) {
+// The voice menu: the session's voices, grouped by family, the session's voice selected; the voice picked is
+// remembered for the next visit. `onChoose(voice)` tells the server.
+export class VoiceMenu {
+  constructor(select, onChoose) {
+    this.select = select;
+    this.onChoose = onChoose;
+    this.ids = [];
+    try { this.stored = localStorage.getItem("voicekit.voice"); } catch { this.stored = null; }   // storage off
+    select.addEventListener("change", (event) => this.choose(event.target.value));
+  }
+
+  // Show the session's voices; their ids.
+  show(session) {
+    fillVoices(this.select, session);
+    this.ids = (session.voices || []).map((voice) => voice.id);
+    return this.ids;
+  }
+
+  choose(voice) {
+    this.stored = voice;
+    try { localStorage.setItem("voicekit.voice", voice); } catch { /* storage off in this frame */ }
+    this.select.value = voice;
+    return this.onChoose(voice);
+  }
+
+  // The voice picked on an earlier visit, when the session has it and speaks another; else null.
+  earlier(session) {
+    return this.stored && this.stored !== session.voice && this.ids.includes(this.stored) ? this.stored : null;
+  }
+}
+
+function fillVoices(select, session) {
   const voices = session.voices || [];
   select.replaceChildren();
   const families = new Map();
@@ -62,4 +92,16 @@ export function fillVoices(select, session) {
   }
   select.value = session.voice;
   select.disabled = voices.length === 0;
+}
+
+// The Talk button: pressed while the microphone is on; its glow follows the level.
+export function showMic(on) {
+  const button = $("vk-mic");
+  button.setAttribute("aria-pressed", on ? "true" : "false");
+  button.textContent = on ? "Listening… (click to stop)" : "Talk";
+  if (!on) showLevel(0);
+}
+
+export function showLevel(peak) {
+  $("vk-mic").style.setProperty("--level", Math.min(1, peak * 3).toFixed(2));
 }

@@ -10,7 +10,7 @@
 import {RATE, createPlayer, decodePcm16, encodeBase64, openMicrophone} from "./talk-audio.js";
 import {Conversation, restoreEvents} from "./talk-conversation.js";
 import {RealtimeSocket} from "./talk-socket.js";
-import {addBubble, fillVoices, markBubble, removeBubble, timingText} from "./talk-view.js";
+import {VoiceMenu, addBubble, markBubble, removeBubble, showLevel, showMic, timingText} from "./talk-view.js";
 
 const START_MS = 80;          // the player starts once this much of a reply is buffered
 const RESUME_MS = 60;         // ...and after an underrun, once this much is buffered again
@@ -34,7 +34,7 @@ const talk = {
   firstSoundMs: null, firstRenderMs: null, underruns: 0, gapMs: 0, lastSoundAt: null,
   lastTranscript: "", lastReply: "", events: [], turns: [], errors: [],
   player: {state: "idle", queuedMs: 0, playedMs: 0}, output: null, sampleRate: null, sentMs: 0,
-  send: (text) => sendText(text), stop: () => interrupt("stop"), setVoice: (voice) => chooseVoice(voice),
+  send: (text) => sendText(text), stop: () => interrupt("stop"), setVoice: (voice) => voices.choose(voice),
   startMic: () => startMic(), stopMic: () => stopMic(), history: () => conversation.messages(),
   update: (fields) => updateSession(fields),
 };
@@ -46,6 +46,7 @@ const conversation = new Conversation();
 const settings = {};          // what the page set with session.update (voice, instructions, turn_detection, ...)
 const socket = new RealtimeSocket({token, onEvent: (event) => handle(event),
                                    onDrop: (closed, next) => dropped(closed, next)});
+const voices = new VoiceMenu($("vk-voice"), (voice) => updateSession({voice}));
 
 function send(event) {
   if (!socket.send(event)) return false;
@@ -78,9 +79,8 @@ function dropped(closed, next) {
 function sessionCreated(previous) {
   talk.connected = talk.ready = true;
   if (socket.began()) {
-    if (storedVoice && storedVoice !== talk.session.voice && talk.voices.includes(storedVoice)) {
-      chooseVoice(storedVoice);   // the voice picked on an earlier visit
-    }
+    const earlier = voices.earlier(talk.session);
+    if (earlier) voices.choose(earlier);
     return;
   }
   const messages = conversation.messages();
@@ -186,15 +186,14 @@ async function startMic() {
     mic = await openMicrophone(player.context, {frameMs: 20, onFrame: (pcm, peak) => {
       const sent = send({type: "input_audio_buffer.append", audio: encodeBase64(pcm)});
       if (sent) talk.sentMs += pcm.byteLength / 2 / RATE * 1000;
-      $("vk-mic").style.setProperty("--level", Math.min(1, peak * 3).toFixed(2));
+      showLevel(peak);
     }});
   } finally {
     micOpening = false;
   }
   talk.micOn = true;
   log({type: "mic.started", rate: mic.rate});
-  $("vk-mic").setAttribute("aria-pressed", "true");
-  $("vk-mic").textContent = "Listening… (click to stop)";
+  showMic(true);
   updateStatus();
 }
 
@@ -206,9 +205,7 @@ function stopMic() {
   if (hearing) send({type: "input_audio_buffer.commit"});   // the user ended their turn with the button
   hearing = false;
   log({type: "mic.stopped"});
-  $("vk-mic").setAttribute("aria-pressed", "false");
-  $("vk-mic").textContent = "Talk";
-  $("vk-mic").style.setProperty("--level", "0");
+  showMic(false);
   updateStatus();
 }
 
@@ -266,7 +263,7 @@ function handle(event) {
   if (type === "session.created" || type === "session.updated") {
     const previous = talk.session;
     talk.session = event.session;
-    showVoices(event.session);
+    talk.voices = voices.show(event.session);
     if (type === "session.created") sessionCreated(previous);
   } else if (type === "input_audio_buffer.speech_started") {
     hearing = true;
@@ -393,24 +390,8 @@ function showTiming(turn) {
   $("vk-timing").textContent = timingText(turn);
 }
 
-let storedVoice = null;
-try { storedVoice = localStorage.getItem("voicekit.voice"); } catch { /* storage off in this frame */ }
-
-function showVoices(session) {
-  talk.voices = (session.voices || []).map((voice) => voice.id);
-  fillVoices($("vk-voice"), session);
-}
-
-function chooseVoice(voice) {
-  storedVoice = voice;
-  try { localStorage.setItem("voicekit.voice", voice); } catch { /* storage off in this frame */ }
-  $("vk-voice").value = voice;
-  return updateSession({voice});
-}
-
 // -- wiring ------------------------------------------------------------------------------------------
 
-$("vk-voice").addEventListener("change", (event) => chooseVoice(event.target.value));
 $("vk-form").addEventListener("submit", (event) => {
   event.preventDefault();
   if (sendText($("vk-text").value)) $("vk-text").value = "";
