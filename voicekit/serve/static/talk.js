@@ -68,6 +68,8 @@ function dropped(closed, next) {
   if (cut.length) interrupt("dropped");
   pendingStart = speechStop = null;
   hearing = false;
+  for (const item of unheard) removeBubble(item);   // the new session never heard them: say it again
+  unheard.clear();
   updateStatus();
   const lasting = socket.attempts > 10 ? " (reload the page if it lasts)" : "";   // ~15 s: a lost login?
   if (next === "gave up") setStatus("error", "cannot connect: reload the page (and log in)");
@@ -214,6 +216,7 @@ function stopMic() {
 let pendingStart = null;      // {kind, t0, itemId?}: the next response.created answers this
 let speechStop = null;        // the last speech_stopped: {t0, itemId}, a turn once committed
 let hearing = false;          // between speech_started and speech_stopped
+const unheard = new Set();    // user turns begun and not yet transcribed: a drop loses them
 // Error codes that only mean the page and the server crossed (a cancel or truncate just after the reply ended).
 const QUIET_ERRORS = new Set(["response_cancel_not_active", "item_not_found"]);
 
@@ -274,6 +277,7 @@ function handle(event) {
       interrupt("speech");
     }
     addBubble("user", "…", event.item_id);
+    unheard.add(event.item_id);
   } else if (type === "input_audio_buffer.speech_stopped") {
     hearing = false;
     speechStop = {t0: now(), itemId: event.item_id};
@@ -286,11 +290,13 @@ function handle(event) {
     // was not the user: no bubble, no waiting for an answer, and the reply that is playing goes on.
     log({type: "page.echo", item_id: event.item_id});
     removeBubble(event.item_id);
+    unheard.delete(event.item_id);
     if (pendingStart?.itemId === event.item_id) pendingStart = null;
   } else if (type === "conversation.item.input_audio_transcription.completed"
              || type === "conversation.item.input_audio_transcription.failed") {
     talk.lastTranscript = event.transcript || "";
     addBubble("user", talk.lastTranscript || "(nothing heard)", event.item_id);
+    unheard.delete(event.item_id);
     if (talk.lastTranscript.trim()) conversation.user(talk.lastTranscript.trim());
     if (!talk.lastTranscript && pendingStart?.kind === "speech") pendingStart = null;   // nothing to answer
     else if (talk.turns.some(live)) interrupt("speech");                // the user spoke over the reply
