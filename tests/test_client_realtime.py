@@ -187,13 +187,15 @@ def test_the_async_form_and_a_full_server(kit: Any) -> None:
 def test_a_session_starts_from_a_past_conversation(remote: RemoteKit, server: BackgroundServer) -> None:
     """`history=` is sent as conversation.item.create events (user and assistant messages, as OpenAI's protocol
     restores a conversation): the server's session holds them before the next question, and so does the client's."""
-    past = [{"role": "user", "content": "My name is Ada."}, {"role": "assistant", "content": "Nice to meet you, Ada."}]
+    past = [{"role": "user", "content": "My name is Ada."},
+            {"role": "assistant", "content": "Nice to meet you, Ada…", "interrupted": True}]  # a reply cut short
     with remote.realtime(instructions=SHORT, history=past) as session:
         session.ask("What is my name?")
         _until(session, "response.done", timeout=60)
         history = session.history
-    assert [(item["role"], item["content"]) for item in history[:3]] == [
-        ("user", "My name is Ada."), ("assistant", "Nice to meet you, Ada."), ("user", "What is my name?")]
+    assert [(item["role"], item["content"], item.get("interrupted", False)) for item in history[:3]] == [
+        ("user", "My name is Ada.", False), ("assistant", "Nice to meet you, Ada…", True),
+        ("user", "What is my name?", False)]
     assert history[3]["role"] == "assistant" and history[3]["content"]
-    with pytest.raises(VoicekitError, match="history items are messages"):
+    with pytest.raises(VoicekitError, match=r"history\[0\]: `content` is the message.s text"):
         remote.realtime(history=[{"role": "user", "content": None}])

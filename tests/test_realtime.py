@@ -134,7 +134,7 @@ def test_session_hears_a_question_and_answers_it_out_loud(kit: Any, question: np
         history = session.history
         assert [item["role"] for item in history] == ["user", "assistant"]
         assert history[1]["content"] == spoken and "interrupted" not in history[1]
-        kept = session.session.history[-1]["_response"]
+        kept = session.session.items[-1]["_response"]
         assert kept.reply.chunks == [], "a long conversation keeps no audio of the replies it has sent"
 
 

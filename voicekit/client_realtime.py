@@ -15,8 +15,9 @@ What differs from a local session:
 - the server checks what it is sent: a bad event comes back as an `error` event (the voice, the text of `ask` and
   the echo mode are checked here first, and raise as they do locally);
 - `set_echo_cancellation(mode)` is answered by `session.updated`; `send(event)` sends any other client event;
-- a past conversation (`history=`) is sent as `conversation.item.create` events, user and assistant messages, as
-  OpenAI's protocol restores one;
+- a past conversation (`history=`: `session.history` of an earlier session, checked as a local session checks it,
+  ValueError when it is not user and assistant messages with text) is sent as `conversation.item.create` events, as
+  OpenAI's protocol restores one (the server's items get new ids);
 - a refused connection raises when the session opens: `remote.realtime()`, or the first awaited call of an
   `arealtime()` session (or `await session.connect()`, `async with`).
 """
@@ -36,11 +37,11 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
 from voicekit.audio import StreamResampler, float_to_pcm16, pcm16_to_float
-from voicekit.errors import InvalidRequestError, RemoteError, ServerUnavailableError, first_line, server_error
+from voicekit.errors import RemoteError, ServerUnavailableError, first_line, server_error
 from voicekit.listening.asr import to_float_mono
 from voicekit.listening.blocking import RealtimeSession
 from voicekit.listening.echo import ECHO_MODES
-from voicekit.listening.events import INPUT_RATE, OUTPUT_RATE, Event, SpokenReply
+from voicekit.listening.events import INPUT_RATE, OUTPUT_RATE, Event, SpokenReply, restore_history
 
 MAX_FRAME_BYTES = 16 << 20  # a server event (audio deltas are a sentence's audio at most)
 OPEN_TIMEOUT_S = 10.0
@@ -52,6 +53,7 @@ class AsyncRemoteSession:
 
     def __init__(self, kit: Any, voice: str | None = None, instructions: str | None = None,
                  history: list[dict[str, Any]] | None = None) -> None:
+        past = restore_history(history)  # first: a bad history opens nothing
         self.kit = kit
         self.id = ""
         self.voice = kit.resolve_voice(voice)
@@ -73,10 +75,11 @@ class AsyncRemoteSession:
         settings = {"voice": voice and self.voice, "instructions": instructions}
         if any(value is not None for value in settings.values()):
             self.send({"type": "session.update", "session": {k: v for k, v in settings.items() if v is not None}})
-        for role, text in _messages(history or []):  # a past conversation, as OpenAI's protocol restores one
-            part = "input_text" if role == "user" else "output_text"
-            self.send({"type": "conversation.item.create",
-                       "item": {"type": "message", "role": role, "content": [{"type": part, "text": text}]}})
+        for item in past:  # a past conversation, as OpenAI's protocol restores one
+            part = "input_text" if item["role"] == "user" else "output_text"
+            self.send({"type": "conversation.item.create", "item": {
+                "type": "message", "role": item["role"], "content": [{"type": part, "text": item["content"]}],
+                **({"status": "incomplete"} if item.get("interrupted") else {})}})
 
     # -- connecting -------------------------------------------------------------------------------------
 
@@ -186,7 +189,8 @@ class AsyncRemoteSession:
         elif kind == "conversation.item.added" and data.get("item", {}).get("role") in ("user", "assistant"):
             item = data["item"]
             text = " ".join(part.get("text", "") for part in item.get("content", []))
-            self.history.append({"role": item["role"], "content": text, "id": item["id"]})
+            self.history.append({"role": item["role"], "content": text, "id": item["id"],
+                                 **({"interrupted": True} if item.get("status") == "incomplete" else {})})
         elif kind == "conversation.item.input_audio_transcription.completed":
             if data.get("transcript") and not data.get("echo"):  # echo and nothing heard: no turn, no reply
                 self.history.append({"role": "user", "content": data["transcript"], "id": data["item_id"]})
@@ -382,13 +386,3 @@ class RemoteRealtimeSession(RealtimeSession):
         """Send a client event as it is (docs/API.md, "Realtime")."""
         self._call(lambda: self.session.send(event))
 
-
-def _messages(history: list[dict[str, Any]]) -> list[tuple[str, str]]:
-    """(role, text) of a conversation's user and assistant messages (other items carry nothing to restore)."""
-    found = []
-    for item in history:
-        if not isinstance(item, dict) or not isinstance(item.get("content"), str):
-            raise InvalidRequestError("history items are messages: {'role': 'user' or 'assistant', 'content': str}")
-        if item.get("role") in ("user", "assistant") and item["content"].strip():
-            found.append((item["role"], item["content"].strip()))
-    return found

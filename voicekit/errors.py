@@ -38,6 +38,10 @@ class TextTooLongError(VoicekitError, ValueError):
         )
 
 
+class InvalidHistoryError(VoicekitError, ValueError):
+    """A conversation to restore (`history=`) that is not user and assistant messages with text."""
+
+
 class UnknownVoiceError(VoicekitError, ValueError):
     """The voice is not one the active speech backend offers."""
 

@@ -289,7 +289,9 @@ class Kit:
 
     def realtime(self, voice: str | None = None, instructions: str | None = None,
                  history: list[dict[str, Any]] | None = None) -> RealtimeSession:
-        """A spoken conversation for sync code: feed microphone audio, read events (voicekit/listening/blocking.py)."""
+        """A spoken conversation for sync code: feed microphone audio, read events (voicekit/listening/blocking.py).
+        `history`: pick up a saved conversation (an earlier session's `session.history`, e.g. loaded from JSON);
+        InvalidHistoryError (a ValueError) when it is not user and assistant messages with text."""
         return RealtimeSession(self, voice=voice, instructions=instructions, history=history,
                                options=self.talk_options())
 
@@ -297,7 +299,8 @@ class Kit:
                   history: list[dict[str, Any]] | None = None, *,
                   gate: Callable[[], AbstractAsyncContextManager[Any]] | None = None) -> AsyncRealtimeSession:
         """A spoken conversation for async code (make it on the loop that uses it; voicekit/listening/session.py).
-        `gate` is entered around every reply (a server passes its admission slot)."""
+        `history` restores a saved conversation, as for `realtime()`; `gate` is entered around every reply (a server
+        passes its admission slot)."""
         return AsyncRealtimeSession(self, voice=voice, instructions=instructions, history=history,
                                     options=self.talk_options(), gate=gate)
 

@@ -6,6 +6,7 @@ It drives an `AsyncRealtimeSession` on the kit's own event loop; every method bl
         session.append_audio(pcm16_bytes)            # 24 kHz mono pcm16, or a float32 array and its rate
         for event in session.events(timeout=5):      # until 5 s pass without an event
             print(event.type)
+        saved = json.dumps(session.history)          # later: kit.realtime(history=json.loads(saved))
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ class RealtimeSession:
 
     @property
     def history(self) -> list[dict[str, Any]]:
-        """The conversation as messages (a cut reply marked `interrupted`)."""
+        """The conversation as messages (a cut reply marked `interrupted`), JSON-serialisable: save it and pick the
+        conversation up later with `kit.realtime(history=...)`."""
         return self._call(self.session.conversation)
 
     def append_audio(self, audio: bytes | np.ndarray, sample_rate: int = INPUT_RATE) -> None:

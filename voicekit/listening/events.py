@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 import uuid
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
+from voicekit.errors import InvalidHistoryError
 from voicekit.listening.smart_turn import EndOfTurnPolicy
 from voicekit.listening.turns import TurnOptions
 
@@ -47,6 +49,39 @@ class TalkOptions:
     first_fragment_chars: int = 24
     language: str | None = "en"
     time_limit_s: float | None = 120.0
+
+
+ROLES = ("user", "assistant")
+MESSAGE = "{'role': 'user' or 'assistant', 'content': text}"
+
+
+def restore_history(history: Iterable[Mapping[str, Any]] | None) -> list[dict[str, Any]]:
+    """A past conversation, checked, for a new session to pick up: `session.history` of an earlier session (or its
+    JSON), i.e. messages `{"role": "user" | "assistant", "content": text}` (`interrupted: True` kept for a cut reply;
+    other keys, such as the old item ids, dropped). Each gets a new item id. A reply cut before a word of it was heard
+    (`interrupted`, no text) holds nothing to restore and is skipped; anything else raises InvalidHistoryError (a
+    ValueError) naming the message."""
+    if history is None:
+        return []
+    if isinstance(history, str | bytes | Mapping) or not isinstance(history, Iterable):
+        raise InvalidHistoryError(f"history is a list of messages: [{MESSAGE}, ...]")
+    items = []
+    for index, message in enumerate(history):
+        if not isinstance(message, Mapping):
+            raise InvalidHistoryError(f"history[{index}] is not a message: {MESSAGE}")
+        role, content, cut = message.get("role"), message.get("content"), bool(message.get("interrupted"))
+        if role not in ROLES:
+            raise InvalidHistoryError(f"history[{index}]: the role is 'user' or 'assistant', not {role!r}")
+        if not isinstance(content, str):
+            raise InvalidHistoryError(f"history[{index}]: `content` is the message's text (a string), "
+                                      f"not {type(content).__name__}")
+        if not content.strip():
+            if role == "assistant" and cut:
+                continue
+            raise InvalidHistoryError(f"history[{index}]: the {role} message has no text")
+        items.append({"role": role, "content": content.strip(), "id": new_id("item"),
+                      **({"interrupted": True} if cut and role == "assistant" else {})})
+    return items
 
 
 def with_turn_detection(options: TalkOptions, spec: dict[str, Any] | None) -> TalkOptions:

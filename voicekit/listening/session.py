@@ -28,7 +28,16 @@ from typing import Any
 import numpy as np
 
 from voicekit.listening.echo import ECHO_MIN_WORDS, is_echo
-from voicekit.listening.events import INPUT_RATE, OUTPUT_RATE, Event, SpokenReply, TalkOptions, new_id, turn_detection
+from voicekit.listening.events import (
+    INPUT_RATE,
+    OUTPUT_RATE,
+    Event,
+    SpokenReply,
+    TalkOptions,
+    new_id,
+    restore_history,
+    turn_detection,
+)
 from voicekit.listening.listener import Listener
 from voicekit.listening.smart_turn import sounds_unfinished
 from voicekit.listening.speaking import ReplySpeaker
@@ -47,15 +56,17 @@ class AsyncRealtimeSession(ReplySpeaker):
     def __init__(self, kit: Any, voice: str | None = None, instructions: str | None = None,
                  history: list[dict[str, Any]] | None = None, options: TalkOptions | None = None,
                  gate: Callable[[], contextlib.AbstractAsyncContextManager[Any]] | None = None) -> None:
-        """`gate`: entered around every reply (a server's admission slot); when entering raises, the reply fails
-        with an `error` event carrying the exception's `code` and `retry_after`, if it has them."""
+        """`history`: a past conversation to pick up (`session.history` of an earlier session; checked by
+        `restore_history`: ValueError when it is not user and assistant messages with text). `gate`: entered around
+        every reply (a server's admission slot); when entering raises, the reply fails with an `error` event carrying
+        the exception's `code` and `retry_after`, if it has them."""
+        self.items: list[dict[str, Any]] = restore_history(history)  # first: a bad history opens nothing
         self.kit = kit
         self._gate = gate or contextlib.nullcontext
         self.id = new_id("sess")
         self.voice = kit.resolve_voice(voice)
         self.instructions = instructions or kit.settings.system_prompt
         self.options = options or TalkOptions()
-        self.history: list[dict[str, Any]] = list(history or [])
         self.listener = Listener(self.options.turn, INPUT_RATE, OUTPUT_RATE, echo=self.options.echo)  # type: ignore[arg-type]
         self.detector = self.listener.detector
         self.response: SpokenReply | None = None
@@ -273,7 +284,7 @@ class AsyncRealtimeSession(ReplySpeaker):
         self.stats["turns"] += 1
         if self.response is not None:
             self._cancel(self.response, "turn_detected")  # the user spoke over a reply that was not yet speaking
-        self.history.append({"role": "user", "content": text, "id": item_id})
+        self.items.append({"role": "user", "content": text, "id": item_id})
         self._start_response(text, ended_at)
 
     # -- lifetime -------------------------------------------------------------------------------------
@@ -286,7 +297,13 @@ class AsyncRealtimeSession(ReplySpeaker):
 
     def conversation(self) -> list[dict[str, Any]]:
         """The history as messages (`role`, `content`, `interrupted` for a cut reply), for `kit.chat(history=...)`."""
-        return [{key: value for key, value in item.items() if not key.startswith("_")} for item in self.history]
+        return [{key: value for key, value in item.items() if not key.startswith("_")} for item in self.items]
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """The conversation so far, JSON-serialisable (a copy of `conversation()`): save it, and pick it up later
+        with `kit.realtime(history=...)` (a cut reply keeps what was heard, marked `interrupted`)."""
+        return self.conversation()
 
     async def aclose(self) -> None:
         """Stop the running reply (aborting its engine requests) and end the event stream."""

@@ -1,7 +1,7 @@
 """Speaking side of a realtime session: typed messages, replies and their audio, what the client played.
 
 `ReplySpeaker` is a base of `AsyncRealtimeSession` (voicekit/listening/session.py), which owns the state it uses
-(`kit`, `history`, `response`, `listener`, `emit`, `_spawn`, ...). A reply speaks in the session's talk mode; every
+(`kit`, `items`, `response`, `listener`, `emit`, `_spawn`, ...). A reply speaks in the session's talk mode; every
 piece of its audio also becomes the echo canceller's reference; cutting it (barge-in, `cancel()`) aborts its engine
 requests at once, and the history keeps what the user heard (the server's estimate, or the client's word).
 """
@@ -29,7 +29,7 @@ class ReplySpeaker:
     """Replies of a realtime session (see the module docstring); mixed into `AsyncRealtimeSession`."""
 
     kit: Any
-    history: list[dict[str, Any]]
+    items: list[dict[str, Any]]  # the conversation; assistant items keep their SpokenReply in `_response`
     response: SpokenReply | None
     options: TalkOptions
     listener: Any
@@ -49,17 +49,20 @@ class ReplySpeaker:
 
     # -- text input and responses ---------------------------------------------------------------------
 
-    def add_message(self, text: str, role: str = "user") -> str:
+    def add_message(self, text: str, role: str = "user", interrupted: bool = False) -> str:
         """Add a message to the conversation: a typed user message (answer it with `create_response()`), or an
-        assistant's (a conversation restored after a reconnect); returns its item id."""
+        assistant's (a conversation restored after a reconnect; `interrupted`: a reply cut short, as its
+        `status: "incomplete"` says on the wire); returns its item id."""
         if not isinstance(text, str) or not text.strip():
             raise ValueError("a message needs some text")
         if role not in ("user", "assistant"):
             raise ValueError(f"a message's role is user or assistant, not {role!r}")
-        item_id = new_id("item")
-        self.history.append({"role": role, "content": text.strip(), "id": item_id})
+        item_id, cut = new_id("item"), interrupted and role == "assistant"
+        self.items.append({"role": role, "content": text.strip(), "id": item_id,
+                           **({"interrupted": True} if cut else {})})
         part = "input_text" if role == "user" else "output_text"
         self.emit("conversation.item.added", item={"id": item_id, "type": "message", "role": role,
+                                                    "status": "incomplete" if cut else "completed",
                                                     "content": [{"type": part, "text": text.strip()}]})
         return item_id
 
@@ -69,7 +72,7 @@ class ReplySpeaker:
         if self.response is not None:
             self.error("conversation_already_has_active_response", f"response {self.response.id} is still running")
             return None
-        last = next((item for item in reversed(self.history) if item["role"] in ("user", "assistant")), None)
+        last = next((item for item in reversed(self.items) if item["role"] in ("user", "assistant")), None)
         if last is None or last["role"] != "user":
             self.error("nothing_to_answer", "add a user message (or speak) before asking for a response")
             return None
@@ -91,7 +94,7 @@ class ReplySpeaker:
 
     def truncate(self, item_id: str, audio_end_ms: int) -> None:
         """The client played only `audio_end_ms` of the reply `item_id`: keep only that part in the history."""
-        for item in self.history:
+        for item in self.items:
             if item.get("id") == item_id and item["role"] == "assistant" and "_response" in item:
                 response: SpokenReply = item["_response"]
                 item["content"] = self._heard(response, max(0, audio_end_ms) / 1000)
@@ -124,7 +127,7 @@ class ReplySpeaker:
             self._finish(response)
 
     async def _speak(self, response: SpokenReply) -> None:
-        past = self.history[:-1]  # the last item is the user message this reply answers
+        past = self.items[:-1]  # the last item is the user message this reply answers
         try:
             response.reply = self.kit.achat(
                 response.message, voice=self.voice, history=past, mode=self.options.mode,
@@ -185,7 +188,7 @@ class ReplySpeaker:
         reply = response.reply
         interrupted = response.status != "completed"
         text = self._heard(response, response.played_s(time.perf_counter())) if interrupted else reply.text
-        self.history.append({"role": "assistant", "content": text, "id": response.item_id,
+        self.items.append({"role": "assistant", "content": text, "id": response.item_id,
                              **({"interrupted": True} if interrupted else {}), "_response": response})
         self.emit("response.output_audio.done", response_id=response.id, item_id=response.item_id)
         self.emit("response.output_audio_transcript.done", response_id=response.id, item_id=response.item_id,

@@ -198,7 +198,7 @@ async def _item_create(session: AsyncRealtimeSession, event: dict[str, Any]) -> 
     if not texts or not "".join(texts).strip():
         kinds = " or ".join(_TEXT_PARTS[role][:2])
         raise ValueError(f"the {role} message needs a content part of type {kinds}, with some text")
-    session.add_message(" ".join(texts), role)
+    session.add_message(" ".join(texts), role, interrupted=item.get("status") == "incomplete")
 
 
 async def _truncate(session: AsyncRealtimeSession, event: dict[str, Any]) -> None:

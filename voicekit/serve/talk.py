@@ -3,7 +3,9 @@
 `GET /talk` is one plain HTML page (no build step, nothing from a CDN); its script, worklets and style are under
 `/talk/static/` (voicekit/serve/static/). The page captures the microphone in an AudioWorklet (pcm16 at 24 kHz,
 `input_audio_buffer.append` every 20 ms), shows the transcript and the reply as they stream, and plays the reply
-through a jitter-buffered AudioWorklet player that flushes at once on barge-in or Stop.
+through a jitter-buffered AudioWorklet player that flushes at once on barge-in or Stop. When the socket drops (a
+proxy cut, a restarted pod) the page says "reconnecting…", opens it again with backoff (talk-socket.js) and gives the
+new session its settings and the conversation so far (talk-conversation.js), asking for no reply.
 
 A browser cannot put an Authorization header on a WebSocket, so when the server has a password or an API key,
 `/talk` itself asks for credentials (HTTP Basic or Bearer, or the Gradio page's login cookie) and embeds a

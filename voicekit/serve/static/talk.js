@@ -4,8 +4,13 @@
 // Microphone -> mic-worklet.js (24 kHz pcm16 frames of 20 ms) -> input_audio_buffer.append; the server's VAD
 // finds the turns. Reply audio -> player-worklet.js (jitter buffer, gapless, flushed at once on barge-in).
 // Measurements for tests and benchmarks are on window.voicekitTalk (times: performance.now() milliseconds).
+// A dropped socket (a proxy cut, a laptop waking, a restarted server) is reopened with backoff, and the new session
+// is given the conversation so far and the page's settings (talk-conversation.js); meanwhile it says "reconnecting…".
 
 import {RATE, createPlayer, decodePcm16, encodeBase64, openMicrophone} from "./talk-audio.js";
+import {Conversation, restoreEvents} from "./talk-conversation.js";
+import {RealtimeSocket} from "./talk-socket.js";
+import {VoiceMenu, addBubble, markBubble, removeBubble, showLevel, showMic, timingText} from "./talk-view.js";
 
 const START_MS = 80;          // the player starts once this much of a reply is buffered
 const RESUME_MS = 60;         // ...and after an underrun, once this much is buffered again
@@ -21,52 +26,76 @@ const now = () => performance.now();
 // dry mid-reply: the audio came late), outputGlitches (the device ran dry: the browser was late), receivedMs,
 // playedMs, playback (what the page told the server of its playback: null, "started", "stopped"), status, timings
 // (the server's)}; firstSoundMs/firstRenderMs: the last reply's; underruns, gapMs: all replies'; lastSoundAt: when
-// the last non-silent sample was heard; events: what came and went, with times.
+// the last non-silent sample was heard; events: what came and went, with times; reconnects: sessions opened
+// after a drop; restored: the messages given to the last of them; history(): the conversation as the page keeps it.
 const talk = {
-  ready: false, connected: false, state: "connecting", session: null, voices: [], micOn: false,
+  ready: false, connected: false, state: "connecting", session: null, voices: [], micOn: false, reconnects: 0,
+  restored: 0,
   firstSoundMs: null, firstRenderMs: null, underruns: 0, gapMs: 0, lastSoundAt: null,
   lastTranscript: "", lastReply: "", events: [], turns: [], errors: [],
   player: {state: "idle", queuedMs: 0, playedMs: 0}, output: null, sampleRate: null, sentMs: 0,
-  send: (text) => sendText(text), stop: () => interrupt("stop"), setVoice: (voice) => chooseVoice(voice),
-  startMic: () => startMic(), stopMic: () => stopMic(),
+  send: (text) => sendText(text), stop: () => interrupt("stop"), setVoice: (voice) => voices.choose(voice),
+  startMic: () => startMic(), stopMic: () => stopMic(), history: () => conversation.messages(),
+  update: (fields) => updateSession(fields),
 };
 window.voicekitTalk = talk;
 
 // -- the socket ----------------------------------------------------------------------------------------
 
-let socket = null;
-let attempts = 0;
-let opened = false;           // a session was ever created on this page
-
-function socketUrl() {
-  const url = new URL("v1/realtime", document.baseURI);   // relative: works under a path prefix
-  url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
-  return url.href;
-}
-
-function connect() {
-  const protocols = token ? ["realtime", "voicekit.token." + token] : ["realtime"];
-  socket = new WebSocket(socketUrl(), protocols);
-  socket.onmessage = (message) => handle(JSON.parse(message.data));
-  socket.onclose = (closed) => {
-    talk.connected = talk.ready = false;
-    log({type: "socket.closed", code: closed.code, reason: closed.reason});
-    for (const turn of talk.turns) if (!turn.done) { turn.done = true; endAudio(turn); }
-    attempts++;
-    if (!opened && attempts >= 3) return setStatus("error", "cannot connect: reload the page (and log in)");
-    setStatus("connecting", "disconnected, reconnecting…");
-    setTimeout(connect, Math.min(10000, 500 * 2 ** attempts));
-  };
-}
+const conversation = new Conversation();
+const settings = {};          // what the page set with session.update (voice, instructions, turn_detection, ...)
+const socket = new RealtimeSocket({token, onEvent: (event) => handle(event),
+                                   onDrop: (closed, next) => dropped(closed, next)});
+const voices = new VoiceMenu($("vk-voice"), (voice) => updateSession({voice}));
 
 function send(event) {
-  if (!socket || socket.readyState !== WebSocket.OPEN) return false;
-  socket.send(JSON.stringify(event));
+  if (!socket.send(event)) return false;
   if (event.type !== "input_audio_buffer.append") {
     log({type: "sent:" + event.type, response_id: event.response_id, item_id: event.item_id,
          audio_end_ms: event.audio_end_ms});
   }
   return true;
+}
+
+// The socket closed, and tries again, sooner at first; the page says "reconnecting…" meanwhile. A reply still being
+// made is cut here too, as if the server had stopped it: the history keeps what was heard (the player's flush makes
+// it exact). One the server completed plays on.
+function dropped(closed, next) {
+  talk.connected = talk.ready = false;
+  log({type: "socket.closed", code: closed.code, reason: closed.reason, next});
+  const cut = talk.turns.filter((turn) => !turn.done);
+  for (const turn of cut) { turn.done = true; turn.truncatedMs = turn.playedMs; }
+  if (cut.length) interrupt("dropped");
+  pendingStart = speechStop = null;
+  hearing = false;
+  for (const item of unheard) removeBubble(item);   // the new session never heard them: say it again
+  unheard.clear();
+  updateStatus();
+  const lasting = socket.attempts > 10 ? " (reload the page if it lasts)" : "";   // ~15 s: a lost login?
+  if (next === "gave up") setStatus("error", "cannot connect: reload the page (and log in)");
+  else if (next !== "leaving") setStatus(next, next + "…" + lasting);
+}
+
+// A new session: the first, or one after a drop, which is given the page's settings and the conversation so far
+// (and asked for no reply: nothing is spoken twice).
+function sessionCreated(previous) {
+  talk.connected = talk.ready = true;
+  if (socket.began()) {
+    const earlier = voices.earlier(talk.session);
+    if (earlier) voices.choose(earlier);
+    return;
+  }
+  const messages = conversation.messages();
+  const wanted = {voice: previous?.voice, ...settings};
+  for (const event of restoreEvents(messages, wanted, talk.session)) send(event);
+  talk.reconnects++;
+  talk.restored = messages.length;
+  log({type: "page.restored", messages: messages.length, reconnects: talk.reconnects});
+}
+
+function updateSession(fields) {
+  Object.assign(settings, fields);
+  return send({type: "session.update", session: fields});
 }
 
 function log(entry) {
@@ -100,12 +129,15 @@ function fromPlayer(message) {
     turn.finished = message.type === "finished";
     if (turn.glitchesBefore !== undefined) turn.outputGlitches = glitches() - turn.glitchesBefore;
     log({type: "player." + message.type, id: message.id, playedMs: message.playedMs});
-    // Keep in the server's history only what was heard.
+    // Keep in the history only what was heard. A reply of an earlier session stays as the new one was given it.
     const cut = !turn.done || turn.receivedMs > turn.playedMs;
     if (message.type === "flushed" && turn.itemId && !turn.truncated && cut) {
       turn.truncated = true;
-      send({type: "conversation.item.truncate", item_id: turn.itemId, content_index: 0,
-            audio_end_ms: message.playedMs});
+      if (sameSession(turn)) {
+        turn.truncatedMs = message.playedMs;
+        send({type: "conversation.item.truncate", item_id: turn.itemId, content_index: 0,
+              audio_end_ms: message.playedMs});
+      }
     }
     reportStopped(turn, message.playedMs);
     showTiming(turn);
@@ -156,15 +188,14 @@ async function startMic() {
     mic = await openMicrophone(player.context, {frameMs: 20, onFrame: (pcm, peak) => {
       const sent = send({type: "input_audio_buffer.append", audio: encodeBase64(pcm)});
       if (sent) talk.sentMs += pcm.byteLength / 2 / RATE * 1000;
-      $("vk-mic").style.setProperty("--level", Math.min(1, peak * 3).toFixed(2));
+      showLevel(peak);
     }});
   } finally {
     micOpening = false;
   }
   talk.micOn = true;
   log({type: "mic.started", rate: mic.rate});
-  $("vk-mic").setAttribute("aria-pressed", "true");
-  $("vk-mic").textContent = "Listening… (click to stop)";
+  showMic(true);
   updateStatus();
 }
 
@@ -176,9 +207,7 @@ function stopMic() {
   if (hearing) send({type: "input_audio_buffer.commit"});   // the user ended their turn with the button
   hearing = false;
   log({type: "mic.stopped"});
-  $("vk-mic").setAttribute("aria-pressed", "false");
-  $("vk-mic").textContent = "Talk";
-  $("vk-mic").style.setProperty("--level", "0");
+  showMic(false);
   updateStatus();
 }
 
@@ -187,6 +216,7 @@ function stopMic() {
 let pendingStart = null;      // {kind, t0, itemId?}: the next response.created answers this
 let speechStop = null;        // the last speech_stopped: {t0, itemId}, a turn once committed
 let hearing = false;          // between speech_started and speech_stopped
+const unheard = new Set();    // user turns begun and not yet transcribed: a drop loses them
 // Error codes that only mean the page and the server crossed (a cancel or truncate just after the reply ended).
 const QUIET_ERRORS = new Set(["response_cancel_not_active", "item_not_found"]);
 
@@ -204,6 +234,7 @@ function sendText(text) {
   if (!text || !talk.ready) return false;
   interrupt("text");
   addBubble("user", text);
+  conversation.user(text);
   pendingStart = {kind: "text", t0: now()};
   send({type: "conversation.item.create",
         item: {type: "message", role: "user", content: [{type: "input_text", text}]}});
@@ -233,9 +264,10 @@ function handle(event) {
     ? {type, id: event.response_id, bytes: Math.round(event.delta.length * 3 / 4)}
     : {type, item_id: event.item_id, response_id: event.response_id, status: event.response?.status});
   if (type === "session.created" || type === "session.updated") {
+    const previous = talk.session;
     talk.session = event.session;
-    if (type === "session.created") { opened = true; attempts = 0; talk.connected = talk.ready = true; }
-    showVoices(event.session, type === "session.created");
+    talk.voices = voices.show(event.session);
+    if (type === "session.created") sessionCreated(previous);
   } else if (type === "input_audio_buffer.speech_started") {
     hearing = true;
     // Barge-in: the server takes the first barge_in_grace_ms of a reply's sound for echo and cuts the reply
@@ -245,6 +277,7 @@ function handle(event) {
       interrupt("speech");
     }
     addBubble("user", "…", event.item_id);
+    unheard.add(event.item_id);
   } else if (type === "input_audio_buffer.speech_stopped") {
     hearing = false;
     speechStop = {t0: now(), itemId: event.item_id};
@@ -257,11 +290,14 @@ function handle(event) {
     // was not the user: no bubble, no waiting for an answer, and the reply that is playing goes on.
     log({type: "page.echo", item_id: event.item_id});
     removeBubble(event.item_id);
+    unheard.delete(event.item_id);
     if (pendingStart?.itemId === event.item_id) pendingStart = null;
   } else if (type === "conversation.item.input_audio_transcription.completed"
              || type === "conversation.item.input_audio_transcription.failed") {
     talk.lastTranscript = event.transcript || "";
     addBubble("user", talk.lastTranscript || "(nothing heard)", event.item_id);
+    unheard.delete(event.item_id);
+    if (talk.lastTranscript.trim()) conversation.user(talk.lastTranscript.trim());
     if (!talk.lastTranscript && pendingStart?.kind === "speech") pendingStart = null;   // nothing to answer
     else if (talk.turns.some(live)) interrupt("speech");                // the user spoke over the reply
   } else if (type === "response.created") {
@@ -271,7 +307,8 @@ function handle(event) {
     talk.turns.push({id: event.response.id, kind: start.kind, t0: start.t0, itemId: null, text: "",
                      firstAudioMs: null, firstSoundMs: null, firstRenderMs: null, underruns: 0,
                      receivedMs: 0, playedMs: 0, playing: false, finished: false, done: false, interrupted: false,
-                     playback: null, sessionId: talk.session?.id, status: null});
+                     playback: null, sessionId: talk.session?.id, status: null, pieces: []});
+    conversation.reply(talk.turns.at(-1));
     if (talk.turns.length > 50) talk.turns.shift();
   } else if (type === "response.output_item.added") {
     const turn = turnOf(event.response_id);
@@ -280,11 +317,13 @@ function handle(event) {
     const turn = turnOf(event.response_id);
     if (turn && !turn.interrupted) {
       turn.text += event.delta || "";
+      turn.pieces.push({text: (event.delta || "").trim(), endMs: turn.receivedMs});
       talk.lastReply = turn.text;
       addBubble("assistant", turn.text, turn.id);
     }
   } else if (type === "response.output_audio_transcript.done") {
     const turn = turnOf(event.response_id);
+    if (turn) turn.serverText = event.transcript || "";   // what the server's history keeps of the reply
     if (turn && !turn.interrupted && event.transcript) {
       turn.text = talk.lastReply = event.transcript;
       addBubble("assistant", turn.text, turn.id);
@@ -295,6 +334,7 @@ function handle(event) {
       const samples = decodePcm16(event.delta);
       if (turn.firstAudioMs === null) turn.firstAudioMs = Math.round(now() - turn.t0);
       turn.receivedMs += samples.length * 1000 / RATE;
+      if (turn.pieces.length) turn.pieces.at(-1).endMs = turn.receivedMs;
       player.push(turn.id, samples);
     }
   } else if (type === "response.output_audio.done") {
@@ -353,81 +393,11 @@ function showError(message) {
 }
 
 function showTiming(turn) {
-  const parts = [];
-  const after = turn.kind === "speech" ? "after you stopped" : "after Enter";
-  if (turn.firstSoundMs !== null) parts.push(`first sound ${(turn.firstSoundMs / 1000).toFixed(2)} s ${after}`);
-  if (turn.firstAudioMs !== null) parts.push(`first audio in ${(turn.firstAudioMs / 1000).toFixed(2)} s`);
-  parts.push(`${turn.underruns} gap${turn.underruns === 1 ? "" : "s"}`);
-  if (turn.playedMs) parts.push(`played ${(turn.playedMs / 1000).toFixed(1)} s`);
-  if (turn.status && turn.status !== "completed") parts.push(turn.status);
-  $("vk-timing").textContent = parts.join(" · ");
-}
-
-function addBubble(role, text, key) {
-  const box = $("vk-conversation");
-  box.querySelector(".vk-hint")?.remove();
-  let bubble = key ? box.querySelector(`[data-key="${CSS.escape(key)}"]`) : null;
-  if (!bubble) {
-    bubble = document.createElement("div");
-    bubble.className = `vk-turn vk-${role}`;
-    if (key) bubble.dataset.key = key;
-    const who = document.createElement("span");
-    who.className = "vk-who";
-    who.textContent = role === "user" ? "you" : "voicekit";
-    bubble.append(who, document.createElement("p"));
-    box.append(bubble);
-    while (box.children.length > 60) box.firstElementChild.remove();
-  }
-  bubble.querySelector("p").textContent = text || "…";
-  box.scrollTop = box.scrollHeight;
-}
-
-function removeBubble(key) {
-  $("vk-conversation").querySelector(`[data-key="${CSS.escape(key)}"]`)?.remove();
-}
-
-function markBubble(turn, mark) {
-  $("vk-conversation").querySelector(`[data-key="${CSS.escape(turn.id)}"]`)?.classList.add("vk-" + mark);
-}
-
-let storedVoice = null;
-try { storedVoice = localStorage.getItem("voicekit.voice"); } catch { /* storage off in this frame */ }
-
-function showVoices(session, created) {
-  const select = $("vk-voice");
-  const voices = session.voices || [];
-  talk.voices = voices.map((voice) => voice.id);
-  select.replaceChildren();
-  const families = new Map();
-  for (const voice of voices) {
-    if (!families.has(voice.family)) families.set(voice.family, []);
-    families.get(voice.family).push(voice);
-  }
-  for (const [family, members] of families) {
-    const group = families.size > 1 ? document.createElement("optgroup") : select;
-    if (group !== select) { group.label = family || "voices"; select.append(group); }
-    for (const voice of members) {
-      const option = new Option(voice.description ? `${voice.id} — ${voice.description}` : voice.id, voice.id);
-      group.append(option);
-    }
-  }
-  select.value = session.voice;
-  select.disabled = voices.length === 0;
-  if (created && storedVoice && storedVoice !== session.voice && talk.voices.includes(storedVoice)) {
-    chooseVoice(storedVoice);   // the voice picked on an earlier visit
-  }
-}
-
-function chooseVoice(voice) {
-  storedVoice = voice;
-  try { localStorage.setItem("voicekit.voice", voice); } catch { /* storage off in this frame */ }
-  $("vk-voice").value = voice;
-  return send({type: "session.update", session: {voice}});
+  $("vk-timing").textContent = timingText(turn);
 }
 
 // -- wiring ------------------------------------------------------------------------------------------
 
-$("vk-voice").addEventListener("change", (event) => chooseVoice(event.target.value));
 $("vk-form").addEventListener("submit", (event) => {
   event.preventDefault();
   if (sendText($("vk-text").value)) $("vk-text").value = "";
@@ -437,9 +407,8 @@ $("vk-mic").addEventListener("click", () => {
   if (mic) return stopMic();
   startMic().catch((error) => showError(`microphone: ${error.message || error} (the page needs https or localhost)`));
 });
-window.addEventListener("pagehide", () => socket && socket.close());
 
 createPlayer({startMs: START_MS, resumeMs: RESUME_MS, onMessage: fromPlayer})
   .then((made) => { player = made; talk.sampleRate = made.context.sampleRate; })
   .catch((error) => showError(`audio: ${error.message || error} (the page needs https or localhost)`))
-  .finally(connect);
+  .finally(() => socket.open());
