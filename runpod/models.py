@@ -38,9 +38,15 @@ def asr_repo(model: str) -> str | None:
     and local folders."""
     from voicekit.listening.whisper_models import BASE_MODEL, DEFAULT_MODEL, hub_repo
 
-    if not model or model in (DEFAULT_MODEL, BASE_MODEL) or hub.is_local(model):
+    if not model or model in (DEFAULT_MODEL, BASE_MODEL) or hub.is_local(model) or _path_like(model):
         return None
     return hub_repo(model)
+
+
+def _path_like(spec: str) -> bool:
+    """A folder the recognizer loads from disk (absent here: it may be on a volume not mounted yet), never a hub id
+    (`owner/name`, one slash)."""
+    return spec.startswith(("/", ".", "~")) or spec.count("/") > 1
 
 
 def patterns(repo: str, env: Mapping[str, str] | None = None) -> list[str] | None:

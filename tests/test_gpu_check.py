@@ -189,7 +189,7 @@ def stand_in_python(tmp_path: Path) -> dict[str, str]:
     python = tmp_path / "python"
     python.write_text(STAND_IN_PYTHON)
     python.chmod(0o755)
-    (tmp_path / "prefix").mkdir()
+    (tmp_path / "prefix").mkdir(exist_ok=True)
     return {"PYTHON": str(python), "REAL_PYTHON": sys.executable, "STAND_IN_LOG": str(tmp_path / "python.log"),
             "STAND_IN_PREFIX": str(tmp_path / "prefix"), "STAND_IN_RESULTS": str(results),
             "HOME": str(tmp_path), "HF_HOME": str(tmp_path / "hf")}
@@ -264,7 +264,7 @@ def test_on_a_pod_every_model_comes_first_and_the_kit_loads_once(tmp_path: Path)
     assert "talk: turn end -> first audio 0.41 s (median), ASR RTF 0.02" in summary
     assert "recognizer large-v3-turbo on cuda (float16)" in summary
     assert "load: 16 clients x 4: statuses {'200': 64}, first audio p50 0.5 s p95 0.9 s" in summary
-    assert "say-2        sequential       2     0.21      0.5      1.1    0.45" in summary
+    assert "say-2        sequential      2     0.21      0.5      1.1    0.45" in summary
 
     quick = gpu_check("--quick", "--no-install", "--no-download", cwd=tmp_path,
                       path=fake_nvidia_smi(tmp_path / "bin2", "13.0"), OUT=str(tmp_path / "quick"),
@@ -337,7 +337,7 @@ def test_gpu_wheels_downloads_this_environments_versions_for_python_3_12(tmp_pat
     assert asked[asked.index("--python-version") + 1] == "3.12"
     assert [item for item in asked if "==" in item] == [f"{name}=={version(name)}" for name in CARRIED]
     assert len(list(folder.glob("*.whl"))) == len(CARRIED) and (folder / "tiny-whisper" / "model.bin").is_file()
-    assert "total 14 MB (limit 50 MB)" in result.stdout  # ten 1 MB stand-ins and the ~4 MB tiny Whisper
+    assert "total 15 MB (limit 50 MB)" in result.stdout  # ten 1 MB stand-ins and the ~6 MB tiny Whisper
     assert "left out: av" in result.stdout and "nvidia-cublas-cu12 (~500 MB" in result.stdout
     assert f"bash scripts/gpu_check.sh --offline --wheels {folder}" in result.stdout
 

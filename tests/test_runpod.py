@@ -53,6 +53,7 @@ def _load(name: str) -> Any:
     spec = importlib.util.spec_from_file_location(f"voicekit_runpod_{name}", ROOT / "runpod" / f"{name}.py")
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -407,9 +408,11 @@ def test_start_restarts_a_crashed_service_with_backoff_until_sigterm(tmp_path: P
 def _gpu_pod_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     """A pod whose nvidia-smi lists a GPU, with the fakes, the stand-in app and a log of what they were asked."""
     bin_dir, python_with_gpu = _stand_ins(tmp_path)
-    return _pod_env(tmp_path, VOICEKIT_POD_MODE="auto", PYTHON=str(python_with_gpu), VOICEKIT_JUPYTER="0",
-                    VOICEKIT_SKIP_DOCTOR="1", VOICEKIT_PORT=str(_free_port()), FAKE_EVENTS=str(tmp_path / "events"),
-                    STAND_IN_APP=str(tmp_path / "stand_in_app.py"), PATH=f"{bin_dir}:{os.environ['PATH']}", **extra)
+    return _pod_env(tmp_path, **{"VOICEKIT_POD_MODE": "auto", "PYTHON": str(python_with_gpu), "VOICEKIT_JUPYTER": "0",
+                                 "VOICEKIT_SKIP_DOCTOR": "1", "VOICEKIT_PORT": str(_free_port()),
+                                 "FAKE_EVENTS": str(tmp_path / "events"),
+                                 "STAND_IN_APP": str(tmp_path / "stand_in_app.py"),
+                                 "PATH": f"{bin_dir}:{os.environ['PATH']}", **extra})
 
 
 def _pod_status(port: int) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""runpod/supervise.py, the pod's supervisor, in-process: its parts (backoff, the gpu preset's failure count, the
+"""runpod/supervise.py, the pod's supervisor (and pod_process.py, pod_status.py, pod_setup.py and pod_supervisor.py,
+the modules it is made of), in-process: its parts (backoff, the gpu preset's failure count, the
 install marker, download progress from the Hugging Face cache, the status page), the supervisor itself running
 in a thread (restarts with backoff while its status page holds the port, the health watch stopping a hung app),
 and what app.py and the page do for it (the port handover, the status line). tests/test_runpod.py runs the whole
@@ -6,6 +7,7 @@ pod through start.sh, with fakes for pip, nvidia-smi, the GPU checks and the hub
 
 from __future__ import annotations
 
+import importlib
 import json
 import socket
 import sys
@@ -20,11 +22,13 @@ from test_runpod import _free_port, _get, _load, _session_pids, _stand_ins
 
 ROOT = Path(__file__).resolve().parent.parent
 
-supervise = _load("supervise")
+supervise = _load("supervise")  # puts runpod/ on sys.path: the modules it is made of import each other by name
+pod_process = importlib.import_module("pod_process")
+pod_status = importlib.import_module("pod_status")
 
 
 def test_backoff_doubles_to_a_cap_and_starts_again_after_a_steady_run() -> None:
-    backoff = supervise.Backoff()
+    backoff = pod_process.Backoff()
     assert [backoff.next(ran_s=0.5) for _ in range(8)] == [1, 2, 4, 8, 16, 32, 60, 60]
     assert backoff.next(ran_s=61) == 1 and backoff.next(ran_s=3) == 2
     backoff.reset()
@@ -32,7 +36,7 @@ def test_backoff_doubles_to_a_cap_and_starts_again_after_a_steady_run() -> None:
 
 
 def test_the_gpu_preset_is_given_up_after_three_quick_failures_in_a_row() -> None:
-    failures = supervise.GpuFailures()
+    failures = pod_process.GpuFailures()
     assert not failures.record(1, ran_s=10) and not failures.record(143, ran_s=600)
     assert not failures.record(0, ran_s=5)  # a clean exit breaks the row
     assert not failures.record(1, ran_s=5) and not failures.record(1, ran_s=2000)  # ran over 30 min: not counted
@@ -44,7 +48,7 @@ def test_install_marker_holds_one_line_per_installed_requirements_file(tmp_path:
     (tmp_path / "requirements-gpu.txt").write_text("-r requirements.txt\nvllm\n")
     marker = tmp_path / "venv" / ".voicekit-installed"
     marker.parent.mkdir()
-    installs = supervise.Installs(tmp_path, marker)
+    installs = pod_process.Installs(tmp_path, marker)
     cpu, gpu = tmp_path / "requirements.txt", tmp_path / "requirements-gpu.txt"
     assert not installs.done(cpu) and not installs.done(gpu)
     installs.record(cpu)
@@ -61,9 +65,9 @@ def test_install_marker_holds_one_line_per_installed_requirements_file(tmp_path:
 
 
 def test_download_progress_counts_the_bytes_in_the_hugging_face_cache(tmp_path: Path) -> None:
-    assert supervise.amount(1_200_000_000, 6_200_000_000) == "1.2/6.2 GB"
-    assert supervise.amount(340_000_000, None) == "340.0 MB" and supervise.amount(7, 9) == "7/9 B"
-    assert supervise.duration(45) == "45 s" and supervise.duration(200) == "3 min 20 s"
+    assert pod_status.amount(1_200_000_000, 6_200_000_000) == "1.2/6.2 GB"
+    assert pod_status.amount(340_000_000, None) == "340.0 MB" and pod_status.amount(7, 9) == "7/9 B"
+    assert pod_status.duration(45) == "45 s" and pod_status.duration(200) == "3 min 20 s"
     blobs = tmp_path / "models--acme--speech" / "blobs"
     blobs.mkdir(parents=True)
     (blobs / "aaa").write_bytes(b"x" * 1500)
@@ -72,21 +76,21 @@ def test_download_progress_counts_the_bytes_in_the_hugging_face_cache(tmp_path: 
     (tmp_path / "models--acme--chat" / "blobs" / "ccc").write_bytes(b"x" * 3000)
     sizes = {"acme/chat": 3000, "acme/speech": 6000, "acme/snac": 1000}
     repos = ["acme/chat", "acme/speech", "acme/snac"]
-    assert supervise.hub_progress(repos, sizes, tmp_path) == "5.0/10.0 KB (acme/speech: 2.0/6.0 KB)"
-    assert supervise.hub_progress(repos, {**sizes, "acme/snac": None}, tmp_path) == "5.0 KB (acme/speech: 2.0/6.0 KB)"
-    assert supervise.hub_progress(["acme/chat"], sizes, tmp_path) == "3.0/3.0 KB"
+    assert pod_status.hub_progress(repos, sizes, tmp_path) == "5.0/10.0 KB (acme/speech: 2.0/6.0 KB)"
+    assert pod_status.hub_progress(repos, {**sizes, "acme/snac": None}, tmp_path) == "5.0 KB (acme/speech: 2.0/6.0 KB)"
+    assert pod_status.hub_progress(["acme/chat"], sizes, tmp_path) == "3.0/3.0 KB"
 
 
 def test_last_line_finds_pips_progress_and_models_errors(tmp_path: Path) -> None:
     log = tmp_path / "install.log"
     log.write_text("Collecting vllm==0.32.0\n  Downloading vllm-0.32.0.whl (326 MB)\r  12%|##   |\nnoise\n")
-    assert supervise.last_line(log, ("Collecting", "Downloading")) == "Downloading vllm-0.32.0.whl (326 MB)"
-    assert supervise.last_line(tmp_path / "missing.log") == ""
+    assert pod_status.last_line(log, ("Collecting", "Downloading")) == "Downloading vllm-0.32.0.whl (326 MB)"
+    assert pod_status.last_line(tmp_path / "missing.log") == ""
 
 
 def test_status_page_holds_the_port_with_the_status_line(tmp_path: Path) -> None:
-    status = supervise.Status(tmp_path / "status.json")
-    page = supervise.StatusPage("127.0.0.1", _free_port(), status)
+    status = pod_status.Status(tmp_path / "status.json")
+    page = pod_status.StatusPage("127.0.0.1", _free_port(), status)
     assert page.start()
     try:
         base = f"http://127.0.0.1:{page.port}"
@@ -100,7 +104,7 @@ def test_status_page_holds_the_port_with_the_status_line(tmp_path: Path) -> None
         code, body = _get(base + "/pod/status")
         assert code == 200 and json.loads(body)["state"] == "preparing"
         assert json.loads((tmp_path / "status.json").read_text())["line"] == json.loads(body)["line"]
-        second = supervise.StatusPage("127.0.0.1", page.port, status)
+        second = pod_status.StatusPage("127.0.0.1", page.port, status)
         assert not second.start()  # taken: try again later, no exception
     finally:
         page.stop()
@@ -137,8 +141,15 @@ def pod(tmp_path: Path) -> Iterator[Any]:
 
 
 def _until(predicate: Any, timeout_s: float = 30.0) -> None:
+    """Wait for `predicate`; a refused or reset connection counts as not yet: the port changes hands (the status
+    page binds it once the supervisor runs, and gives it up to the app that has loaded)."""
     deadline = time.monotonic() + timeout_s
-    while not predicate():
+    while True:
+        try:
+            if predicate():
+                return
+        except OSError:
+            pass
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.05)
 
