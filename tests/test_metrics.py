@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -160,3 +162,16 @@ def test_metrics_need_the_api_key_or_password_when_one_is_set(kit: Any) -> None:
         assert value(by_password, "voicekit_http_requests_total", route="/metrics", method="GET", status="401") == 2
         assert value(by_key, "voicekit_max_running") == 2, "the cpu preset's limits"
         assert httpx.get(f"{server.url}/health").status_code == 200, "health never asks"
+
+
+def test_the_grafana_dashboard_charts_only_series_the_server_exports(server: BackgroundServer, repo_root: Any) -> None:
+    board = json.loads((repo_root / "docs" / "grafana-voicekit.json").read_text())
+    queries = [target["expr"] for panel in board["panels"] for target in panel["targets"]]
+    named = {re.sub(r"_(bucket|count|sum)$", "", name) for query in queries
+             for name in re.findall(r"\b((?:voicekit|process)_[a-z_]+)", query)}
+    text = httpx.get(f"{server.url}/metrics", timeout=30).text
+    exported = {family.name for family in text_string_to_metric_families(text)}
+    exported |= {f"{name}_total" for name in exported}  # the parser names a counter without its _total
+    on_a_gpu_only = {"voicekit_gpu_memory_used_bytes", "voicekit_gpu_memory_total_bytes",
+                     "voicekit_vllm_kv_cache_tokens"}
+    assert named - exported == on_a_gpu_only
