@@ -44,6 +44,7 @@ def test_bench_capacity_ramps_and_writes_what_auto_reads(generous: BackgroundSer
         ramp = report[kind]
         first = ramp["steps"][0]
         assert first["level"] == 1 and first["admitted"] >= 1 and first["turned_away"] == 0, first
+        assert len(first["records"]) == first["requests"] and all("gap_s" in r for r in first["records"])
         assert 0 < first["first_audio_s"]["p50"] < 30 and ramp["one_listener_p95_s"] == first["first_audio_s"]["p95"]
         assert ramp["bound_s"] == round(1.5 * ramp["one_listener_p95_s"], 3)
         assert 0 <= ramp["sustainable"] <= 2 and len(ramp["steps"]) <= 2

@@ -88,7 +88,7 @@ async def ramp(kind: str, run_step: Callable[[int], Awaitable[list[dict[str, Any
         started = time.monotonic()
         records = await run_step(level)
         figures = judge(records, admitted, turned_away, bound, result["bound_s"])
-        figures.update(level=level, seconds=round(time.monotonic() - started, 1))
+        figures.update(level=level, seconds=round(time.monotonic() - started, 1), records=records)
         steps.append(figures)
         if level == 1 and figures["first_audio_s"]["p95"] is not None:
             result["one_listener_p95_s"] = figures["first_audio_s"]["p95"]

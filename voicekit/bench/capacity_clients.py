@@ -69,8 +69,10 @@ async def stream_once(client: httpx.AsyncClient, index: int, max_tokens: int) ->
                     playback.arrive(len(audio) / bytes_per_s, now)
     except httpx.HTTPError as error:
         record["status"], record["error"] = "error", type(error).__name__
-    record.update(total_s=time.perf_counter() - started, audio_s=round(playback.queued_s, 3),
+    record.update(total_s=round(time.perf_counter() - started, 3), audio_s=round(playback.queued_s, 3),
                   gap_s=round(playback.gap_s, 3))
+    if "first_audio_s" in record:
+        record["first_audio_s"] = round(record["first_audio_s"], 4)
     return record
 
 
