@@ -132,6 +132,8 @@ def _add_capacity_options(bench: argparse.ArgumentParser) -> None:
     bench.add_argument("--p95-factor", type=float, default=1.5, help="capacity: a step fails when p95 first audio "
                        "passes this many times the one-listener figure (default 1.5)")
     bench.add_argument("--p95-bound", type=float, help="capacity: or past this many seconds, instead")
+    bench.add_argument("--gap-tolerance", type=float, default=0.1, help="capacity: an admitted stream whose audio "
+                       "gaps add up past this many seconds played slower than real time (default 0.1)")
     bench.add_argument("--save", action="store_true", help="capacity: also write it where VOICEKIT_MAX_RUNNING=auto "
                        "reads it (VOICEKIT_CAPACITY_FILE, else ~/.cache/voicekit/capacity-<preset>.json)")
 
@@ -311,7 +313,7 @@ def run_capacity(args: argparse.Namespace) -> int:
         raise VoicekitError("bench capacity needs --url of a running voicekit server (python -m voicekit serve, "
                         "with generous limits: VOICEKIT_MAX_RUNNING=64)")
     kinds = tuple(kind.strip() for kind in args.kinds.split(",") if kind.strip())
-    bound = Bound(p95_factor=args.p95_factor, p95_s=args.p95_bound)
+    bound = Bound(p95_factor=args.p95_factor, p95_s=args.p95_bound, gap_tolerance_s=args.gap_tolerance)
     try:
         results = run_capacity_bench(args.url, kinds, args.max_level, args.step_seconds, bound,
                                      args.api_key or os.environ.get("VOICEKIT_API_KEY"))
