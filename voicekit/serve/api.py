@@ -172,8 +172,7 @@ def create_app(kit: Any, *, api_key: str | None = None, password: str | None = N
             lambda: (kit.health(), kit.warnings(), resources(kit), machine_identity()))
         engine = getattr(kit.chat_model, "engine", None)
         body = {"status": "error" if failure else "ok", **({"reason": failure} if failure else {}),
-                "warnings": warnings,
-                "preset": kit.description.get("preset", kit.settings.preset),
+                "warnings": warnings, "preset": kit.description.get("preset", kit.settings.preset),
                 "active_requests": len(state.active),
                 "engine_requests": len(engine.active_requests()) if engine is not None else 0,
                 "served": state.served, "admission": state.admission.as_dict(),
