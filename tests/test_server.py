@@ -250,6 +250,7 @@ def test_disconnect_before_first_audio_aborts_the_chat_engine(server: Background
     health = httpx.get(f"{server.url}/health").json()
     assert health.pop("recognizer")["model"] == "tiny.en" and health.pop("vllm_engines") == []
     assert health.pop("gpu") is None  # no GPU here
+    assert health.pop("machine")["gpu"] is None and health.pop("capacity")["streams"] == 2
     assert health | {"served": 0, "admission": {}, "rss_mb": 0} == {
         "status": "ok", "warnings": [], "preset": "cpu", "active_requests": 0, "engine_requests": 0, "served": 0,
         "admission": {}, "rss_mb": 0}
@@ -382,6 +383,7 @@ def test_health_is_503_with_the_reason_when_the_chat_server_dies(kit: Any) -> No
         body = dead.json()
         assert body.pop("admission")["running"] == 0 and body.pop("rss_mb") > 0
         assert body.pop("recognizer")["device"] == "cpu" and body.pop("vllm_engines") == [] and "gpu" in body
+        assert body.pop("capacity")["source"] == "preset" and body.pop("machine")["cpu_count"] == os.cpu_count()
         body.pop("gpu")
         assert body == {"status": "error", "reason": f"chat model: the server at {url} answered GET /health with 503",
                         "warnings": [], "preset": "cpu", "active_requests": 0, "engine_requests": 0, "served": 0}

@@ -88,8 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     config.set_defaults(run=run_config)
 
     bench = commands.add_parser("bench", help="measure latency and speed, write JSON")
-    bench.add_argument("what", choices=("pipeline", "snac", "llm", "load", "soak", "talk"), help="what to measure")
-    bench.add_argument("--json", metavar="FILE", required=True, help="where to write the results")
+    bench.add_argument("what", choices=("pipeline", "snac", "llm", "load", "soak", "talk", "capacity"),
+                       help="what to measure")
+    bench.add_argument("--json", metavar="FILE", help="where to write the results (required; capacity: default "
+                       "capacity.json)")
     bench.add_argument("--preset", help="auto (default), cpu or gpu")
     bench.add_argument("--repeats", type=int, default=3, help="runs per case (default 3)")
     bench.add_argument("--quick", action="store_true", help="fewer cases, for a smoke test")
@@ -100,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="snac: timer (default: wall)")
     bench.add_argument("--threads", type=int, help="snac: torch CPU threads; llm: llama.cpp threads")
     bench.add_argument("--gguf", help="llm: a GGUF file to time")
-    bench.add_argument("--url", help="load: the running voicekit server (e.g. http://127.0.0.1:7860)")
+    bench.add_argument("--url", help="load, soak, capacity: the running voicekit server (e.g. "
+                       "http://127.0.0.1:7860)")
     bench.add_argument("--clients", type=int, default=8, help="load: clients at once (default 8)")
     bench.add_argument("--requests", type=int, default=5, help="load: requests per client (default 5)")
     bench.add_argument("--drop-every", type=int, default=5, help="load: every Nth request hangs up (default 5)")
@@ -114,8 +117,25 @@ def build_parser() -> argparse.ArgumentParser:
                        "plain turns: headset (latency from the last word, words heard, voices the kit does not "
                        "speak in), speaker (echo, self-interruptions, interruptions over the echo), pauses (pauses "
                        "mid-sentence, 'Yes.'); --repeats trials of each (20 for the published figures)")
+    _add_capacity_options(bench)
     bench.set_defaults(run=run_bench)
     return parser
+
+
+def _add_capacity_options(bench: argparse.ArgumentParser) -> None:
+    bench.add_argument("--max-level", type=int, default=32, help="capacity: the most listeners or talkers at "
+                       "once (default 32; steps 1, 2, 3, 4, 6, 8, 12, ...)")
+    bench.add_argument("--step-seconds", type=float, default=30.0, help="capacity: how long each step holds its "
+                       "load (default 30)")
+    bench.add_argument("--kinds", default="streams,sessions", help="capacity: streams (chat and speech over HTTP), "
+                       "sessions (spoken realtime), or both (default)")
+    bench.add_argument("--p95-factor", type=float, default=1.5, help="capacity: a step fails when p95 first audio "
+                       "passes this many times the one-listener figure (default 1.5)")
+    bench.add_argument("--p95-bound", type=float, help="capacity: or past this many seconds, instead")
+    bench.add_argument("--gap-tolerance", type=float, default=0.1, help="capacity: an admitted stream whose audio "
+                       "gaps add up past this many seconds played slower than real time (default 0.1)")
+    bench.add_argument("--save", action="store_true", help="capacity: also write it where VOICEKIT_MAX_RUNNING=auto "
+                       "reads it (VOICEKIT_CAPACITY_FILE, else ~/.cache/voicekit/capacity-<preset>.json)")
 
 
 def _add_common(command: argparse.ArgumentParser) -> None:
@@ -252,6 +272,10 @@ def run_config(args: argparse.Namespace) -> int:
 
 def run_bench(args: argparse.Namespace) -> int:
     """`bench`: run a benchmark and write its JSON."""
+    if args.json is None and args.what != "capacity":
+        raise VoicekitError(f"bench {args.what} needs --json FILE: where to write the results")
+    if args.what == "capacity":
+        return run_capacity(args)
     if args.what in ("load", "soak"):
         import os
 
@@ -288,4 +312,35 @@ def run_bench(args: argparse.Namespace) -> int:
     with open(args.json, "w", encoding="utf-8") as handle:
         json.dump(results, handle, indent=2)
     print(f"wrote {args.json}")
+    return 0
+
+
+def run_capacity(args: argparse.Namespace) -> int:
+    """`bench capacity`: ramp the load on a running server; write capacity.json, its plot, and with --save the file
+    `VOICEKIT_MAX_RUNNING=auto` reads."""
+    import os
+    from pathlib import Path
+
+    from voicekit.bench.capacity import Bound, plot_capacity, run_capacity_bench
+    from voicekit.serve.admission import capacity_path
+
+    if not args.url:
+        raise VoicekitError("bench capacity needs --url of a running voicekit server (python -m voicekit serve, "
+                        "with generous limits: VOICEKIT_MAX_RUNNING=64)")
+    kinds = tuple(kind.strip() for kind in args.kinds.split(",") if kind.strip())
+    bound = Bound(p95_factor=args.p95_factor, p95_s=args.p95_bound, gap_tolerance_s=args.gap_tolerance)
+    try:
+        results = run_capacity_bench(args.url, kinds, args.max_level, args.step_seconds, bound,
+                                     args.api_key or os.environ.get("VOICEKIT_API_KEY"))
+    except ValueError as error:
+        raise VoicekitError(str(error)) from None
+    path = Path(args.json or "capacity.json")
+    targets = [path, capacity_path(results["preset"] or "cpu")] if args.save else [path]
+    for target in targets:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps(results, indent=2), encoding="utf-8")
+        print(f"wrote {target}")
+    print(f"wrote {plot_capacity(results, path.with_suffix('.png'))}")
+    print("sustainable: " + ", ".join(f"{kind} {count}" for kind, count in results["sustainable"].items()
+                                      if count is not None))
     return 0

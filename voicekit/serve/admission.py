@@ -10,20 +10,35 @@ Defaults follow the preset: a cpu kit runs 2 at once (llama.cpp serves one reque
 other) and lets 2 wait, a gpu kit 16 and 32 (vLLM batches them). A short line keeps the first audio of the
 requests it answers within a few seconds (docs/BENCHMARKS.md, "Many listeners"); a long one only hides the
 wait. Everything here runs on the server's one event loop.
+
+`VOICEKIT_MAX_RUNNING=auto` takes the running slots (and the open realtime sessions) from a measurement instead:
+the capacity file `python -m voicekit bench capacity --save` writes (`capacity_path`: VOICEKIT_CAPACITY_FILE, else
+~/.cache/voicekit/capacity-<preset>.json), when it was measured for this preset on this machine; else the
+preset's defaults.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import logging
 import math
+import os
+import platform
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("voicekit.server")
 
 #: preset -> (running, waiting)
 PRESET_LIMITS: dict[str, tuple[int, int]] = {"cpu": (2, 2), "laptop": (2, 2), "gpu": (16, 32)}
 DEFAULT_TIMEOUT_S = 120.0
+MAX_SESSIONS_PER_SLOT = 4  # open realtime sessions per running slot unless measured: idle listeners cost their VAD
+CAPACITY_DIR = Path.home() / ".cache" / "voicekit"
 
 
 class Busy(Exception):
@@ -44,13 +59,80 @@ class Limits:
     waiting: int
     timeout_s: float = DEFAULT_TIMEOUT_S
     wait_s: float = 10.0  # longest wait in line for a running slot: past it a client is better told to retry
+    sessions: int | None = None  # open realtime sessions; None: MAX_SESSIONS_PER_SLOT per running slot
+    source: str = "preset"  # where `running` came from: preset, configured, or measured (the capacity file)
+
+    @property
+    def max_sessions(self) -> int:
+        """Realtime sessions the server keeps open at once."""
+        return self.sessions or MAX_SESSIONS_PER_SLOT * self.running
 
     @classmethod
-    def for_preset(cls, preset: str, running: int | None = None, waiting: int | None = None,
-                   timeout_s: float | None = None) -> Limits:
+    def for_preset(cls, preset: str, running: int | str | None = None, waiting: int | None = None,
+                   timeout_s: float | None = None, capacity_file: str = "") -> Limits:
+        """The preset's limits, with what is given instead; `running="auto"`: the measured capacity when the capacity
+        file holds one for this preset and machine (`capacity_file`, default `capacity_path(preset)`)."""
         default_running, default_waiting = PRESET_LIMITS.get(preset, PRESET_LIMITS["cpu"])
-        return cls(running or default_running, default_waiting if waiting is None else waiting,
-                   timeout_s or DEFAULT_TIMEOUT_S)
+        waiting = default_waiting if waiting is None else waiting
+        timeout_s = timeout_s or DEFAULT_TIMEOUT_S
+        if running == "auto":
+            path = capacity_path(preset, capacity_file)
+            measured = measured_capacity(path, preset)
+            if measured is not None:
+                return cls(measured[0], waiting, timeout_s, sessions=measured[1], source=f"measured ({path})")
+            return cls(default_running, waiting, timeout_s, source=f"preset (no capacity measured at {path})")
+        if isinstance(running, str):
+            raise ValueError(f"max_running must be a whole number or 'auto', not {running!r}")
+        return cls(running or default_running, waiting, timeout_s, source="configured" if running else "preset")
+
+
+# -- a measured capacity (voicekit/bench/capacity.py writes it) ----------------------------------------------
+
+
+def capacity_path(preset: str, configured: str = "", env: Mapping[str, str] | None = None) -> Path:
+    """Where the capacity of `preset` on this machine is kept: `configured`, else VOICEKIT_CAPACITY_FILE, else
+    ~/.cache/voicekit/capacity-<preset>.json."""
+    chosen = configured or (os.environ if env is None else env).get("VOICEKIT_CAPACITY_FILE", "")
+    return Path(chosen).expanduser() if chosen else CAPACITY_DIR / f"capacity-{preset}.json"
+
+
+def machine_identity() -> dict[str, Any]:
+    """What a capacity was measured on (voicekit.bench.pipeline.machine_info's fields; the GPU's name where one is
+    in use), compared by `same_machine`."""
+    from voicekit.device import gpu_memory
+
+    memory = gpu_memory(import_torch=False)
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "python": platform.python_version(),
+            "gpu": memory.name if memory is not None else None}
+
+
+def same_machine(measured: Mapping[str, Any], here: Mapping[str, Any]) -> bool:
+    """The same processor and core count (and GPU, when both name one): the Python or kernel version may differ."""
+    gpus = (measured.get("gpu"), here.get("gpu"))
+    return (measured.get("processor"), measured.get("cpu_count")) == (here.get("processor"), here.get("cpu_count")) \
+        and (None in gpus or gpus[0] == gpus[1])
+
+
+def measured_capacity(path: Path, preset: str) -> tuple[int, int | None] | None:
+    """(running slots, realtime sessions or None) from a capacity file measured for `preset` on this machine; None
+    when there is none, it is unreadable, or it was measured elsewhere (logged: the preset's defaults apply)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        streams = int(data["sustainable"]["streams"])
+        sessions = data["sustainable"].get("sessions")
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        log.warning("voicekit: capacity file %s unreadable (%s): the preset's limits apply", path, error)
+        return None
+    if data.get("preset") != preset or not same_machine(data.get("machine") or {}, machine_identity()):
+        log.warning("voicekit: capacity file %s was measured for preset %s on %s, not here: the preset's limits "
+                    "apply", path, data.get("preset"), (data.get("machine") or {}).get("processor"))
+        return None
+    if streams < 1:
+        log.warning("voicekit: capacity file %s: not one stream was sustainable; running 1 at a time", path)
+    return max(1, streams), None if sessions is None else max(1, int(sessions))
 
 
 class Admission:
@@ -116,3 +198,11 @@ class Admission:
         return {"running": self.running, "waiting": self.waiting, "max_running": self.limits.running,
                 "max_waiting": self.limits.waiting, "turned_away": self.turned_away,
                 "request_timeout_s": self.limits.timeout_s, "mean_request_s": round(self._mean_s, 2)}
+
+    def remaining(self, open_sessions: int) -> dict[str, Any]:
+        """What this server can still take (for /health and a load balancer in front of several): free running
+        slots, free places in line, realtime sessions it would still open, and where the limits came from."""
+        return {"streams": max(0, self.limits.running - self.running),
+                "waiting": max(0, self.limits.waiting - self.waiting),
+                "sessions": max(0, self.limits.max_sessions - open_sessions),
+                "max_sessions": self.limits.max_sessions, "source": self.limits.source}

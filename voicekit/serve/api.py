@@ -1,5 +1,5 @@
 """The HTTP API: `POST /chat`, OpenAI-compatible `POST /v1/audio/speech` and `POST /v1/audio/transcriptions`
-(transcriptions.py), `GET /v1/audio/voices`, `GET /health`.
+(transcriptions.py), `GET /v1/audio/voices`, `GET /health`, `GET /metrics` (metrics.py).
 
 `create_app(kit)` returns a FastAPI app (no Gradio here; `voicekit.serve.app` mounts the page beside it). Audio streams
 as it is made: every route calls `kit.achat` / `kit.asay` (input is checked at call time, so a bad request
@@ -33,9 +33,10 @@ from starlette.types import Receive, Scope, Send
 
 from voicekit.build import resources
 from voicekit.errors import VoicekitError
-from voicekit.serve.admission import Admission, Busy, Limits
+from voicekit.serve.admission import Admission, Busy, Limits, machine_identity
 from voicekit.serve.audio import FORMATS, AudioFormat, encode_stream
 from voicekit.serve.auth import credentials_check
+from voicekit.serve.metrics import Metrics, RouteMetrics, metrics_router
 from voicekit.serve.realtime import add_realtime_route
 from voicekit.serve.schema import (
     SPEECH_MODELS,
@@ -66,7 +67,9 @@ class RequestRecord:
     id: str
     route: str
     reply: Any
-    started: float = field(default_factory=time.perf_counter)
+    started: float = field(default_factory=time.perf_counter)  # once admitted
+    arrived: float = field(default_factory=time.perf_counter)
+    first_audio_s: float | None = None  # from its arrival (the wait in line included), for /metrics
     bytes_sent: int = 0
     outcome: str = "streaming"
     admitted: bool = False  # holds a running slot of the server's Admission until it finishes
@@ -86,6 +89,8 @@ class ServerState:
         self.finished: OrderedDict[str, RequestRecord] = OrderedDict()  # the last FINISHED_KEPT, for GET /chat/{id}
         self.served = 0
         self.warnings: list[str] = []  # the last health check's, to log only what changed
+        self.sessions: set[str] = set()  # open realtime sessions (realtime.py)
+        self.metrics = Metrics(self)
 
     def finish(self, record: RequestRecord) -> None:
         """Move a request from the active ones to the recently finished ones; free its running slot."""
@@ -99,6 +104,7 @@ class ServerState:
         while len(self.finished) > FINISHED_KEPT:
             self.finished.popitem(last=False)
         self.served += 1
+        self.metrics.observe_stream(record, time.perf_counter())
         _log_finished(record)
 
     def find(self, request_id: str) -> RequestRecord | None:
@@ -127,6 +133,7 @@ def create_app(kit: Any, *, api_key: str | None = None, password: str | None = N
     app = FastAPI(title=title, docs_url="/api/docs", redoc_url=None, openapi_url="/api/openapi.json")
     state = ServerState(kit, Admission(limits or Limits.for_preset(kit.settings.preset)))
     app.state.voicekit = state
+    app.add_middleware(RouteMetrics, metrics=state.metrics)
     authorized = credentials_check(api_key, password)
 
     async def request_id(request: Request) -> str:
@@ -160,15 +167,17 @@ def create_app(kit: Any, *, api_key: str | None = None, password: str | None = N
         # 503 with the reason once an engine is dead (vLLM core crashed, model server gone): load balancers
         # and supervisors see it without sending a request that would fail. The probe runs on the kit's loop.
         # `recognizer`, `vllm_engines` (share, KV-cache tokens) and `gpu` (memory in use): what is loaded where
-        failure, warnings, loaded = await anyio.to_thread.run_sync(
-            lambda: (kit.health(), kit.warnings(), resources(kit)))
+        # `capacity`: what it can still take, for a load balancer (docs/ENGINES.md); `machine`: bench capacity's
+        failure, warnings, loaded, machine = await anyio.to_thread.run_sync(
+            lambda: (kit.health(), kit.warnings(), resources(kit), machine_identity()))
         engine = getattr(kit.chat_model, "engine", None)
         body = {"status": "error" if failure else "ok", **({"reason": failure} if failure else {}),
-                "warnings": warnings,
-                "preset": kit.description.get("preset", kit.settings.preset),
+                "warnings": warnings, "preset": kit.description.get("preset", kit.settings.preset),
                 "active_requests": len(state.active),
                 "engine_requests": len(engine.active_requests()) if engine is not None else 0,
-                "served": state.served, "admission": state.admission.as_dict(), "rss_mb": _rss_mb(), **loaded}
+                "served": state.served, "admission": state.admission.as_dict(),
+                "capacity": state.admission.remaining(len(state.sessions)), "machine": machine,
+                "rss_mb": _rss_mb(), **loaded}
         if failure:
             log.warning("health check failed: %s", failure)
         if warnings != state.warnings:  # logged when they change, not at every probe
@@ -222,8 +231,11 @@ def create_app(kit: Any, *, api_key: str | None = None, password: str | None = N
         return {"object": "list", "data": [{"id": name, "object": "model", "owned_by": "voicekit"}
                                            for name in SPEECH_MODELS]}
 
-    add_transcription_routes(app, kit, authorize)  # before the catch-all below, which would answer 404
-    add_realtime_route(app, kit, state.admission, api_key=api_key, password=password)
+    # before the catch-all below, which would answer 404
+    add_transcription_routes(app, kit, authorize, metrics=state.metrics)
+    add_realtime_route(app, kit, state.admission, api_key=api_key, password=password, sessions=state.sessions,
+                       metrics=state.metrics)
+    app.include_router(metrics_router(state.metrics, authorize))
 
     @app.api_route("/v1/{rest:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH"], include_in_schema=False)
     async def unknown_route(rest: str, rid: str = Depends(request_id)) -> None:
@@ -288,6 +300,8 @@ async def _stream_reply(state: ServerState, record: RequestRecord, fmt: AudioFor
                 error = exc
             if first is None and reply.turn.timed_out:  # the turn's time limit passed before any audio
                 error = TimeoutError()
+            elif first is not None:
+                record.first_audio_s = time.perf_counter() - record.arrived
     finally:
         watcher.cancel()
         if gone:

@@ -100,7 +100,9 @@ def compose(kit: Any, *, password: str | None = None, api_key: str | None = None
 def compose_for(kit: Any, config: ServeSettings, env: Mapping[str, str] | None = None) -> Any:
     """`compose()` with what `config` says (password, API key, concurrency, the notice line), and the pod's status
     file when its supervisor set one (`env`, default os.environ)."""
-    limits = Limits.for_preset(kit.settings.preset, config.max_running, config.max_waiting, config.request_timeout_s)
+    limits = Limits.for_preset(kit.settings.preset, config.max_running, config.max_waiting, config.request_timeout_s,
+                               capacity_file=config.capacity_file)
+    log.info("voicekit: %d running, %d waiting (%s)", limits.running, limits.waiting, limits.source)
     status_file = (os.environ if env is None else env).get(STATUS_FILE_ENV) or None
     return compose(kit, password=config.secret("password"), api_key=config.secret("api_key"),
                    concurrency=config.concurrency, notice=config.fallback_reason.strip() or None, limits=limits,

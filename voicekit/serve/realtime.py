@@ -26,17 +26,18 @@ from voicekit.listening.events import INPUT_RATE, with_turn_detection
 from voicekit.listening.session import AsyncRealtimeSession, Event
 from voicekit.serve.admission import Admission
 from voicekit.serve.auth import socket_authorized
+from voicekit.serve.metrics import REALTIME_ROUTE, Metrics
 
 log = logging.getLogger("voicekit.realtime")
 
 MAX_EVENT_BYTES = 4 << 20  # one client event (an append of ~85 s of pcm16 in base64); larger ones are refused
-MAX_SESSIONS_PER_SLOT = 4  # open sessions per running slot: idle listeners cost only their VAD
 
 
 def add_realtime_route(app: FastAPI, kit: Any, admission: Admission, *, api_key: str | None,
-                       password: str | None) -> None:
-    """Register `/v1/realtime` on `app` (same credentials as the other routes)."""
-    open_sessions: set[str] = set()
+                       password: str | None, sessions: set[str] | None = None, metrics: Metrics | None = None) -> None:
+    """Register `/v1/realtime` on `app` (same credentials as the other routes); `sessions`: the ids of the open
+    sessions are kept there; `metrics`: the events sent are counted there."""
+    open_sessions: set[str] = set() if sessions is None else sessions
 
     @app.websocket("/v1/realtime")
     async def realtime(websocket: WebSocket) -> None:
@@ -44,13 +45,17 @@ def add_realtime_route(app: FastAPI, kit: Any, admission: Admission, *, api_key:
         if not allowed:
             await websocket.close(code=1008, reason="missing or wrong credentials")
             return
-        if len(open_sessions) >= MAX_SESSIONS_PER_SLOT * admission.limits.running:
+        if len(open_sessions) >= admission.limits.max_sessions:
+            if metrics is not None:
+                metrics.turned_away.labels(REALTIME_ROUTE).inc()
             await websocket.close(code=1013, reason="the server has as many realtime sessions as it can take")
             return
         await websocket.accept(subprotocol=subprotocol)
         session = kit.arealtime(gate=admission.slot)
         open_sessions.add(session.id)
-        sender = asyncio.create_task(_send_events(websocket, session))
+        if metrics is not None:
+            metrics.sessions_opened.inc()
+        sender = asyncio.create_task(_send_events(websocket, session, metrics))
         warm_up = asyncio.create_task(_warm_up(kit))  # beside the first audio, which the VAD reads meanwhile
         try:
             await _receive_events(websocket, session)
@@ -71,9 +76,11 @@ async def _warm_up(kit: Any) -> None:
         await asyncio.to_thread(lambda: kit.transcriber)
 
 
-async def _send_events(websocket: WebSocket, session: AsyncRealtimeSession) -> None:
+async def _send_events(websocket: WebSocket, session: AsyncRealtimeSession, metrics: Metrics | None) -> None:
     with contextlib.suppress(WebSocketDisconnect, RuntimeError):  # the client went away: the receiver notices
         async for event in session:
+            if metrics is not None:
+                metrics.observe_event(event)
             await websocket.send_text(json.dumps(encode_event(event)))
 
 

@@ -10,6 +10,7 @@ keeps serving meanwhile. docs/API.md, "Transcriptions".
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -26,6 +27,7 @@ from voicekit.errors import (
     UnsupportedLanguageError,
     VoicekitError,
 )
+from voicekit.serve.metrics import Metrics
 from voicekit.serve.schema import ApiError
 
 log = logging.getLogger("voicekit.server")
@@ -51,8 +53,9 @@ _FORM_SCHEMA = {"requestBody": {"required": True, "content": {"multipart/form-da
 
 
 def add_transcription_routes(app: FastAPI, kit: Any, authorize: Callable[..., Any],
-                             max_upload_bytes: int = MAX_UPLOAD_BYTES) -> None:
-    """Register `POST /v1/audio/transcriptions` on `app` (before any catch-all route), behind `authorize`."""
+                             max_upload_bytes: int = MAX_UPLOAD_BYTES, metrics: Metrics | None = None) -> None:
+    """Register `POST /v1/audio/transcriptions` on `app` (before any catch-all route), behind `authorize`; `metrics`:
+    transcriptions in flight and their speed are kept there."""
     running = asyncio.Semaphore(MAX_RUNNING)
     in_flight = [0]
 
@@ -67,9 +70,11 @@ def add_transcription_routes(app: FastAPI, kit: Any, authorize: Callable[..., An
             raise ApiError(429, f"{in_flight[0]} transcriptions are running or waiting; try again shortly",
                            kind="rate_limit_error", code="server_busy", headers={"Retry-After": "2"})
         in_flight[0] += 1
+        gauge = metrics.transcribing.track_inprogress() if metrics is not None else contextlib.nullcontext()
         try:
-            async with running:
-                transcript = await kit.atranscribe(data, **options)
+            with gauge:
+                async with running:
+                    transcript = await kit.atranscribe(data, **options)
         except VoicekitError as error:
             raise transcription_error(error) from None
         except Exception as error:  # a bug or a broken model: logged, answered in OpenAI's shape
@@ -78,6 +83,8 @@ def add_transcription_routes(app: FastAPI, kit: Any, authorize: Callable[..., An
                            kind="server_error", code="internal_error") from None
         finally:
             in_flight[0] -= 1
+        if metrics is not None:
+            metrics.observe_transcription(transcript.seconds, transcript.duration_s)
         log.info("request %s transcription: %.1f s of audio in %.2f s, %d characters, format %s", rid,
                  transcript.duration_s, transcript.seconds, len(transcript.text), fmt)
         headers = {"X-Request-Id": rid, "X-Processing-Seconds": f"{transcript.seconds:.3f}",
