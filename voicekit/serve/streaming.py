@@ -204,8 +204,9 @@ async def stream_body(state: ServerState, record: RequestRecord, first: AudioChu
         raise
     finally:
         with anyio.CancelScope(shield=True):  # close even when the disconnect cancelled this task
-            for closable in (stream, source, reply):
-                await closable.aclose()  # type: ignore[attr-defined]
+            closables: tuple[Any, ...] = (stream, source, reply)  # async generators and the reply
+            for closable in closables:
+                await closable.aclose()
         state.finish(record)
 
 
