@@ -92,7 +92,7 @@ def event_encoder(record: RequestRecord, sample_rate: int) -> Encoder:
         turn: Turn = record.reply.turn
         told = _Told()
         yield line({"type": "start", "id": record.id, "voice": turn.voice, "sample_rate": sample_rate,
-                    "ttfa_s": turn.timings.ttfa_s})
+                    "ttfa_s": turn.timings.as_dict()["ttfa_s"]})
         try:
             async for chunk in chunks:
                 for event in told.news(turn):
