@@ -129,6 +129,7 @@ class SyncChunks(Iterator[AudioChunk]):
             self._loop.run(self._stream.aclose())
 
     def __del__(self) -> None:
-        if not self._stream.closed:  # a reply dropped unread: hang up without waiting (this may run on any thread)
+        # a reply dropped unread: hang up without waiting (this may run on any thread)
+        if not self._stream.closed and not self._loop.loop.is_closed():
             with contextlib.suppress(Exception):
                 asyncio.run_coroutine_threadsafe(self._stream.aclose(), self._loop.loop)
