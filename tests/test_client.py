@@ -9,19 +9,25 @@ here on this module's server (behind an API key).
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import socket
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 import test_server
+from scripted import ScriptedBackend, ScriptedEngine, kit_over
 from test_server import Gate, no_work_left, wait_until
 
 import voicekit
 from voicekit.client import AuthenticationError, RemoteKit, ServerUnavailableError, find_server
-from voicekit.errors import EmptyTextError, TextTooLongError, UnknownVoiceError
+from voicekit.errors import EmptyTextError, RemoteError, TextTooLongError, UnknownVoiceError
+from voicekit.pipeline import AudioChunk
 from voicekit.serve import BackgroundServer, compose
+from voicekit.serve.api import create_app
 from voicekit.serve.audio import ensure_ffmpeg
 
 pytestmark = pytest.mark.slow
@@ -88,12 +94,13 @@ def test_chat_gives_text_timings_and_history_for_the_next_turn(remote: RemoteKit
     audio = first.audio()
     assert audio.size > 0 and first.done and first.text.strip()
     assert first.sentences and first.timings.ttfa_s > 0 and first.timings.llm_s > 0
+    assert all(first.pieces[chunk.piece_index] == chunk.piece for chunk in first.chunks)  # real piece marks
     assert first.timings.audio_s == pytest.approx(audio.size / remote.sample_rate, abs=0.05)
     assert first.history == [{"role": "user", "content": "My name is Ada."},
                              {"role": "assistant", "content": first.text}]
     second = remote.chat("What is my name?", history=first.history, seed=2, max_tokens=16, mode="overlap")
     second.audio()
-    record = state.find(second._stream._call.request_id)  # the server's own record of the turn
+    record = list(state.finished.values())[-1]  # the server's own record of the turn
     assert record.reply.history[:2] == first.history and second.text == record.reply.text
     assert [m["role"] for m in second.history] == ["user", "assistant", "user", "assistant"]
 
@@ -166,3 +173,138 @@ def test_open_kit_uses_a_server_on_this_machine_else_loads(server: BackgroundSer
         assert not isinstance(local, RemoteKit) and local.say("Local.").audio().size > 0
     finally:
         local.close()
+
+
+# -- the event stream: remote replies read exactly as local ones ---------------------------------------
+
+REPLY = "Well then, here we are at last. It is good to see you. Shall we begin?"
+
+
+@pytest.fixture(scope="module")
+def scripted() -> Iterator[tuple[Any, ScriptedEngine, RemoteKit, Any]]:
+    """A kit of the scripted engine and backend (exact, instant replies) behind its own server, its client and the
+    server's bookkeeping."""
+    engine = ScriptedEngine(REPLY)
+    local = kit_over(engine, ScriptedBackend(), first_fragment_chars=8)
+    with BackgroundServer(create_app(local)) as running, voicekit.connect(running.url) as connected:
+        yield local, engine, connected, running.app.state.voicekit
+    local.close()
+
+
+def marks(chunks: list[AudioChunk]) -> list[tuple[int, str, int]]:
+    return [(chunk.piece_index, chunk.piece, chunk.samples.size) for chunk in chunks]
+
+
+def facts(reply: Any) -> tuple[Any, ...]:
+    timings = reply.timings
+    return (reply.text, reply.sentences, reply.pieces, reply.history, reply.voice, reply.done,
+            timings.sentences, timings.pieces, round(timings.audio_s, 3))
+
+
+@pytest.mark.parametrize("mode", ["sequential", "overlap"])
+def test_remote_chunks_carry_the_local_pieces_text_and_sentences(scripted: Any, mode: str) -> None:
+    local_kit, _, remote, _ = scripted
+    local = local_kit.chat("Hello.", mode=mode)
+    local_chunks = list(local)
+    reply = remote.chat("Hello.", mode=mode)
+    chunks = list(reply)
+    assert marks(chunks) == marks(local_chunks) and facts(reply) == facts(local)
+    assert np.allclose(reply.audio(), local.audio(), atol=1 / 32767)  # the same audio, as 16-bit PCM carries it
+    assert reply.sentences == ["Well then, here we are at last.", "It is good to see you.", "Shall we begin?"]
+    if mode == "overlap":  # the first clause was spoken early, as a piece of its own
+        assert reply.pieces[:2] == ["Well then,", "here we are at last."] and chunks[0].piece == "Well then,"
+    said, local_said = remote.say("One here. Two there."), local_kit.say("One here. Two there.")
+    assert marks(list(said)) == marks(list(local_said)) and facts(said) == facts(local_said)
+
+
+def test_sync_and_async_forms_give_the_same_reply(scripted: Any) -> None:
+    remote = scripted[2]
+
+    async def talk() -> tuple[Any, list[AudioChunk], Any, list[AudioChunk]]:
+        chat = remote.achat("Hello.", mode="overlap", history=[{"role": "user", "content": "Hi."}])
+        chat_chunks = [chunk async for chunk in chat]
+        said = remote.asay("One here. Two there.")
+        return chat, chat_chunks, said, [chunk async for chunk in said]
+
+    chat, chat_chunks, said, said_chunks = asyncio.run(talk())
+    sync_chat = remote.chat("Hello.", mode="overlap", history=[{"role": "user", "content": "Hi."}])
+    assert marks(chat_chunks) == marks(list(sync_chat)) and facts(chat) == facts(sync_chat)
+    sync_said = remote.say("One here. Two there.")
+    assert marks(said_chunks) == marks(list(sync_said)) and facts(said) == facts(sync_said)
+    assert len(chat.history) == 3
+
+
+def test_closing_a_remote_chat_early_aborts_the_engine_request(scripted: Any) -> None:
+    _, engine, remote, state = scripted
+    engine.hold_after = 4  # the engine waits after "Well then, here we": the first clause is already spoken
+    try:
+        for form in ("sync", "unread", "async"):
+            engine.release.clear()
+            aborted = len(engine.aborted)
+            if form != "async":
+                reply = remote.chat("Hello.", mode="overlap")  # returns once the first clause is spoken
+                if form == "sync":
+                    assert next(reply).piece == "Well then,"
+                assert engine.active_requests() and not reply.done
+                reply.close()
+            else:
+                async def leave() -> None:
+                    reply = remote.achat("Hello.", mode="overlap")
+                    assert (await anext(reply)).piece == "Well then," and engine.active_requests()
+                    await reply.aclose()
+
+                asyncio.run(leave())
+            wait_until(lambda: not state.active and not engine.active_requests(), what="the request to be aborted")
+            assert len(engine.aborted) == aborted + 1, form
+            assert remote.health()["engine_requests"] == 0
+    finally:
+        engine.hold_after = None
+        engine.release.set()
+
+
+def test_the_events_route_reads_line_by_line_with_plain_httpx(scripted: Any) -> None:
+    local_kit, _, remote, _ = scripted
+    local = local_kit.chat("Hello.", mode="overlap")
+    local.audio()
+    with httpx.stream("POST", f"{remote.url}/v1/chat/events", json={"message": "Hello.", "mode": "overlap"}) as r:
+        assert r.status_code == 200 and r.headers["content-type"] == "application/x-ndjson"
+        events = [json.loads(line) for line in r.iter_lines() if line]
+    kinds = [event["type"] for event in events]
+    assert kinds[0] == "start" and kinds[-1] == "done" and "error" not in kinds
+    assert events[0]["sample_rate"] == local_kit.sample_rate and events[0]["voice"] == local_kit.default_voice
+    pieces = [event["text"] for event in events if event["type"] == "piece"]
+    audio = b""
+    for index, event in enumerate(events):
+        if event["type"] == "audio":  # every chunk comes after the mark of its piece
+            assert kinds[:index].count("piece") == event["piece_index"] + 1
+            audio += base64.b64decode(event["audio"])
+    assert pieces == local.pieces and "".join(e["delta"] for e in events if e["type"] == "text") == local.text
+    assert len(audio) == 2 * local.audio().size
+    done = events[-1]
+    assert (done["text"], done["sentences"], done["pieces"]) == (local.text, local.sentences, local.pieces)
+    assert done["history"] == local.history and done["timings"]["pieces"] == 4
+    refused = httpx.post(f"{remote.url}/v1/chat/events", json={"message": " "})
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == "empty_input"
+    said = httpx.post(f"{remote.url}/v1/audio/speech/events", json={"input": "One here."}).text.splitlines()
+    assert [json.loads(line)["type"] for line in said] == ["start", "text", "sentences", "piece", "audio", "audio",
+                                                           "done"]
+
+
+def test_a_reply_failing_mid_stream_ends_with_an_error_event(scripted: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    local_kit, _, remote, state = scripted
+    speak = local_kit.tts.synthesize
+
+    async def failing(text: str, voice: str) -> Any:
+        if text.startswith("It is"):
+            raise RuntimeError("the speech model broke")
+        async for samples in speak(text, voice):
+            yield samples
+
+    monkeypatch.setattr(local_kit.tts, "synthesize", failing)
+    reply = remote.chat("Hello.")
+    with pytest.raises(RemoteError, match="failed mid-reply") as failed:
+        for _ in reply:
+            pass
+    assert failed.value.code == "internal_error" and {chunk.piece_index for chunk in reply.chunks} == {0}
+    wait_until(lambda: not state.active, what="the request to finish")
+    assert list(state.finished.values())[-1].outcome == "failed"

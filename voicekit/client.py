@@ -8,11 +8,12 @@
 
 A notebook on a GPU pod uses the server that already holds the GPU instead of loading a second copy of the
 models; `open_kit()` connects when a server answers and loads a local kit otherwise. Replies are the kit's
-own `Reply` / `AsyncReply`, fed from the HTTP body as it arrives. What differs from a local kit:
-- the audio carries no piece marks: every chunk has `piece_index == -1` and `piece == ""`;
+own `Reply` / `AsyncReply`, fed from the server's event stream (`POST /v1/chat/events`,
+`POST /v1/audio/speech/events`; voicekit/client_stream.py) as it arrives: the chunks carry their pieces, the turn
+its text, sentences, pieces and the server's timings, as a local kit's do. What differs from a local kit:
 - `say()` / `chat()` send the request at once and return when the first audio is ready (errors raise there);
   `asay()` / `achat()` send it on the first `async for` step, so their errors raise there;
-- `say` timings: `ttfa_s` is the server's, `tts_s` the time the client waited for audio.
+- the text arrives between chunks, so it may lag the server's by one chunk until the reply is done.
 `realtime()` / `arealtime()` talk over the server's `WS /v1/realtime` (voicekit/client_realtime.py).
 """
 
@@ -35,7 +36,7 @@ import httpx
 
 from voicekit.chat import HistoryItem, normalize_history
 from voicekit.client_realtime import AsyncRemoteSession, RemoteRealtimeSession
-from voicekit.client_stream import AsyncAudioStream, AudioStream, Call
+from voicekit.client_stream import EventStream, SyncChunks
 from voicekit.engines.loop import EventLoopThread
 from voicekit.errors import (
     AudioDecodeError,
@@ -161,7 +162,7 @@ class RemoteKit:
             "base_url": self.url, "auth": login, "timeout": httpx.Timeout(timeout, connect=min(10.0, timeout)),
             "headers": {"Authorization": f"Bearer {key}"} if key else {}}
         self._client = httpx.Client(**self._options)
-        self._loop: EventLoopThread | None = None  # sync realtime sessions run on it, made on the first
+        self._loop: EventLoopThread | None = None  # sync replies and realtime sessions run on it, made on the first
         self._loop_lock = threading.Lock()
         self._sessions: weakref.WeakSet[RemoteRealtimeSession] = weakref.WeakSet()
         try:
@@ -194,26 +195,24 @@ class RemoteKit:
 
     def say(self, text: str, voice: str | None = None) -> Reply:
         """Speak `text` in `voice`; iterate the reply for audio chunks (sync)."""
-        call = self._say_call(text, voice)
-        return Reply(call.turn, AudioStream(self, call), self.sample_rate)
+        return self._sync_reply(self._say_stream(text, voice))
 
     def asay(self, text: str, voice: str | None = None) -> AsyncReply:
         """Speak `text` in `voice`; `async for` the reply for audio chunks."""
-        call = self._say_call(text, voice)
-        return AsyncReply(call.turn, AsyncAudioStream(self, call), self.sample_rate)
+        stream = self._say_stream(text, voice)
+        return AsyncReply(stream.turn, stream.chunks(), self.sample_rate)
 
     def chat(self, message: str, voice: str | None = None, history: Iterable[HistoryItem] | None = None,
              mode: str | None = None, **options: Any) -> Reply:
         """Reply to `message` with the server's chat model and speak it (sync). Options: system_prompt,
         temperature, max_tokens, seed."""
-        call = self._chat_call(message, voice, history, mode, options)
-        return Reply(call.turn, AudioStream(self, call), self.sample_rate)
+        return self._sync_reply(self._chat_stream(message, voice, history, mode, options))
 
     def achat(self, message: str, voice: str | None = None, history: Iterable[HistoryItem] | None = None,
               mode: str | None = None, **options: Any) -> AsyncReply:
         """Reply to `message` and speak it; `async for` the reply for audio chunks."""
-        call = self._chat_call(message, voice, history, mode, options)
-        return AsyncReply(call.turn, AsyncAudioStream(self, call), self.sample_rate)
+        stream = self._chat_stream(message, voice, history, mode, options)
+        return AsyncReply(stream.turn, stream.chunks(), self.sample_rate)
 
     def transcribe(self, audio: Any, sample_rate: int | None = None, language: str | None = None, *,
                    prompt: str | None = None, temperature: float | None = None) -> Transcript:
@@ -258,9 +257,10 @@ class RemoteKit:
         return AsyncRemoteSession(self, voice=voice, instructions=instructions, history=history)
 
     def realtime_loop(self) -> EventLoopThread:
-        """The loop thread that drives the sync realtime sessions (started on first use)."""
+        """The loop thread that drives the sync replies and realtime sessions (started on first use), as a local
+        kit's loop drives its sync replies."""
         with self._loop_lock:
-            self._loop = self._loop or EventLoopThread("voicekit-remote-realtime")
+            self._loop = self._loop or EventLoopThread("voicekit-remote")
             return self._loop
 
     def socket_url(self) -> str:
@@ -291,20 +291,25 @@ class RemoteKit:
 
     # -- internals --------------------------------------------------------------------------------------
 
-    def _say_call(self, text: str, voice: str | None) -> Call:
-        sentences = split_sentences(clean_for_speech(text, keep_tags=bool(self.tags))) if isinstance(text, str) else []
-        body = {"model": "voicekit", "input": text, "voice": voice, "response_format": "pcm"}
-        turn = Turn(voice=voice or self.default_voice, script=sentences)
-        return Call(self, "/v1/audio/speech", body, turn)
+    def _sync_reply(self, stream: EventStream) -> Reply:
+        loop = self.realtime_loop()
+        loop.run(stream.open())  # errors raise at the call, as a local kit's do
+        return Reply(stream.turn, SyncChunks(loop, stream), self.sample_rate)
 
-    def _chat_call(self, message: str, voice: str | None, history: Iterable[HistoryItem] | None,
-                   mode: str | None, options: dict[str, Any]) -> Call:
+    def _say_stream(self, text: str, voice: str | None) -> EventStream:
+        # the sentences the server will speak, known at the call as a local kit's are (its events confirm them)
+        sentences = split_sentences(clean_for_speech(text, keep_tags=bool(self.tags))) if isinstance(text, str) else []
+        turn = Turn(voice=voice or self.default_voice, script=sentences, sentences=list(sentences))
+        return EventStream(self, "/v1/audio/speech/events", {"input": text, "voice": voice}, turn)
+
+    def _chat_stream(self, message: str, voice: str | None, history: Iterable[HistoryItem] | None,
+                     mode: str | None, options: dict[str, Any]) -> EventStream:
         past = normalize_history(history)
         body = {"message": message, "voice": voice, "history": [m.as_dict() for m in past],
                 **({"mode": mode} if mode else {}), **options}
         turn = Turn(voice=voice or self.default_voice, message=message.strip() if isinstance(message, str) else "",
                     past=past, mode=mode or "sequential", options=dict(options))  # type: ignore[arg-type]
-        return Call(self, "/chat", body, turn)
+        return EventStream(self, "/v1/chat/events", body, turn)
 
     def _send(self, call: Any) -> Any:
         """Run an httpx call; an unreachable server or a timeout becomes one clear line naming the URL."""

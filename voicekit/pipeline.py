@@ -38,7 +38,7 @@ class AudioChunk:
 
     A piece is what the speech backend was given at once: a sentence, or in overlap mode with the first clause
     early, that clause and then the rest of its sentence (`Turn.pieces`; the reply's sentences are
-    `Turn.sentences`). A remote kit's chunks carry no piece marks (`piece_index` -1, `piece` "").
+    `Turn.sentences`). A remote kit's chunks carry the same marks (the server's event stream sends them).
     """
 
     samples: np.ndarray

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import queue
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
@@ -87,7 +87,7 @@ class EventLoopThread:
         """True when called from the loop's own thread."""
         return threading.current_thread() is self._thread
 
-    def iterate(self, make_stream: Callable[[], AsyncIterator[T]]) -> Iterator[T]:
+    def iterate(self, make_stream: Callable[[], AsyncIterator[T]]) -> Generator[T, None, None]:
         """Iterate an async stream, created on the loop, from synchronous code."""
         sink = _SyncSink()
         finished = threading.Event()

@@ -1,42 +1,39 @@
 """The HTTP API: `POST /chat`, OpenAI-compatible `POST /v1/audio/speech` and `POST /v1/audio/transcriptions`
 (transcriptions.py), `GET /v1/audio/voices`, `GET /health`, `GET /metrics` (metrics.py).
 
-`create_app(kit)` returns a FastAPI app (no Gradio here; `voicekit.serve.app` mounts the page beside it). Audio streams
-as it is made: every route calls `kit.achat` / `kit.asay` (input is checked at call time, so a bad request
-gets a 4xx JSON error before any audio is promised) and closes the reply in `finally`, so a client that
-disconnects mid-stream aborts its engine requests. Errors use OpenAI's shape:
+`create_app(kit)` returns a FastAPI app (no Gradio here; `voicekit.serve.app` mounts the page beside it), with the
+typed event routes of events.py (`/v1/chat/events`, `/v1/audio/speech/events`). Audio streams as it is made: every
+route calls `kit.achat` / `kit.asay` (input is checked at call time, so a bad request gets a 4xx JSON error before
+any audio is promised) and streams through streaming.py, which closes the reply however the stream ends, so a
+client that disconnects mid-stream aborts its engine requests. Errors use OpenAI's shape:
 `{"error": {"message", "type", "param", "code"}}`. docs/API.md documents every route.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
-import time
 import uuid
-from collections import OrderedDict
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import anyio
 import anyio.to_thread
 import numpy as np
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import Receive, Scope, Send
 
 from voicekit.build import resources
 from voicekit.errors import VoicekitError
-from voicekit.serve.admission import Admission, Busy, Limits, machine_identity
+from voicekit.pipeline import AudioChunk
+from voicekit.serve.admission import Admission, Limits, machine_identity
 from voicekit.serve.audio import FORMATS, AudioFormat, encode_stream
 from voicekit.serve.auth import credentials_check
-from voicekit.serve.metrics import Metrics, RouteMetrics, metrics_router
+from voicekit.serve.events import events_router
+from voicekit.serve.metrics import RouteMetrics, metrics_router
 from voicekit.serve.realtime import add_realtime_route
 from voicekit.serve.schema import (
     SPEECH_MODELS,
@@ -49,78 +46,21 @@ from voicekit.serve.schema import (
     validation_error,
     voicekit_error,
 )
+from voicekit.serve.streaming import (
+    FINISHED_KEPT,
+    AudioStreamResponse,
+    RequestRecord,
+    ServerState,
+    open_reply,
+    reply_headers,
+    start_chat,
+    stream_body,
+)
 from voicekit.serve.transcriptions import add_transcription_routes
 
 log = logging.getLogger("voicekit.server")
 
-FINISHED_KEPT = 64
 MAX_TEXT_HEADER = 4096
-
-
-# -- per-request bookkeeping ------------------------------------------------------------------------
-
-
-@dataclass
-class RequestRecord:
-    """One streaming request: its reply (the turn: voice, text, timings) and the server's own bookkeeping."""
-
-    id: str
-    route: str
-    reply: Any
-    started: float = field(default_factory=time.perf_counter)  # once admitted
-    arrived: float = field(default_factory=time.perf_counter)
-    first_audio_s: float | None = None  # from its arrival (the wait in line included), for /metrics
-    bytes_sent: int = 0
-    outcome: str = "streaming"
-    admitted: bool = False  # holds a running slot of the server's Admission until it finishes
-
-    @property
-    def voice(self) -> str:
-        return str(self.reply.voice)
-
-
-class ServerState:
-    """Requests in flight and totals, shared by the routes (on `app.state.voicekit`)."""
-
-    def __init__(self, kit: Any, admission: Admission) -> None:
-        self.kit = kit
-        self.admission = admission
-        self.active: dict[str, RequestRecord] = {}
-        self.finished: OrderedDict[str, RequestRecord] = OrderedDict()  # the last FINISHED_KEPT, for GET /chat/{id}
-        self.served = 0
-        self.warnings: list[str] = []  # the last health check's, to log only what changed
-        self.sessions: set[str] = set()  # open realtime sessions (realtime.py)
-        self.metrics = Metrics(self)
-
-    def finish(self, record: RequestRecord) -> None:
-        """Move a request from the active ones to the recently finished ones; free its running slot."""
-        if record.admitted:
-            record.admitted = False
-            self.admission.leave(time.perf_counter() - record.started)
-        self.active.pop(record.id, None)
-        if record.reply is not None:
-            record.reply.chunks.clear()  # streamed already; the kept record needs its text and timings, not audio
-        self.finished[record.id] = record
-        while len(self.finished) > FINISHED_KEPT:
-            self.finished.popitem(last=False)
-        self.served += 1
-        self.metrics.observe_stream(record, time.perf_counter())
-        _log_finished(record)
-
-    def find(self, request_id: str) -> RequestRecord | None:
-        """An active or recently finished request."""
-        return self.active.get(request_id) or self.finished.get(request_id)
-
-
-class AudioStreamResponse(StreamingResponse):
-    """A StreamingResponse that always closes its body iterator, even when the client went away."""
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            with anyio.CancelScope(shield=True):
-                await self.body_iterator.aclose()  # type: ignore[attr-defined]
 
 
 # -- the app ----------------------------------------------------------------------------------------
@@ -192,16 +132,7 @@ def create_app(kit: Any, *, api_key: str | None = None, password: str | None = N
 
     @app.post("/chat")
     async def chat(body: ChatRequest, request: Request, rid: str = Depends(authorize)) -> Response:
-        options = {key: value for key, value in (("system_prompt", body.system_prompt),
-                                                 ("temperature", body.temperature), ("seed", body.seed),
-                                                 ("max_tokens", body.max_tokens))
-                   if value is not None}
-        try:
-            reply = kit.achat(body.message, voice=body.voice, history=body.history, mode=body.mode,
-                              time_limit_s=state.admission.limits.timeout_s, **options)
-        except VoicekitError as error:
-            raise voicekit_error(error, "message") from None
-        record = RequestRecord(rid, "chat", reply)
+        record = RequestRecord(rid, "chat", start_chat(state, body))
         return await _stream_reply(state, record, FORMATS["wav"], request)
 
     @app.get("/chat/{request_id}")
@@ -236,6 +167,7 @@ def create_app(kit: Any, *, api_key: str | None = None, password: str | None = N
     add_realtime_route(app, kit, state.admission, api_key=api_key, password=password, sessions=state.sessions,
                        metrics=state.metrics)
     app.include_router(metrics_router(state.metrics, authorize))
+    app.include_router(events_router(state, authorize))  # NDJSON events of chats and speech (events.py)
 
     @app.api_route("/v1/{rest:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH"], include_in_schema=False)
     async def unknown_route(rest: str, rid: str = Depends(request_id)) -> None:
@@ -271,67 +203,22 @@ def _error_response(request: Request, error: ApiError) -> JSONResponse:
 
 async def _stream_reply(state: ServerState, record: RequestRecord, fmt: AudioFormat,
                         request: Request) -> Response:
-    """Wait for the first audio (so a failure before it is still a JSON error), then stream the rest.
+    """Wait for the first audio (so a failure before it is still a JSON error), then stream the rest as `fmt`.
 
     A client that goes away before the first audio aborts the reply at once, like one that leaves mid-stream.
     """
-    kit, reply = state.kit, record.reply
-    try:
-        await state.admission.enter()
-    except Busy as busy:
-        await reply.aclose()
-        log.info("request %s %s turned away: %s", record.id, record.route, busy)
-        raise ApiError(429, str(busy), kind="rate_limit_error", code="server_busy",
-                       headers={"Retry-After": str(busy.retry_after)}) from None
-    record.admitted = True
-    record.started = time.perf_counter()  # the time limit counts from here, not from the wait in line
-    state.active[record.id] = record
-    log.info("request %s %s started: voice=%s format=%s", record.id, record.route, record.voice, fmt.name)
-    first_task = asyncio.ensure_future(_next_chunk(reply))
-    watcher = asyncio.ensure_future(_wait_for_disconnect(request))
-    gone, first, error = True, None, None
-    try:
-        await asyncio.wait({first_task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        gone = not first_task.done()
-        if not gone:
-            try:
-                first = first_task.result()
-            except BaseException as exc:  # reported below, after cleaning up
-                error = exc
-            if first is None and reply.turn.timed_out:  # the turn's time limit passed before any audio
-                error = TimeoutError()
-            elif first is not None:
-                record.first_audio_s = time.perf_counter() - record.arrived
-    finally:
-        watcher.cancel()
-        if gone:
-            first_task.cancel()
-        with anyio.CancelScope(shield=True):
-            await asyncio.gather(first_task, watcher, return_exceptions=True)
-            if gone or error is not None:
-                await reply.aclose()
-        if gone or error is not None:
-            record.outcome = "disconnected" if gone else "timeout" if isinstance(error, TimeoutError) else "failed"
-            state.finish(record)
+    gone, first = await open_reply(state, record, request)
     if gone:
         return Response(status_code=499)  # nobody is listening any more
-    if error is not None:
-        if isinstance(error, TimeoutError):
-            raise ApiError(504, f"no audio within the request time limit ({state.admission.limits.timeout_s:g} s)",
-                           kind="server_error", code="timeout")
-        if not isinstance(error, Exception):
-            raise error
-        if isinstance(error, VoicekitError):
-            raise ApiError(500, str(error), kind="server_error", code="speech_failed")
-        log.error("request %s failed before its first audio", record.id, exc_info=error)
-        raise ApiError(500, f"the server failed to make audio ({type(error).__name__}); see its log",
-                       kind="server_error", code="internal_error")
-    headers = {"X-Request-Id": record.id, "X-Sample-Rate": str(kit.sample_rate), "X-Voice": record.voice,
-               "Cache-Control": "no-store"}
+    rate, headers = state.kit.sample_rate, reply_headers(state, record)
     if fmt.name == "pcm":
         headers["X-Audio-Format"] = "s16le; channels=1"
     headers.update(_known_reply_headers(record))
-    return AudioStreamResponse(_body(state, record, fmt, first), media_type=fmt.media_type,
+
+    def encode(chunks: AsyncIterator[AudioChunk]) -> AsyncIterator[bytes]:
+        return encode_stream(_samples(chunks), fmt, rate)
+
+    return AudioStreamResponse(stream_body(state, record, first, encode), media_type=fmt.media_type,
                                headers=headers)
 
 
@@ -347,54 +234,6 @@ def _known_reply_headers(record: RequestRecord) -> dict[str, str]:
     return headers
 
 
-async def _next_chunk(chunks: AsyncIterator[Any]) -> Any:
-    return await anext(chunks, None)
-
-
-async def _wait_for_disconnect(request: Request) -> None:
-    """Return once the client has gone (the body is already read, so only a disconnect arrives)."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-
-
-async def _body(state: ServerState, record: RequestRecord, fmt: AudioFormat, first: Any) -> AsyncIterator[bytes]:
-    reply = record.reply
-
-    async def samples() -> AsyncIterator[np.ndarray]:
-        if first is not None:
-            yield first.samples
-        async for chunk in reply:  # the turn ends by itself at the time limit (Pipeline.run)
-            yield chunk.samples
-        if reply.turn.timed_out:
-            record.outcome = "timeout"
-            log.warning("request %s ran past its time limit (%g s): stopped", record.id,
-                        state.admission.limits.timeout_s)
-
-    source = samples()
-    stream = encode_stream(source, fmt, state.kit.sample_rate)
-    try:
-        async for data in stream:
-            record.bytes_sent += len(data)
-            yield data
-        if record.outcome != "timeout":
-            record.outcome = "done"
-    except GeneratorExit:
-        record.outcome = "disconnected"
-        raise
-    except BaseException as error:
-        cancelled = isinstance(error, anyio.get_cancelled_exc_class())
-        record.outcome = "disconnected" if cancelled else "failed"
-        if not cancelled:
-            log.exception("request %s failed mid-stream", record.id)
-        raise
-    finally:
-        with anyio.CancelScope(shield=True):  # close even when the disconnect cancelled this task
-            for closable in (stream, source, reply):
-                await closable.aclose()  # type: ignore[attr-defined]
-        state.finish(record)
-
-
-def _log_finished(record: RequestRecord) -> None:
-    timings = record.reply.timings.as_dict() if record.reply is not None else {}
-    log.info("request %s %s %s: voice=%s bytes=%d wall=%.2fs timings=%s", record.id, record.route, record.outcome,
-             record.voice, record.bytes_sent, time.perf_counter() - record.started, timings)
+async def _samples(chunks: AsyncIterator[AudioChunk]) -> AsyncIterator[np.ndarray]:
+    async for chunk in chunks:
+        yield chunk.samples
