@@ -1,9 +1,9 @@
 """A stand-in for the Hugging Face hub on 127.0.0.1 (the real hub cannot be reached here).
 
 It serves the few routes huggingface_hub uses to check access and download: the auth check, a repo's
-revision info, and file HEAD/GET by commit. Repos are dicts of file name -> bytes; a repo can be marked
-gated for every token but one. Every request is recorded (method, path, Authorization header) so tests
-check exactly what voicekit sends.
+revision info, the tree listing (LFS files with their sha256), and file HEAD/GET by commit. Repos are dicts of
+file name -> bytes; a repo can be marked gated for every token but one, and a file broken (its GET fails). Every
+request is recorded (method, path, Authorization header) so tests check exactly what voicekit sends.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from http.server import BaseHTTPRequestHandler
 from stand_in import send_bytes, send_json, serve
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
+LFS_SUFFIXES = (".gguf", ".bin", ".onnx", ".safetensors")  # the hub's tree lists these with an "lfs" sha256
 
 
 @dataclass
@@ -28,6 +29,7 @@ class Request:
 class StandInHub:
     repos: dict[str, dict[str, bytes]] = field(default_factory=dict)
     gated: dict[str, str] = field(default_factory=dict)  # repo -> the one token that may read it
+    broken: dict[str, int] = field(default_factory=dict)  # file name -> the HTTP status its GET answers
     requests: list[Request] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -72,7 +74,9 @@ class StandInHub:
             siblings = [{"rfilename": name} for name in sorted(self.repos[repo])]
             send_json(handler, 200, {"id": repo, "sha": COMMIT, "siblings": siblings}, {}, body)
         elif route.startswith("tree/"):
-            tree = [{"type": "file", "path": name, "size": len(data), "oid": hashlib.sha1(data).hexdigest()}
+            tree = [{"type": "file", "path": name, "size": len(data), "oid": hashlib.sha1(data).hexdigest(),
+                     **({"lfs": {"oid": hashlib.sha256(data).hexdigest(), "size": len(data), "pointerSize": 134}}
+                        if name.endswith(LFS_SUFFIXES) else {})}
                     for name, data in sorted(self.repos[repo].items())]
             send_json(handler, 200, tree, body=body)
         elif route.startswith("file/"):
@@ -92,6 +96,9 @@ class StandInHub:
 
     def _send_file(self, handler: BaseHTTPRequestHandler, repo: str, name: str, body: bool) -> None:
         data = self.repos[repo].get(name)
+        if body and name in self.broken:
+            send_json(handler, self.broken[name], {"error": "Internal Error"}, {}, body)
+            return
         if data is None:
             send_json(handler, 404, {"error": "Entry not found"}, {"X-Error-Code": "EntryNotFound"}, body)
             return

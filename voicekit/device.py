@@ -113,11 +113,14 @@ def choose_preset(torch_version: str | None, sees_cuda: bool, vllm_installed: bo
 
 
 def auto_preset() -> tuple[str, str]:
-    """Pick `gpu` when torch sees CUDA and vLLM imports, else `cpu`; return (preset, reason)."""
+    """Pick `gpu` when torch sees CUDA and vLLM imports, else `laptop` when its models are already in the Hugging
+    Face cache (no network needed to start), else `cpu`; return (preset, reason)."""
+    from voicekit.upgrade import prefer_laptop
+
     facts = torch_facts()
     # importing vLLM is slow: only worth it when a GPU is usable
     has_vllm = facts.sees_cuda and vllm_version() is not None
-    return choose_preset(facts.version, facts.sees_cuda, has_vllm)
+    return prefer_laptop(*choose_preset(facts.version, facts.sees_cuda, has_vllm))
 
 
 # -- the NVIDIA driver (nvidia-smi), which may see a GPU torch cannot use ----------------------------

@@ -263,7 +263,7 @@ async def _stream_reply(state: ServerState, record: RequestRecord, fmt: AudioFor
 
     A client that goes away before the first audio aborts the reply at once, like one that leaves mid-stream.
     """
-    kit, reply = state.kit, record.reply
+    reply = record.reply
     try:
         await state.admission.enter()
     except Busy as busy:
@@ -312,7 +312,7 @@ async def _stream_reply(state: ServerState, record: RequestRecord, fmt: AudioFor
         log.error("request %s failed before its first audio", record.id, exc_info=error)
         raise ApiError(500, f"the server failed to make audio ({type(error).__name__}); see its log",
                        kind="server_error", code="internal_error")
-    headers = {"X-Request-Id": record.id, "X-Sample-Rate": str(kit.sample_rate), "X-Voice": record.voice,
+    headers = {"X-Request-Id": record.id, "X-Sample-Rate": str(record.reply.sample_rate), "X-Voice": record.voice,
                "Cache-Control": "no-store"}
     if fmt.name == "pcm":
         headers["X-Audio-Format"] = "s16le; channels=1"
@@ -357,7 +357,7 @@ async def _body(state: ServerState, record: RequestRecord, fmt: AudioFormat, fir
                         state.admission.limits.timeout_s)
 
     source = samples()
-    stream = encode_stream(source, fmt, state.kit.sample_rate)
+    stream = encode_stream(source, fmt, reply.sample_rate)  # the turn's: a switch may change the kit's
     try:
         async for data in stream:
             record.bytes_sent += len(data)

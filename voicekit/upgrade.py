@@ -1,0 +1,407 @@
+"""Better models for a laptop's first run: the laptop preset's chat model and Kokoro's English voices.
+
+    upgrade.status().line()                 # what is in the Hugging Face cache (never touches the network)
+    upgrade.download(on_progress=print)     # fetch what is missing, with progress; checked; cancellable
+    kit.upgrade()                           # both, then the running kit switches to the laptop preset
+
+The bundle: Qwen2.5-0.5B-Instruct as a Q4_K_M GGUF (~0.4 GB) and Kokoro's 28 English voices (15 MB); Kokoro's
+model comes with pip (requirements.txt) and is joined once. Downloads go through huggingface_hub into its cache
+(HF_HOME, HF_TOKEN), a file at a time: each is written to a temporary `.incomplete` file and moved into place only
+when whole, then checked against the hub's size and sha256. A cancel (a `threading.Event`), a failure or Ctrl-C
+leaves no partial file behind: the files finished before it stay, the rest is fetched by the next try.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+import queue
+import re
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from voicekit.engines.gguf_files import HubFile, parse_gguf_spec
+from voicekit.errors import ModelUnavailableError, VoicekitError, first_line
+from voicekit.settings import LAPTOP_CHAT_MODEL
+from voicekit.tts.kokoro import ENGLISH_VOICES, INSTALL_HINT, VOICES_REPO, model_parts
+
+log = logging.getLogger("voicekit.upgrade")
+
+COMMAND = "python -m voicekit upgrade"
+BUNDLE = "Qwen2.5-0.5B-Instruct (0.4 GB) + Kokoro's 28 English voices (15 MB)"
+OFFER = f"Get better models: {BUNDLE}"
+SPEED_WINDOW_S = 3.0  # speed and time left from the bytes of the last few seconds: a stall shows at once
+EMIT_EVERY_S = 0.2  # progress events at most this often (and at every file's end)
+CHUNK_BYTES = 1 << 20  # huggingface_hub reads 10 MiB at a time: 1 MiB keeps progress and Cancel under a second
+REACH_TIMEOUT_S = 5.0  # a first connection to the hub: no answer this soon counts as offline
+PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+class DownloadCancelled(VoicekitError):
+    """The download was cancelled; nothing half-downloaded was kept."""
+
+    def __init__(self) -> None:
+        super().__init__("download cancelled: nothing half-downloaded was kept (finished files stay in the cache; "
+                         "the next try fetches the rest)")
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """One file of the bundle: a hub file and what it is."""
+
+    repo: str
+    filename: str
+    what: str
+
+
+def wanted_files() -> list[Wanted]:
+    """The bundle's files: the laptop preset's GGUF, then Kokoro's English voices."""
+    gguf = parse_gguf_spec(LAPTOP_CHAT_MODEL)
+    assert isinstance(gguf, HubFile)
+    return [Wanted(gguf.repo_id, gguf.filename, "chat model"),
+            *(Wanted(VOICES_REPO, f"voices/{name}.bin", "voice") for name in ENGLISH_VOICES)]
+
+
+@dataclass(frozen=True)
+class BundleStatus:
+    """What of the bundle is in the cache: the files still `missing`, and a `problem` no download fixes."""
+
+    missing: tuple[Wanted, ...]
+    problem: str | None = None
+
+    @property
+    def ready(self) -> bool:
+        """Everything is here: the laptop preset starts without the network."""
+        return not self.missing and self.problem is None
+
+    def line(self) -> str:
+        """One line for doctor, the CLI and the notebook."""
+        if self.problem:
+            return f"better models: {self.problem}"
+        if self.ready:
+            return "better models: in the cache (Qwen2.5-0.5B-Instruct, Kokoro's English voices): `auto` picks laptop"
+        voices = sum(item.what == "voice" for item in self.missing)
+        parts = ["Qwen2.5-0.5B-Instruct (0.4 GB)"] if len(self.missing) > voices else []
+        parts += [f"{voices} Kokoro voice(s) ({voices * 0.52:.1f} MB)"] if voices else []
+        return f"better models: {' + '.join(parts)} to download once: {COMMAND}"
+
+
+def status(cache_dir: str | None = None) -> BundleStatus:
+    """The bundle's files in the cache, and whether Kokoro's model is installed; no network."""
+    from voicekit.hub import cached_file
+
+    missing = tuple(item for item in wanted_files() if cached_file(item.repo, item.filename, cache_dir) is None)
+    try:
+        model_parts()
+        problem = None
+    except ModelUnavailableError:
+        problem = f"Kokoro's model is not installed: {INSTALL_HINT}"
+    return BundleStatus(missing, problem)
+
+
+def prefer_laptop(preset: str, reason: str) -> tuple[str, str]:
+    """The `auto` rule's last step: `cpu` becomes `laptop` when the bundle is already in the cache."""
+    if preset != "cpu" or not status().ready:
+        return preset, reason
+    return "laptop", f"{reason}; the laptop preset's models are in the Hugging Face cache (no download needed)"
+
+
+def bundled_chat_in_use(settings: Any) -> bool:
+    """True while the kit talks with the bundled SmolLM2-135M (the page and doctor then offer the bundle)."""
+    return settings.chat_engine == "llamacpp" and not settings.chat_model
+
+
+# -- progress -----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One progress event. `stage`: listing, downloading, checking, done, cancelled or failed (the last three end
+    a download); bytes of the whole bundle; speed and time left once known."""
+
+    stage: str
+    done_bytes: int = 0
+    total_bytes: int = 0
+    speed_bps: float | None = None
+    eta_s: float | None = None
+    file: str = ""
+    files_done: int = 0
+    files_total: int = 0
+    message: str = ""
+
+    @property
+    def finished(self) -> bool:
+        """The last event of a download."""
+        return self.stage in ("done", "cancelled", "failed")
+
+    @property
+    def fraction(self) -> float:
+        """0 to 1, for a progress bar."""
+        return min(1.0, self.done_bytes / self.total_bytes) if self.total_bytes else float(self.stage == "done")
+
+    def line(self) -> str:
+        """"downloading qwen2.5-0.5b-instruct-q4_k_m.gguf: 120.5 of 409.3 MB (29%) · 12.1 MB/s · 24 s left"."""
+        if self.message:
+            return self.message
+        amount = f"{self.done_bytes / 1e6:.1f} of {self.total_bytes / 1e6:.1f} MB ({self.fraction:.0%})"
+        speed = f" · {self.speed_bps / 1e6:.1f} MB/s" if self.speed_bps else ""
+        left = f" · {_duration(self.eta_s)} left" if self.eta_s is not None else ""
+        name = Path(self.file).name
+        return f"{self.stage} {name}{f' ({self.files_done + 1} of {self.files_total})' if name else ''}: " \
+               f"{amount}{speed}{left}"
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+
+
+@dataclass
+class _Meter:
+    """Counts the bytes of the whole download, reports them (throttled) and stops it when cancelled."""
+
+    emit: Callable[[Progress], None]
+    cancel: threading.Event
+    total: int
+    files_total: int
+    done: int = 0
+    files_done: int = 0
+    file: str = ""
+    _samples: deque[tuple[float, int]] = field(default_factory=deque)
+    _last_emit: float = 0.0
+
+    def add(self, count: int) -> None:
+        if self.cancel.is_set():
+            raise DownloadCancelled()
+        self.done += count
+        now = time.monotonic()
+        self._samples.append((now, self.done))
+        while len(self._samples) > 2 and now - self._samples[0][0] > SPEED_WINDOW_S:
+            self._samples.popleft()
+        if now - self._last_emit >= EMIT_EVERY_S:
+            self.report("downloading", now)
+
+    def report(self, stage: str, now: float | None = None) -> None:
+        self._last_emit = now or time.monotonic()
+        self.emit(Progress(stage, self.done, self.total, *self._speed(), self.file, self.files_done,
+                           self.files_total))
+
+    def _speed(self) -> tuple[float | None, float | None]:
+        (first, start), (last, end) = (self._samples[0], self._samples[-1]) if self._samples else ((0, 0), (0, 0))
+        if last - first < 0.05 or end <= start:
+            return None, None
+        speed = (end - start) / (last - first)
+        return speed, max(0.0, self.total - self.done) / speed
+
+    def bar(self, **_: Any) -> _Bar:
+        """A progress bar for huggingface_hub (its `tqdm_class`): it only calls the constructor and update()."""
+        return _Bar(self)
+
+
+class _Bar:
+    def __init__(self, meter: _Meter) -> None:
+        self.meter = meter
+
+    def update(self, count: int | float = 1) -> None:
+        self.meter.add(int(count))
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> _Bar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+# -- the download -------------------------------------------------------------------------------------------
+
+
+def download(token: str | None = None, *, endpoint: str | None = None, cache_dir: str | None = None,
+             on_progress: Callable[[Progress], None] | None = None,
+             cancel: threading.Event | None = None) -> BundleStatus:
+    """Fetch the bundle's missing files into the Hugging Face cache, check them, and join Kokoro's model.
+
+    `on_progress` gets `Progress` events (throttled); setting `cancel` stops the download within a second
+    (DownloadCancelled). Offline, or with the hub refusing, one `ModelUnavailableError` line says why and what
+    to do; nothing half-downloaded is left either way."""
+    emit = on_progress or (lambda event: None)
+    cancel = cancel or threading.Event()
+    endpoint = endpoint or os.environ.get("HF_ENDPOINT") or None  # read now: huggingface_hub reads it at import
+    wanted = status(cache_dir)
+    if wanted.problem:
+        raise ModelUnavailableError(wanted.problem)
+    if wanted.missing:
+        _check_online(endpoint)
+        emit(Progress("listing", message=f"asking the hub for {len(wanted.missing)} file(s)..."))
+        sizes = _hub_sizes(wanted.missing, token, endpoint)
+        meter = _Meter(emit, cancel, sum(size for size, _ in sizes.values()), len(wanted.missing))
+        started = time.time()
+        try:
+            for item in wanted.missing:
+                _fetch(item, sizes[item], meter, token, endpoint, cache_dir)
+        finally:
+            _sweep(wanted.missing, started, cache_dir)
+    emit(Progress("checking", message="joining Kokoro's model (once)..."))
+    from voicekit.tts.kokoro import model_path
+
+    model_path()
+    return status(cache_dir)
+
+
+def _check_online(endpoint: str | None) -> None:
+    """HF_HUB_OFFLINE, or a hub that cannot be reached at all, in one line at once (huggingface_hub would retry for
+    ~25 s first). A proxy may reach what this machine cannot: then huggingface_hub finds out itself."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        raise ModelUnavailableError("the Hugging Face hub is switched off here (HF_HUB_OFFLINE=1): unset it on a "
+                                    f"machine with internet and try again ({COMMAND}); the bundled models keep "
+                                    "working meanwhile")
+    if any(os.environ.get(name) for name in PROXY_VARIABLES):
+        return
+    where = urlsplit(endpoint or constants.ENDPOINT)
+    try:
+        socket.create_connection((where.hostname or "", where.port or (443 if where.scheme == "https" else 80)),
+                                 timeout=REACH_TIMEOUT_S).close()
+    except OSError as error:
+        raise ModelUnavailableError(_unreachable(endpoint)) from error
+
+
+def _unreachable(endpoint: str | None) -> str:
+    return (f"cannot reach the Hugging Face hub ({endpoint or 'huggingface.co'}): no network here? Connect and try "
+            f"again ({COMMAND}); the bundled models keep working meanwhile")
+
+
+def _hub_sizes(missing: Sequence[Wanted], token: str | None, endpoint: str | None) -> dict[Wanted, tuple[int, str]]:
+    """(size, sha256 or "") of each missing file, from one tree listing per repo folder."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(endpoint=endpoint)
+    found: dict[Wanted, tuple[int, str]] = {}
+    for repo, folder in sorted({(item.repo, str(Path(item.filename).parent)) for item in missing}):
+        try:
+            entries = {entry.path: entry for entry in api.list_repo_tree(
+                repo, None if folder == "." else folder, token=token or None)}
+        except Exception as error:
+            raise ModelUnavailableError(_why(repo, error, endpoint)) from error
+        for item in missing:
+            if item.repo != repo or str(Path(item.filename).parent) != folder:
+                continue
+            entry = entries.get(item.filename)
+            if entry is None or getattr(entry, "size", None) is None:
+                raise ModelUnavailableError(f"model {repo} has no file {item.filename} on the hub any more: update "
+                                            "voicekit (its laptop preset names the files it downloads)")
+            lfs = getattr(entry, "lfs", None)
+            found[item] = (int(entry.size), str(getattr(lfs, "sha256", "") or (lfs or {}).get("sha256", "")))
+    return found
+
+
+def _fetch(item: Wanted, expected: tuple[int, str], meter: _Meter, token: str | None, endpoint: str | None,
+           cache_dir: str | None) -> None:
+    """One file into the cache, then checked (a damaged file is removed again)."""
+    from huggingface_hub import constants, hf_hub_download
+
+    meter.file = item.filename
+    chunk, constants.DOWNLOAD_CHUNK_SIZE = constants.DOWNLOAD_CHUNK_SIZE, min(constants.DOWNLOAD_CHUNK_SIZE,
+                                                                             CHUNK_BYTES)
+    before = meter.done
+    try:
+        path = hf_hub_download(item.repo, item.filename, token=token or None, endpoint=endpoint, cache_dir=cache_dir,
+                               tqdm_class=functools.partial(_Meter.bar, meter))  # type: ignore[arg-type]
+    except DownloadCancelled:
+        raise
+    except Exception as error:
+        raise ModelUnavailableError(f"{_why(item.repo, error, endpoint)} (file {item.filename})") from error
+    finally:
+        constants.DOWNLOAD_CHUNK_SIZE = chunk
+    meter.done = before + expected[0]  # a file that was in the cache meanwhile counts as done too
+    meter.report("checking")
+    _verify(Path(path), *expected)
+    meter.files_done += 1
+
+
+def _verify(path: Path, size: int, sha256: str) -> None:
+    """The hub's size, and its sha256 (the tree's LFS digest, else the blob's name when it is one)."""
+    blob = path.resolve()
+    digest = sha256 or (blob.name if _SHA256_RE.match(blob.name) else "")
+    actual = blob.stat().st_size
+    problem = f"{actual} bytes, the hub says {size}" if actual != size else ""
+    if not problem and digest:
+        computed = hashlib.sha256()
+        with blob.open("rb") as handle:
+            while block := handle.read(1 << 22):
+                computed.update(block)
+        if computed.hexdigest() != digest:
+            problem = f"sha256 {computed.hexdigest()[:12]}..., the hub says {digest[:12]}..."
+    if problem:
+        path.unlink(missing_ok=True)
+        blob.unlink(missing_ok=True)
+        raise ModelUnavailableError(f"{path.name} arrived damaged ({problem}) and was removed: try again ({COMMAND})")
+
+
+def _sweep(items: Sequence[Wanted], since: float, cache_dir: str | None) -> None:
+    """Remove `.incomplete` files this download left in its repos' blob folders (huggingface_hub removes its own
+    on an error since 1.x; older releases keep them to resume)."""
+    from huggingface_hub import constants
+
+    root = Path(cache_dir or constants.HF_HUB_CACHE)
+    for repo in {item.repo for item in items}:
+        blobs = root / f"models--{repo.replace('/', '--')}" / "blobs"
+        for partial in blobs.glob("*.incomplete") if blobs.is_dir() else ():
+            if partial.stat().st_mtime >= since - 1:
+                partial.unlink(missing_ok=True)
+                log.info("removed the partial download %s", partial.name)
+
+
+def _why(repo: str, error: BaseException, endpoint: str | None) -> str:
+    """One line: the hub cannot be reached, or `voicekit.hub.explain`'s reason; and that the bundled models stay."""
+    from voicekit.hub import explain
+
+    chain, seen = [], error
+    while seen is not None and len(chain) < 8:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    if any(type(each).__name__ in ("ConnectError", "ConnectTimeout", "ReadTimeout", "TimeoutException",
+                                   "OfflineModeIsEnabled", "ConnectionError") for each in chain):
+        return _unreachable(endpoint)
+    return f"{explain(repo, error)}; the bundled models keep working meanwhile"
+
+
+def progress_events(token: str | None = None, *, endpoint: str | None = None, cache_dir: str | None = None,
+                    cancel: threading.Event | None = None) -> Iterator[Progress]:
+    """`download()` in a worker thread, as an iterator of its events; the last one is done, cancelled or failed
+    (with the reason as its message)."""
+    events: queue.Queue[Progress] = queue.Queue()
+    last: list[Progress] = [Progress("listing")]
+
+    def note(event: Progress) -> None:
+        last[0] = event
+        events.put(event)
+
+    def work() -> None:
+        try:
+            download(token, endpoint=endpoint, cache_dir=cache_dir, on_progress=note, cancel=cancel)
+            final = replace(last[0], stage="done", done_bytes=last[0].total_bytes, eta_s=0.0,
+                            message="better models downloaded and checked")
+        except DownloadCancelled as stopped:
+            final = replace(last[0], stage="cancelled", message=str(stopped))
+        except Exception as error:  # every failure is one line for the page; the page keeps working
+            final = replace(last[0], stage="failed", message=str(error) if isinstance(error, VoicekitError)
+                            else f"download failed: {type(error).__name__}: {first_line(error)}")
+        events.put(final)
+
+    threading.Thread(target=work, name="voicekit-upgrade", daemon=True).start()
+    while not (event := events.get()).finished:
+        yield event
+    yield event
