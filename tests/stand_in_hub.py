@@ -9,6 +9,7 @@ request is recorded (method, path, Authorization header) so tests check exactly 
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 
@@ -30,6 +31,7 @@ class StandInHub:
     repos: dict[str, dict[str, bytes]] = field(default_factory=dict)
     gated: dict[str, str] = field(default_factory=dict)  # repo -> the one token that may read it
     broken: dict[str, int] = field(default_factory=dict)  # file name -> the HTTP status its GET answers
+    bytes_per_s: float | None = None  # file bodies at this pace (a slow line); None: at once
     requests: list[Request] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -104,4 +106,17 @@ class StandInHub:
             return
         etag = hashlib.sha256(data).hexdigest()
         headers = {"X-Repo-Commit": COMMIT, "ETag": f'"{etag}"', "Content-Type": "application/octet-stream"}
-        send_bytes(handler, 200, data, headers, body)
+        if not body or not self.bytes_per_s:
+            send_bytes(handler, 200, data, headers, body)
+            return
+        handler.send_response(200)
+        for key, value in {**headers, "Content-Length": str(len(data))}.items():
+            handler.send_header(key, value)
+        handler.end_headers()
+        step = 1 << 18
+        try:
+            for start in range(0, len(data), step):
+                handler.wfile.write(data[start:start + step])
+                time.sleep(step / (self.bytes_per_s or 1e12))  # read each time: a test may lift the limit midway
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up (a cancelled download)

@@ -200,6 +200,7 @@ def test_running_kit_switches_to_laptop_keeping_the_conversation(fresh_cache: Pa
         first.audio()
         old = kit.pipeline
         kit.upgrade()
+        assert len(stand_in.requests) == 2 + 2 * 29  # the download alone: the laptop preset loads from the cache
         assert kit.settings.preset == "laptop" and kit.settings.mode == "overlap"  # a choice beyond the preset stays
         assert kit.settings.max_reply_tokens == 8 and kit.settings.asr_model == ""  # the recognizer too
         assert kit.description["chat"] == f"{GGUF} on llamacpp" and kit.description["tts"].startswith("kokoro")
