@@ -234,3 +234,17 @@ def test_doctor_offers_the_bundle_and_says_what_the_cores_afford(fresh_cache: Pa
     line, advice = doctor.cores_line(2)
     assert line.startswith("2 cores: Qwen2.5-0.5B-Instruct, the laptop preset's chat model, writes faster than "
                            "speech (~13.4 tokens/s on 1 llama.cpp thread, 3.8x speech)") and advice is None
+
+
+def test_cli_upgrade_draws_progress_and_check_needs_no_network(hub: StandInHub,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    from voicekit.cli import main
+
+    assert main(["upgrade", "--check"]) == 1 and hub.requests == []
+    assert capsys.readouterr().out.startswith("better models: Qwen2.5-0.5B-Instruct (0.4 GB) + 28 Kokoro voice(s)")
+    assert main(["upgrade"]) == 0
+    shown = capsys.readouterr()
+    bars = [line for line in shown.err.splitlines() if line.startswith("[")]
+    assert bars and bars[-1].startswith("[##############################] checking") and " MB (100%)" in bars[-1]
+    assert shown.out.splitlines()[0].startswith("better models: in the cache")
+    assert main(["upgrade", "--check"]) == 0
