@@ -21,8 +21,8 @@ from stand_in_hub import StandInHub
 
 from voicekit import upgrade
 from voicekit.errors import ModelUnavailableError
+from voicekit.progress import DownloadCancelled, Meter, Progress
 from voicekit.tts.kokoro import ENGLISH_VOICES, VOICES_REPO
-from voicekit.upgrade import DownloadCancelled, Progress
 
 QWEN = "Qwen/Qwen2.5-0.5B-Instruct-GGUF"
 GGUF = "qwen2.5-0.5b-instruct-q4_k_m.gguf"
@@ -101,7 +101,7 @@ def test_progress_line_says_bytes_speed_and_time_left() -> None:
     assert event.line() == (f"downloading {GGUF} (1 of 29): 120.5 of 409.3 MB (29%) · 12.1 MB/s · 24 s left")
     assert Progress("downloading", 0, 100, eta_s=150.0, file="voices/af_heart.bin", files_done=3,
                     files_total=29).line() == "downloading af_heart.bin (4 of 29): 0.0 of 0.0 MB (0%) · 2 min left"
-    meter = upgrade._Meter(lambda event: None, threading.Event(), total=10_000_000, files_total=1)
+    meter = Meter(lambda event: None, threading.Event(), total=10_000_000, files_total=1)
     meter._samples.extend([(100.0, 0), (101.0, 1_000_000), (102.0, 2_000_000)])
     meter.done = 2_000_000
     assert meter._speed() == (1_000_000.0, 8.0)

@@ -14,8 +14,9 @@ import pytest
 from stand_in_hub import StandInHub
 from test_upgrade import GGUF, bundle_repos, leftovers
 
+from voicekit.progress import Progress
 from voicekit.serve.page_upgrade import HINT, button_label, hint, progress_html
-from voicekit.upgrade import OFFER, Progress
+from voicekit.upgrade import OFFER
 
 pytestmark = [pytest.mark.filterwarnings("ignore:.*no_silent_downcasting"),  # raised inside gradio's queue
               pytest.mark.filterwarnings("ignore:The copy keyword is deprecated")]

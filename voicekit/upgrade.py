@@ -9,6 +9,7 @@ model comes with pip (requirements.txt) and is joined once. Downloads go through
 (HF_HOME, HF_TOKEN), a file at a time: each is written to a temporary `.incomplete` file and moved into place only
 when whole, then checked against the hub's size and sha256. A cancel (a `threading.Event`), a failure or Ctrl-C
 leaves no partial file behind: the files finished before it stay, the rest is fetched by the next try.
+Progress events and the meter behind them: voicekit/progress.py.
 """
 
 from __future__ import annotations
@@ -22,37 +23,30 @@ import re
 import socket
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from voicekit.engines.gguf_files import HubFile, parse_gguf_spec
 from voicekit.errors import ModelUnavailableError, VoicekitError, first_line
+from voicekit.progress import DownloadCancelled, Meter, Progress
 from voicekit.settings import LAPTOP_CHAT_MODEL
 from voicekit.tts.kokoro import ENGLISH_VOICES, INSTALL_HINT, VOICES_REPO, model_parts
+
+__all__ = ["BUNDLE", "COMMAND", "OFFER", "BundleStatus", "DownloadCancelled", "Progress", "Wanted",
+           "bundled_chat_in_use", "download", "prefer_laptop", "progress_events", "status", "wanted_files"]
 
 log = logging.getLogger("voicekit.upgrade")
 
 COMMAND = "python -m voicekit upgrade"
 BUNDLE = "Qwen2.5-0.5B-Instruct (0.4 GB) + Kokoro's 28 English voices (15 MB)"
 OFFER = f"Get better models: {BUNDLE}"
-SPEED_WINDOW_S = 3.0  # speed and time left from the bytes of the last few seconds: a stall shows at once
-EMIT_EVERY_S = 0.2  # progress events at most this often (and at every file's end)
 CHUNK_BYTES = 1 << 20  # huggingface_hub reads 10 MiB at a time: 1 MiB keeps progress and Cancel under a second
 REACH_TIMEOUT_S = 5.0  # a first connection to the hub: no answer this soon counts as offline
 PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-
-
-class DownloadCancelled(VoicekitError):
-    """The download was cancelled; nothing half-downloaded was kept."""
-
-    def __init__(self) -> None:
-        super().__init__("download cancelled: nothing half-downloaded was kept (finished files stay in the cache; "
-                         "the next try fetches the rest)")
 
 
 @dataclass(frozen=True)
@@ -121,109 +115,6 @@ def bundled_chat_in_use(settings: Any) -> bool:
     return settings.chat_engine == "llamacpp" and not settings.chat_model
 
 
-# -- progress -----------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Progress:
-    """One progress event. `stage`: listing, downloading, checking, done, cancelled or failed (the last three end
-    a download); bytes of the whole bundle; speed and time left once known."""
-
-    stage: str
-    done_bytes: int = 0
-    total_bytes: int = 0
-    speed_bps: float | None = None
-    eta_s: float | None = None
-    file: str = ""
-    files_done: int = 0
-    files_total: int = 0
-    message: str = ""
-
-    @property
-    def finished(self) -> bool:
-        """The last event of a download."""
-        return self.stage in ("done", "cancelled", "failed")
-
-    @property
-    def fraction(self) -> float:
-        """0 to 1, for a progress bar."""
-        return min(1.0, self.done_bytes / self.total_bytes) if self.total_bytes else float(self.stage == "done")
-
-    def line(self) -> str:
-        """"downloading qwen2.5-0.5b-instruct-q4_k_m.gguf: 120.5 of 409.3 MB (29%) · 12.1 MB/s · 24 s left"."""
-        if self.message:
-            return self.message
-        amount = f"{self.done_bytes / 1e6:.1f} of {self.total_bytes / 1e6:.1f} MB ({self.fraction:.0%})"
-        speed = f" · {self.speed_bps / 1e6:.1f} MB/s" if self.speed_bps else ""
-        left = f" · {_duration(self.eta_s)} left" if self.eta_s is not None else ""
-        name = Path(self.file).name
-        return f"{self.stage} {name}{f' ({self.files_done + 1} of {self.files_total})' if name else ''}: " \
-               f"{amount}{speed}{left}"
-
-
-def _duration(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
-
-
-@dataclass
-class _Meter:
-    """Counts the bytes of the whole download, reports them (throttled) and stops it when cancelled."""
-
-    emit: Callable[[Progress], None]
-    cancel: threading.Event
-    total: int
-    files_total: int
-    done: int = 0
-    files_done: int = 0
-    file: str = ""
-    _samples: deque[tuple[float, int]] = field(default_factory=deque)
-    _last_emit: float = 0.0
-
-    def add(self, count: int) -> None:
-        if self.cancel.is_set():
-            raise DownloadCancelled()
-        self.done += count
-        now = time.monotonic()
-        self._samples.append((now, self.done))
-        while len(self._samples) > 2 and now - self._samples[0][0] > SPEED_WINDOW_S:
-            self._samples.popleft()
-        if now - self._last_emit >= EMIT_EVERY_S:
-            self.report("downloading", now)
-
-    def report(self, stage: str, now: float | None = None) -> None:
-        self._last_emit = now or time.monotonic()
-        self.emit(Progress(stage, self.done, self.total, *self._speed(), self.file, self.files_done,
-                           self.files_total))
-
-    def _speed(self) -> tuple[float | None, float | None]:
-        (first, start), (last, end) = (self._samples[0], self._samples[-1]) if self._samples else ((0, 0), (0, 0))
-        if last - first < 0.05 or end <= start:
-            return None, None
-        speed = (end - start) / (last - first)
-        return speed, max(0.0, self.total - self.done) / speed
-
-    def bar(self, **_: Any) -> _Bar:
-        """A progress bar for huggingface_hub (its `tqdm_class`): it only calls the constructor and update()."""
-        return _Bar(self)
-
-
-class _Bar:
-    def __init__(self, meter: _Meter) -> None:
-        self.meter = meter
-
-    def update(self, count: int | float = 1) -> None:
-        self.meter.add(int(count))
-
-    def close(self) -> None:
-        pass
-
-    def __enter__(self) -> _Bar:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pass
-
-
 # -- the download -------------------------------------------------------------------------------------------
 
 
@@ -245,7 +136,7 @@ def download(token: str | None = None, *, endpoint: str | None = None, cache_dir
         _check_online(endpoint)
         emit(Progress("listing", message=f"asking the hub for {len(wanted.missing)} file(s)..."))
         sizes = _hub_sizes(wanted.missing, token, endpoint)
-        meter = _Meter(emit, cancel, sum(size for size, _ in sizes.values()), len(wanted.missing))
+        meter = Meter(emit, cancel, sum(size for size, _ in sizes.values()), len(wanted.missing))
         started = time.time()
         try:
             for item in wanted.missing:
@@ -307,7 +198,7 @@ def _hub_sizes(missing: Sequence[Wanted], token: str | None, endpoint: str | Non
     return found
 
 
-def _fetch(item: Wanted, expected: tuple[int, str], meter: _Meter, token: str | None, endpoint: str | None,
+def _fetch(item: Wanted, expected: tuple[int, str], meter: Meter, token: str | None, endpoint: str | None,
            cache_dir: str | None) -> None:
     """One file into the cache, then checked (a damaged file is removed again)."""
     from huggingface_hub import constants, hf_hub_download
@@ -318,7 +209,7 @@ def _fetch(item: Wanted, expected: tuple[int, str], meter: _Meter, token: str | 
     before = meter.done
     try:
         path = hf_hub_download(item.repo, item.filename, token=token or None, endpoint=endpoint, cache_dir=cache_dir,
-                               tqdm_class=functools.partial(_Meter.bar, meter))  # type: ignore[arg-type]
+                               tqdm_class=functools.partial(Meter.bar, meter))  # type: ignore[arg-type]
     except DownloadCancelled:
         raise
     except Exception as error:

@@ -17,7 +17,7 @@ import gradio as gr
 
 from voicekit import upgrade
 from voicekit.errors import first_line
-from voicekit.upgrade import Progress
+from voicekit.progress import Progress
 
 HINT = ("Replies come from SmolLM2-135M, a toy model bundled for offline use. **Settings → Get better models**: "
         "Qwen2.5-0.5B-Instruct (0.4 GB) and Kokoro's 28 English voices (15 MB), downloaded once.")
