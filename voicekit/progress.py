@@ -84,9 +84,13 @@ class Meter:
     _samples: deque[tuple[float, int]] = field(default_factory=deque)
     _last_emit: float = 0.0
 
-    def add(self, count: int) -> None:
+    def check(self) -> None:
+        """Raise DownloadCancelled once `cancel` is set."""
         if self.cancel.is_set():
             raise DownloadCancelled()
+
+    def add(self, count: int) -> None:
+        self.check()
         self.done += count
         now = time.monotonic()
         self._samples.append((now, self.done))

@@ -203,6 +203,7 @@ def _fetch(item: Wanted, expected: tuple[int, str], meter: Meter, token: str | N
     """One file into the cache, then checked (a damaged file is removed again)."""
     from huggingface_hub import constants, hf_hub_download
 
+    meter.check()
     meter.file = item.filename
     chunk, constants.DOWNLOAD_CHUNK_SIZE = constants.DOWNLOAD_CHUNK_SIZE, min(constants.DOWNLOAD_CHUNK_SIZE,
                                                                              CHUNK_BYTES)
@@ -216,6 +217,9 @@ def _fetch(item: Wanted, expected: tuple[int, str], meter: Meter, token: str | N
         raise ModelUnavailableError(f"{_why(item.repo, error, endpoint)} (file {item.filename})") from error
     finally:
         constants.DOWNLOAD_CHUNK_SIZE = chunk
+    # hf_xet's downloads report from its own threads, where raising may not stop them: a cancel then ends the
+    # download here, once the file is whole (it stays: nothing half-downloaded)
+    meter.check()
     meter.done = before + expected[0]  # a file that was in the cache meanwhile counts as done too
     meter.report("checking")
     _verify(Path(path), *expected)
