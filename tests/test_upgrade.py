@@ -248,3 +248,41 @@ def test_cli_upgrade_draws_progress_and_check_needs_no_network(hub: StandInHub,
     assert bars and bars[-1].startswith("[##############################] checking") and " MB (100%)" in bars[-1]
     assert shown.out.splitlines()[0].startswith("better models: in the cache")
     assert main(["upgrade", "--check"]) == 0
+
+
+def test_a_reply_speaking_during_a_switch_ends_on_the_old_models(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The swap under the kit's lock, with scripted parts (tests/scripted.py) standing in for the models."""
+    import time
+
+    from scripted import ScriptedBackend, ScriptedEngine, kit_over
+
+    from voicekit import build
+    from voicekit.pipeline import Pipeline
+
+    old_engine = ScriptedEngine("Old model speaking here.", hold_after=2)
+    kit = kit_over(old_engine, ScriptedBackend(), system_prompt="Be brief.")
+    new_engine, new_voices = ScriptedEngine("New words."), ScriptedBackend(voices=("cora",), sample_rate=2000)
+    monkeypatch.setattr(build, "build_pipeline", lambda settings, loop, chat=True: Pipeline(
+        new_voices, build.build_chat(settings, new_engine), settings.max_text_chars))
+    try:
+        reply = kit.chat("Hi")
+        speaking = threading.Thread(target=reply.audio)
+        speaking.start()
+        while not old_engine.prompts:
+            time.sleep(0.01)
+        old = kit.pipeline
+        kit.switch_preset("laptop")
+        assert kit.settings.preset == "laptop" and kit.settings.system_prompt == "Be brief."
+        assert old.running == 1 and not old_engine._closed  # still writing its reply
+        old_engine.release.set()
+        speaking.join(10)
+        assert reply.text == "Old model speaking here." and reply.sample_rate == 1000
+        deadline = time.monotonic() + 5
+        while not old_engine._closed and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert old_engine._closed and old.running == 0  # closed once its turn ended
+        again = kit.chat("Again", history=reply.history)
+        assert again.audio().size and again.text == "New words." and again.sample_rate == 2000
+        assert "Old model speaking here." in new_engine.prompts[0]  # the conversation carried on
+    finally:
+        kit.close()
