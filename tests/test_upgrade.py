@@ -26,6 +26,7 @@ from voicekit.tts.kokoro import ENGLISH_VOICES, VOICES_REPO
 
 QWEN = "Qwen/Qwen2.5-0.5B-Instruct-GGUF"
 GGUF = "qwen2.5-0.5b-instruct-q4_k_m.gguf"
+OFFER_TEXT = "Get better models: Qwen2.5-0.5B-Instruct (0.4 GB) + Kokoro's 28 English voices (15 MB)"
 
 
 def bundle_repos(kokoro_voices: Path, gguf: bytes) -> dict[str, dict[str, bytes]]:
@@ -284,5 +285,33 @@ def test_a_reply_speaking_during_a_switch_ends_on_the_old_models(monkeypatch: py
         again = kit.chat("Again", history=reply.history)
         assert again.audio().size and again.text == "New words." and again.sample_rate == 2000
         assert "Old model speaking here." in new_engine.prompts[0]  # the conversation carried on
+    finally:
+        kit.close()
+
+
+def test_notebook_widget_downloads_and_switches(hub: StandInHub, monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    from scripted import ScriptedBackend, ScriptedEngine, kit_over
+
+    from voicekit import build
+    from voicekit.pipeline import Pipeline
+    from voicekit.widgets import better_models
+
+    kit = kit_over(ScriptedEngine("Old."), ScriptedBackend())
+    monkeypatch.setattr(build, "build_pipeline", lambda settings, loop, chat=True: Pipeline(
+        ScriptedBackend(), build.build_chat(settings, ScriptedEngine("New.")), settings.max_text_chars))
+    try:
+        box = better_models(kit)
+        (button, cancel), bar, line = box.children[0].children, box.children[1], box.children[2]
+        assert button.description == OFFER_TEXT and not button.disabled and hub.requests == []  # nothing yet
+        button.click()
+        deadline = time.monotonic() + 60
+        while not line.value.startswith("now talking with") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert line.value.startswith("now talking with script on scripted"), line.value
+        assert kit.settings.preset == "laptop" and button.disabled and cancel.layout.display == "none"
+        reply = kit.chat("Hi")
+        assert bar.layout.display == "none" and reply.audio().size and reply.text == "New."
     finally:
         kit.close()

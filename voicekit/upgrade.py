@@ -35,8 +35,23 @@ from voicekit.progress import DownloadCancelled, Meter, Progress
 from voicekit.settings import LAPTOP_CHAT_MODEL
 from voicekit.tts.kokoro import ENGLISH_VOICES, INSTALL_HINT, VOICES_REPO, model_parts
 
-__all__ = ["BUNDLE", "COMMAND", "OFFER", "BundleStatus", "DownloadCancelled", "Progress", "Wanted",
-           "bundled_chat_in_use", "download", "prefer_laptop", "progress_events", "status", "wanted_files"]
+__all__ = [
+    "BUNDLE",
+    "COMMAND",
+    "OFFER",
+    "BundleStatus",
+    "DownloadCancelled",
+    "Progress",
+    "UpgradeJob",
+    "Wanted",
+    "bundled_chat_in_use",
+    "download",
+    "offered",
+    "prefer_laptop",
+    "progress_events",
+    "status",
+    "wanted_files",
+]
 
 log = logging.getLogger("voicekit.upgrade")
 
@@ -113,6 +128,11 @@ def prefer_laptop(preset: str, reason: str) -> tuple[str, str]:
 def bundled_chat_in_use(settings: Any) -> bool:
     """True while the kit talks with the bundled SmolLM2-135M (the page and doctor then offer the bundle)."""
     return settings.chat_engine == "llamacpp" and not settings.chat_model
+
+
+def offered(kit: Any) -> bool:
+    """Whether a kit's faces offer the bundle: its bundled chat model talks (never on the gpu preset)."""
+    return kit.settings.preset != "gpu" and bundled_chat_in_use(kit.settings)
 
 
 # -- the download -------------------------------------------------------------------------------------------
@@ -300,3 +320,46 @@ def progress_events(token: str | None = None, *, endpoint: str | None = None, ca
     while not (event := events.get()).finished:
         yield event
     yield event
+
+
+class UpgradeJob:
+    """A kit's download of the bundle and switch to it, one at a time (a server's pages share it, as does a
+    notebook's widget); `cancel` stops the download."""
+
+    def __init__(self, kit: Any, endpoint: str | None = None) -> None:
+        self.kit = kit
+        self.endpoint = endpoint
+        self.cancel = threading.Event()
+        self._running = threading.Lock()
+
+    def run(self) -> Iterator[Progress]:
+        """Progress events: the download's, then switching, then done (or cancelled / failed, with the reason)."""
+        if not self._running.acquire(blocking=False):
+            yield Progress("failed", message="a download is already running (started elsewhere: another tab): "
+                           "its progress shows there, and this kit switches with it")
+            return
+        try:  # the last event goes out once the job is free again: a click right after it starts a new one
+            self.cancel.clear()
+            final = Progress("failed", message="the download ended without a word")
+            for event in progress_events(self.kit.settings.token, endpoint=self.endpoint,
+                                                 cancel=self.cancel):
+                if event.finished:
+                    final = event
+                    break
+                yield event
+            if final.stage == "done":
+                yield Progress("switching", message="downloaded and checked; loading Qwen2.5-0.5B-Instruct and "
+                               "Kokoro...")
+                final = self._switch()
+        finally:
+            self._running.release()
+        yield final
+
+    def _switch(self) -> Progress:
+        try:
+            self.kit.switch_preset("laptop")
+        except Exception as error:  # the kit keeps its models; one line says why
+            return Progress("failed", message=f"the better models did not load ({first_line(error)}); the bundled "
+                            "models keep working")
+        return Progress("done", message=f"now talking with {self.kit.description.get('chat')}, voices "
+                        f"{self.kit.description.get('tts')}: the next reply comes from them")

@@ -8,7 +8,6 @@ that one is running, and Cancel stops it for all. The page keeps answering on th
 from __future__ import annotations
 
 import html
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -16,16 +15,11 @@ from typing import Any
 import gradio as gr
 
 from voicekit import upgrade
-from voicekit.errors import first_line
 from voicekit.progress import Progress
+from voicekit.upgrade import UpgradeJob, offered
 
 HINT = ("Replies come from SmolLM2-135M, a toy model bundled for offline use. **Settings → Get better models**: "
         "Qwen2.5-0.5B-Instruct (0.4 GB) and Kokoro's 28 English voices (15 MB), downloaded once.")
-
-
-def offered(kit: Any) -> bool:
-    """Whether the page offers the bundle: the bundled chat model talks (never on the gpu preset)."""
-    return kit.settings.preset != "gpu" and upgrade.bundled_chat_in_use(kit.settings)
 
 
 def hint(kit: Any) -> str:
@@ -44,48 +38,6 @@ def progress_html(event: Progress) -> str:
     if event.finished or event.stage in ("listing", "switching"):
         return line
     return f'<progress value="{int(event.fraction * 1000)}" max="1000" style="width: 100%"></progress>{line}'
-
-
-class UpgradeJob:
-    """The server's one download and switch; `cancel` stops the download."""
-
-    def __init__(self, kit: Any, endpoint: str | None = None) -> None:
-        self.kit = kit
-        self.endpoint = endpoint
-        self.cancel = threading.Event()
-        self._running = threading.Lock()
-
-    def run(self) -> Iterator[Progress]:
-        """Progress events: the download's, then switching, then done (or cancelled / failed, with the reason)."""
-        if not self._running.acquire(blocking=False):
-            yield Progress("failed", message="a download is already running (another tab started it): its "
-                           "progress shows there; this page switches with it")
-            return
-        try:  # the last event goes out once the job is free again: a click right after it starts a new one
-            self.cancel.clear()
-            final = Progress("failed", message="the download ended without a word")
-            for event in upgrade.progress_events(self.kit.settings.token, endpoint=self.endpoint,
-                                                 cancel=self.cancel):
-                if event.finished:
-                    final = event
-                    break
-                yield event
-            if final.stage == "done":
-                yield Progress("switching", message="downloaded and checked; loading Qwen2.5-0.5B-Instruct and "
-                               "Kokoro...")
-                final = self._switch()
-        finally:
-            self._running.release()
-        yield final
-
-    def _switch(self) -> Progress:
-        try:
-            self.kit.switch_preset("laptop")
-        except Exception as error:  # the kit keeps its models; one line says why
-            return Progress("failed", message=f"the better models did not load ({first_line(error)}); the bundled "
-                            "models keep working")
-        return Progress("done", message=f"now talking with {self.kit.description.get('chat')}, voices "
-                        f"{self.kit.description.get('tts')}: the next reply comes from them")
 
 
 @dataclass
