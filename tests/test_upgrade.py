@@ -183,6 +183,13 @@ def test_auto_picks_laptop_once_the_bundle_is_cached(hub: StandInHub, monkeypatc
     assert device.auto_preset()[1].endswith("the laptop preset's models are in the Hugging Face cache (no download "
                                             "needed)")
     assert len(hub.requests) == asked  # decided from the cache alone
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *rest: None if name == "kokoro_onnx" else
+                        find_spec(name, *rest))
+    assert upgrade.status().line().startswith("better models: kokoro-onnx is not installed: pip install kokoro-onnx")
+    assert Settings.resolve("auto").preset == "cpu"  # the laptop preset could not load: auto does not pick it
 
 
 @pytest.mark.slow

@@ -17,7 +17,7 @@ from typing import Any
 
 from voicekit.errors import VoicekitError
 
-SPEED_WINDOW_S = 3.0  # speed and time left from the bytes of the last few seconds: a stall shows at once
+SPEED_WINDOW_S = 3.0  # speed and time left from the last few seconds' bytes, not the whole download's average
 EMIT_EVERY_S = 0.2  # progress events at most this often (and at every file's end)
 
 
@@ -55,7 +55,8 @@ class Progress:
         return min(1.0, self.done_bytes / self.total_bytes) if self.total_bytes else float(self.stage == "done")
 
     def line(self) -> str:
-        """"downloading qwen2.5-0.5b-instruct-q4_k_m.gguf: 120.5 of 409.3 MB (29%) · 12.1 MB/s · 24 s left"."""
+        """"downloading qwen2.5-0.5b-instruct-q4_k_m.gguf (1 of 29): 120.5 of 409.3 MB (29%) · 12.1 MB/s · 24 s
+        left", or the event's message."""
         if self.message:
             return self.message
         amount = f"{self.done_bytes / 1e6:.1f} of {self.total_bytes / 1e6:.1f} MB ({self.fraction:.0%})"

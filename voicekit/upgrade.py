@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.util
 import logging
 import os
 import queue
@@ -33,7 +34,7 @@ from voicekit.engines.gguf_files import HubFile, parse_gguf_spec
 from voicekit.errors import ModelUnavailableError, VoicekitError, first_line
 from voicekit.progress import DownloadCancelled, Meter, Progress
 from voicekit.settings import LAPTOP_CHAT_MODEL
-from voicekit.tts.kokoro import ENGLISH_VOICES, INSTALL_HINT, VOICES_REPO, model_parts
+from voicekit.tts.kokoro import ENGLISH_VOICES, INSTALL_HINT, VOICE_BYTES, VOICES_REPO, model_parts
 
 __all__ = [
     "BUNDLE",
@@ -58,7 +59,7 @@ log = logging.getLogger("voicekit.upgrade")
 COMMAND = "python -m voicekit upgrade"
 BUNDLE = "Qwen2.5-0.5B-Instruct (0.4 GB) + Kokoro's 28 English voices (15 MB)"
 OFFER = f"Get better models: {BUNDLE}"
-CHUNK_BYTES = 1 << 20  # huggingface_hub reads 10 MiB at a time: 1 MiB keeps progress and Cancel under a second
+CHUNK_BYTES = 1 << 20  # huggingface_hub reads 10 MiB at a time: 1 MiB keeps progress and Cancel prompt
 REACH_TIMEOUT_S = 5.0  # a first connection to the hub: no answer this soon counts as offline
 PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -101,18 +102,18 @@ class BundleStatus:
             return "better models: in the cache (Qwen2.5-0.5B-Instruct, Kokoro's English voices): `auto` picks laptop"
         voices = sum(item.what == "voice" for item in self.missing)
         parts = ["Qwen2.5-0.5B-Instruct (0.4 GB)"] if len(self.missing) > voices else []
-        parts += [f"{voices} Kokoro voice(s) ({voices * 0.52:.1f} MB)"] if voices else []
+        parts += [f"{voices} Kokoro voice(s) ({voices * VOICE_BYTES / 1e6:.1f} MB)"] if voices else []
         return f"better models: {' + '.join(parts)} to download once: {COMMAND}"
 
 
 def status(cache_dir: str | None = None) -> BundleStatus:
-    """The bundle's files in the cache, and whether Kokoro's model is installed; no network."""
+    """The bundle's files in the cache, and whether Kokoro's model and runtime are installed; no network."""
     from voicekit.hub import cached_file
 
     missing = tuple(item for item in wanted_files() if cached_file(item.repo, item.filename, cache_dir) is None)
     try:
         model_parts()
-        problem = None
+        problem = None if importlib.util.find_spec("kokoro_onnx") else f"kokoro-onnx is not installed: {INSTALL_HINT}"
     except ModelUnavailableError:
         problem = f"Kokoro's model is not installed: {INSTALL_HINT}"
     return BundleStatus(missing, problem)
@@ -143,7 +144,7 @@ def download(token: str | None = None, *, endpoint: str | None = None, cache_dir
              cancel: threading.Event | None = None) -> BundleStatus:
     """Fetch the bundle's missing files into the Hugging Face cache, check them, and join Kokoro's model.
 
-    `on_progress` gets `Progress` events (throttled); setting `cancel` stops the download within a second
+    `on_progress` gets `Progress` events (throttled); setting `cancel` stops the download at its next 1 MiB read
     (DownloadCancelled). Offline, or with the hub refusing, one `ModelUnavailableError` line says why and what
     to do; nothing half-downloaded is left either way."""
     emit = on_progress or (lambda event: None)
@@ -274,9 +275,12 @@ def _sweep(items: Sequence[Wanted], since: float, cache_dir: str | None) -> None
     for repo in {item.repo for item in items}:
         blobs = root / f"models--{repo.replace('/', '--')}" / "blobs"
         for partial in blobs.glob("*.incomplete") if blobs.is_dir() else ():
-            if partial.stat().st_mtime >= since - 1:
-                partial.unlink(missing_ok=True)
-                log.info("removed the partial download %s", partial.name)
+            try:
+                if partial.stat().st_mtime >= since - 1:  # older ones may be another download's, still running
+                    partial.unlink()
+                    log.info("removed the partial download %s", partial.name)
+            except FileNotFoundError:
+                pass  # removed meanwhile (by huggingface_hub)
 
 
 def _why(repo: str, error: BaseException, endpoint: str | None) -> str:
@@ -341,8 +345,7 @@ class UpgradeJob:
         try:  # the last event goes out once the job is free again: a click right after it starts a new one
             self.cancel.clear()
             final = Progress("failed", message="the download ended without a word")
-            for event in progress_events(self.kit.settings.token, endpoint=self.endpoint,
-                                                 cancel=self.cancel):
+            for event in progress_events(self.kit.settings.token, endpoint=self.endpoint, cancel=self.cancel):
                 if event.finished:
                     final = event
                     break
