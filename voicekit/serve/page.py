@@ -25,7 +25,8 @@ from voicekit.errors import VoicekitError
 from voicekit.pipeline import MODES, Timings
 from voicekit.serve.admission import Admission, Busy, Limits
 from voicekit.serve.audio import pcm16_array
-from voicekit.serve.page_upgrade import hint, offered, upgrade_controls, wire_upgrade
+from voicekit.serve.page_upgrade import hint, upgrade_controls, wire_upgrade
+from voicekit.upgrade import offered
 
 log = logging.getLogger("voicekit.web")
 
@@ -333,6 +334,7 @@ def build_blocks(kit: Any, *, assets_dir: str | Path | None = None, title: str =
         preview.click(preview_voice, [speak_voice], [speak_audio, speak_timings], api_name="preview")
         speak_text.submit(speak, [speak_text, speak_voice], [speak_audio, speak_timings],
                           api_visibility="private")
+
         def refreshed() -> tuple[Any, ...]:
             """What a switch of models changes on the page: status line, Talk tab hint, voice menus."""
             menu = gr.update(choices=voice_choices(kit), value=kit.default_voice)
