@@ -322,3 +322,18 @@ def test_notebook_widget_downloads_and_switches(hub: StandInHub, monkeypatch: py
         assert bar.layout.display == "none" and reply.audio().size and reply.text == "New."
     finally:
         kit.close()
+
+
+def test_a_turn_dropped_unrun_does_not_hold_switched_out_models() -> None:
+    import gc
+
+    from scripted import ScriptedBackend
+
+    from voicekit.pipeline import Pipeline
+
+    pipeline = Pipeline(ScriptedBackend())
+    kept, dropped = pipeline.say_turn("Kept."), pipeline.say_turn("Dropped.")
+    assert pipeline.running == 2
+    del dropped  # e.g. a request turned away as busy before its stream started
+    gc.collect()
+    assert pipeline.running == 1 and kept.voice == "ada"

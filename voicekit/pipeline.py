@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import weakref
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, get_args
@@ -201,12 +202,13 @@ class Pipeline:
 
     def _opened(self, turn: Turn) -> Turn:
         self._open.add(id(turn))
+        weakref.finalize(turn, self._open.discard, id(turn))  # a turn dropped before it ran holds nothing
         return turn
 
     @property
     def running(self) -> int:
         """Turns made here that have not finished (made, waiting or streaming): a kit that switched to other models
-        closes these parts once it is 0 (a turn made and never run holds them until the kit's wait runs out)."""
+        closes these parts once it is 0 (a turn made and dropped unrun stops counting once it is collected)."""
         return len(self._open)
 
     def sentences_for(self, text: str) -> list[str]:
