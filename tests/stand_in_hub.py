@@ -1,20 +1,22 @@
 """A stand-in for the Hugging Face hub on 127.0.0.1 (the real hub cannot be reached here).
 
 It serves the few routes huggingface_hub uses to check access and download: the auth check, a repo's
-revision info, and file HEAD/GET by commit. Repos are dicts of file name -> bytes; a repo can be marked
-gated for every token but one. Every request is recorded (method, path, Authorization header) so tests
-check exactly what voicekit sends.
+revision info, the tree listing (LFS files with their sha256), and file HEAD/GET by commit. Repos are dicts of
+file name -> bytes; a repo can be marked gated for every token but one, and a file broken (its GET fails). Every
+request is recorded (method, path, Authorization header) so tests check exactly what voicekit sends.
 """
 
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 
 from stand_in import send_bytes, send_json, serve
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
+LFS_SUFFIXES = (".gguf", ".bin", ".onnx", ".safetensors")  # the hub's tree lists these with an "lfs" sha256
 
 
 @dataclass
@@ -28,6 +30,8 @@ class Request:
 class StandInHub:
     repos: dict[str, dict[str, bytes]] = field(default_factory=dict)
     gated: dict[str, str] = field(default_factory=dict)  # repo -> the one token that may read it
+    broken: dict[str, int] = field(default_factory=dict)  # file name -> the HTTP status its GET answers
+    bytes_per_s: float | None = None  # file bodies at this pace (a slow line); None: at once
     requests: list[Request] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -72,7 +76,9 @@ class StandInHub:
             siblings = [{"rfilename": name} for name in sorted(self.repos[repo])]
             send_json(handler, 200, {"id": repo, "sha": COMMIT, "siblings": siblings}, {}, body)
         elif route.startswith("tree/"):
-            tree = [{"type": "file", "path": name, "size": len(data), "oid": hashlib.sha1(data).hexdigest()}
+            tree = [{"type": "file", "path": name, "size": len(data), "oid": hashlib.sha1(data).hexdigest(),
+                     **({"lfs": {"oid": hashlib.sha256(data).hexdigest(), "size": len(data), "pointerSize": 134}}
+                        if name.endswith(LFS_SUFFIXES) else {})}
                     for name, data in sorted(self.repos[repo].items())]
             send_json(handler, 200, tree, body=body)
         elif route.startswith("file/"):
@@ -92,9 +98,25 @@ class StandInHub:
 
     def _send_file(self, handler: BaseHTTPRequestHandler, repo: str, name: str, body: bool) -> None:
         data = self.repos[repo].get(name)
+        if body and name in self.broken:
+            send_json(handler, self.broken[name], {"error": "Internal Error"}, {}, body)
+            return
         if data is None:
             send_json(handler, 404, {"error": "Entry not found"}, {"X-Error-Code": "EntryNotFound"}, body)
             return
         etag = hashlib.sha256(data).hexdigest()
         headers = {"X-Repo-Commit": COMMIT, "ETag": f'"{etag}"', "Content-Type": "application/octet-stream"}
-        send_bytes(handler, 200, data, headers, body)
+        if not body or not self.bytes_per_s:
+            send_bytes(handler, 200, data, headers, body)
+            return
+        handler.send_response(200)
+        for key, value in {**headers, "Content-Length": str(len(data))}.items():
+            handler.send_header(key, value)
+        handler.end_headers()
+        step = 1 << 18
+        try:
+            for start in range(0, len(data), step):
+                handler.wfile.write(data[start:start + step])
+                time.sleep(step / (self.bytes_per_s or 1e12))  # read each time: a test may lift the limit midway
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up (a cancelled download)

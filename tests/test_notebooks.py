@@ -194,3 +194,4 @@ def test_quickstart_loads_the_models_itself_without_a_server(tmp_path: Path) -> 
     notebook = execute(path, tmp_path, VOICEKIT_URL="", VOICEKIT_PORT=str(free_port()))
     check_ran(path, notebook, tmp_path)
     assert "server:" not in printed(notebook) and "preset: cpu" in printed(notebook)
+    assert "better models: " in printed(notebook)  # section 7 says what is cached, and downloads nothing here

@@ -21,6 +21,7 @@ registers the built-in ones. Which model runs on which engine:
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -197,16 +198,49 @@ def build_kit(settings: Settings, *, chat: bool = True, engine: Engine | None = 
         settings = with_memory_plan(settings, device.cuda_total_memory())
     loop = EventLoopThread()
     try:
-        started = time.perf_counter()
-        tts = backend or loop.run(_on_loop(build_speech, settings))
-        chat_model = loop.run(_on_loop(build_chat, settings, engine)) if chat or engine is not None else None
-        log.info("voicekit loaded preset %s in %.1f s", settings.preset, time.perf_counter() - started)
+        pipeline = build_pipeline(settings, loop, chat=chat, engine=engine, backend=backend)
     except BaseException:
         loop.close()
         raise
-    pipeline = Pipeline(tts, chat_model, settings.max_text_chars, settings.first_fragment_chars, settings.mode)
-    return Kit(settings, pipeline, loop, description=describe(settings, tts, chat_model),
-               recognizer=lambda: build_transcriber(settings), recognizer_plan=planned_recognizer(settings))
+    return Kit(settings, pipeline, loop, description=describe(settings, pipeline.tts, pipeline.chat_model),
+               recognizer=lambda: build_transcriber(settings), recognizer_plan=planned_recognizer(settings),
+               switcher=functools.partial(switch_parts, loop=loop))
+
+
+def build_pipeline(settings: Settings, loop: EventLoopThread, *, chat: bool = True, engine: Engine | None = None,
+                   backend: SpeechBackend | None = None) -> Pipeline:
+    """The speech backend and chat model of `settings`, built on `loop`, in a pipeline (a kit's, or the parts a
+    running kit switches to). What was built is closed again when a later part fails."""
+    started = time.perf_counter()
+    tts = backend or loop.run(_on_loop(build_speech, settings))
+    try:
+        chat_model = loop.run(_on_loop(build_chat, settings, engine)) if chat or engine is not None else None
+    except BaseException:
+        if backend is None:
+            loop.run(tts.close())
+        raise
+    log.info("voicekit loaded preset %s in %.1f s", settings.preset, time.perf_counter() - started)
+    return Pipeline(tts, chat_model, settings.max_text_chars, settings.first_fragment_chars, settings.mode)
+
+
+def switched_settings(settings: Settings, preset: str, **overrides: Any) -> Settings:
+    """The settings a running kit switches to: `preset`'s, keeping what was chosen beyond the old preset's own
+    values (environment, `load()` keywords: mode, system prompt, ...) and the speech recognizer, which a switch
+    leaves as it is (only the chat model and the voices change)."""
+    plain = Settings.resolve(settings.preset, env={})  # the old preset's own values
+    kept = {name: getattr(settings, name) for name in Settings.model_fields
+            if name != "preset" and getattr(settings, name) != getattr(plain, name)}
+    kept.update({name: getattr(settings, name) for name in Settings.model_fields if name.startswith("asr_")})
+    return Settings.resolve(preset, env={}, **{**kept, **overrides})
+
+
+def switch_parts(settings: Settings, preset: str, overrides: Mapping[str, Any], chat: bool, *,
+                 loop: EventLoopThread) -> tuple[Settings, Pipeline, dict[str, str]]:
+    """What a running kit switches to (`Kit.switch_preset`): the settings, the pipeline built on the kit's `loop`,
+    and its description."""
+    switched = switched_settings(settings, preset, **overrides)
+    pipeline = build_pipeline(switched, loop, chat=chat)
+    return switched, pipeline, describe(switched, pipeline.tts, pipeline.chat_model)
 
 
 def load(preset: str | None = None, *, chat: bool = True, engine: Engine | None = None,

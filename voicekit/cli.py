@@ -1,4 +1,4 @@
-"""Command line: `python -m voicekit say|chat|transcribe|voices|serve|doctor|config|bench`.
+"""Command line: `python -m voicekit say|chat|transcribe|voices|upgrade|serve|doctor|config|bench`.
 
 User mistakes (empty or long text, unknown voice, a missing model) print one `error:` line and exit 2;
 anything else is a bug and keeps its traceback.
@@ -70,6 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     voices.add_argument("--fetch", choices=_fetchable_families(), help="download a voice family's voices into the "
                         "Hugging Face cache (kokoro: the 28 English ones; then every preset offers them)")
     voices.set_defaults(run=run_voices)
+
+    upgrade = commands.add_parser("upgrade", help="download better models once: Qwen2.5-0.5B-Instruct (0.4 GB) + "
+                                  "Kokoro's 28 English voices (15 MB); then `auto` picks the laptop preset")
+    upgrade.add_argument("--check", action="store_true", help="only say whether they are in the cache (no network; "
+                         "exit status 1 when not)")
+    upgrade.set_defaults(run=run_upgrade)
 
     serve = commands.add_parser("serve", help="serve the web page and the HTTP API on one port (as app.py does)")
     serve.add_argument("--host", help="interface to listen on (VOICEKIT_HOST; default 127.0.0.1, 0.0.0.0 on pods)")
@@ -229,6 +235,49 @@ def run_voices(args: argparse.Namespace) -> int:
         if kit.tags:
             print(f"emotion tags: {' '.join(kit.tags)}")
     return 0
+
+
+def run_upgrade(args: argparse.Namespace) -> int:
+    """`upgrade`: fetch the better models' bundle with a progress bar (Ctrl-C keeps nothing half-downloaded)."""
+    from voicekit import upgrade
+    from voicekit.settings import Settings
+
+    found = upgrade.status()
+    if args.check or found.ready:
+        print(found.line())
+        return 0 if found.ready else 1
+    bar = ProgressBar()
+    try:
+        found = upgrade.download(Settings.resolve("cpu").token, on_progress=bar)
+    finally:
+        bar.end()
+    print(found.line())
+    print("next: python app.py (or python -m voicekit serve): `auto` now starts the laptop preset, offline too")
+    return 0
+
+
+class ProgressBar:
+    """One line on stderr, redrawn in place on a terminal (elsewhere: a line per stage and every 10%)."""
+
+    def __init__(self, width: int = 30) -> None:
+        self.width, self.tty = width, sys.stderr.isatty()
+        self.shown: tuple[str, int] = ("", -1)
+        self.drawn = False
+
+    def __call__(self, event: Any) -> None:
+        filled = int(event.fraction * self.width)
+        text = f"[{'#' * filled}{'.' * (self.width - filled)}] {event.line()}" if event.total_bytes else event.line()
+        if self.tty:
+            print(f"\r{text[:160]:<160}", end="", file=sys.stderr, flush=True)
+            self.drawn = True
+        elif (event.stage, int(event.fraction * 10)) != self.shown:
+            self.shown = (event.stage, int(event.fraction * 10))
+            print(text, file=sys.stderr, flush=True)
+
+    def end(self) -> None:
+        """Leave the bar's line."""
+        if self.drawn:
+            print(file=sys.stderr)
 
 
 def run_doctor(args: argparse.Namespace) -> int:

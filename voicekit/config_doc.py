@@ -23,8 +23,9 @@ Every setting of a kit is a field of `voicekit.Settings` (voicekit/settings.py, 
 come from, lowest first:
 
 1. the field's **default**, then the **preset**'s (`cpu`, `gpu` or `laptop`; `auto`, the default, picks `gpu`
-   when torch sees CUDA and vLLM is installed, otherwise `cpu`, never `laptop`, the preset that downloads its
-   models; `python -m voicekit doctor` says which and why);
+   when torch sees CUDA and vLLM is installed, else `laptop` when its models are already in the Hugging Face cache
+   (`python -m voicekit upgrade` downloads them once), otherwise `cpu`; it never needs the network;
+   `python -m voicekit doctor` says which and why);
 2. **environment variables** `VOICEKIT_<NAME>` (an empty one counts as unset);
 3. **keyword arguments**: `voicekit.load("cpu", mode="overlap", temperature=0.4)`.
 

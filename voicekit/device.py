@@ -113,7 +113,9 @@ def choose_preset(torch_version: str | None, sees_cuda: bool, vllm_installed: bo
 
 
 def auto_preset() -> tuple[str, str]:
-    """Pick `gpu` when torch sees CUDA and vLLM imports, else `cpu`; return (preset, reason)."""
+    """Pick `gpu` when torch sees CUDA and vLLM imports, else `cpu`; return (preset, reason). (`auto` then takes
+    `laptop` over `cpu` when its models are cached: voicekit.placement.preset_and_reason.)"""
+
     facts = torch_facts()
     # importing vLLM is slow: only worth it when a GPU is usable
     has_vllm = facts.sees_cuda and vllm_version() is not None

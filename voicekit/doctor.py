@@ -21,6 +21,19 @@ GPU_TORCH_CUDA = "13.0"
 # The oldest NVIDIA driver series per CUDA major version (a CUDA 13 runtime needs R580 or newer).
 MIN_DRIVER = {13: "R580"}
 
+# What a CPU can afford, from `bench llm` (docs/bench/llm-shapes-cpu.json, docs/BENCHMARKS.md): Q4_K_M decode speed
+# on 1 llama.cpp thread of a 2-core machine, tokens/s, with the GGUF each name stands for (largest first).
+CHAT_MODELS_1_THREAD = {
+    "Qwen2.5-1.5B-Instruct": (6.0, "Qwen/Qwen2.5-1.5B-Instruct-GGUF/qwen2.5-1.5b-instruct-q4_k_m.gguf"),
+    "Qwen2.5-0.5B-Instruct": (13.4, "the laptop preset's"),
+}
+SPEECH_TOKENS_PER_S = 3.5  # speech: ~2.6 words, ~3.5 tokens, a second
+AHEAD_OF_SPEECH = 2.5  # "faster than speech" with room for the prompt and a first sentence within about a second
+# The rule: llama.cpp runs on half the cores, 1 to 4 threads (engines/llamacpp.py, default_threads), and decoding
+# a small model is memory-bound, so each thread past the first is counted at 0.8 of the first (an estimate: 2
+# cores could not measure it). A model is affordable when its estimate is AHEAD_OF_SPEECH times speech or more.
+ADDED_THREAD_SHARE = 0.8
+
 
 @dataclass
 class Report:
@@ -42,6 +55,8 @@ class Report:
     recognizer: str = ""  # where its speech recognizer would run (the GPU: can CTranslate2 load cuBLAS 12?)
     memory: str = ""  # the GPU's memory, and how the kit would split it between its engines and Whisper
     server: str = ""  # a voicekit server answering on this machine: its engines' KV cache, its recognizer
+    better: str = ""  # the bundle of better models (voicekit.upgrade): in the cache, or the command that fetches it
+    cores: str = ""  # the largest chat model these cores write faster than speech
 
 
 def _major_minor(version: str) -> tuple[int, int]:
@@ -85,7 +100,10 @@ def diagnose(gpus: list[str] | bool | None = False,
         driver_cuda=device.nvidia_smi_cuda_version() if smi else None,
         vllm=vllm_version, llama_cpp=device.llama_cpp_facts(), preset="cpu", reason="",
     )
-    report.preset, report.reason = device.choose_preset(torch_version, sees_cuda, vllm_version is not None)
+    from voicekit.upgrade import prefer_laptop
+
+    report.preset, report.reason = prefer_laptop(*device.choose_preset(torch_version, sees_cuda,
+                                                                       vllm_version is not None))
     if report.nvidia_smi and torch_version is not None and not sees_cuda:
         report.reason += ", although nvidia-smi lists a GPU" + (
             f" (its driver supports CUDA {report.driver_cuda} at most, torch is built for CUDA {cuda_build})"
@@ -94,7 +112,49 @@ def diagnose(gpus: list[str] | bool | None = False,
     report.chat, report.voices = _kit_lines(report.preset)
     _gpu_lines(report)
     report.server = _server_line()
+    report.better = _better_line(report.preset)
+    report.cores, advice = cores_line(os.cpu_count() or 1)
+    report.advice += [advice] if advice else []
     return report
+
+
+def chat_speed(tokens_per_s_1_thread: float, cores: int) -> tuple[float, int]:
+    """(estimated decode tokens/s, llama.cpp threads) of a model on `cores` cores, by the rule above."""
+    threads = max(1, min(4, cores // 2))
+    return tokens_per_s_1_thread * (1 + ADDED_THREAD_SHARE * (threads - 1)), threads
+
+
+def cores_line(cores: int) -> tuple[str, str | None]:
+    """"4 cores: Qwen2.5-1.5B-Instruct would write faster than speech (...)", and an advice line when the cores
+    afford more than the laptop preset's model."""
+    machine = f"{cores} core{'s' if cores != 1 else ''}"
+    for name, (measured, spec) in CHAT_MODELS_1_THREAD.items():
+        speed, threads = chat_speed(measured, cores)
+        if speed >= AHEAD_OF_SPEECH * SPEECH_TOKENS_PER_S:
+            pace = (f"~{speed:.1f} tokens/s on {threads} llama.cpp thread{'s' if threads > 1 else ''}, "
+                    f"{speed / SPEECH_TOKENS_PER_S:.1f}x speech")
+            if "/" not in spec:
+                return f"{machine}: {name}, {spec} chat model, writes faster than speech ({pace}); a larger " \
+                       "one would not", None
+            line = f"{machine}: {name} would write faster than speech ({pace})"
+            return line, f"{line}: VOICEKIT_CHAT_MODEL={spec} (downloaded once)"
+    return f"{machine}: even Qwen2.5-0.5B-Instruct writes barely faster than speech here", None
+
+
+def _better_line(preset: str) -> str:
+    """The better models' bundle, while the bundled chat model would talk: in the cache, or how to get it."""
+    from voicekit import upgrade
+    from voicekit.errors import VoicekitError
+    from voicekit.settings import Settings
+
+    try:
+        settings = Settings.resolve(None if os.environ.get("VOICEKIT_PRESET") else preset)
+    except VoicekitError:
+        return ""
+    if settings.preset == "gpu" or not upgrade.bundled_chat_in_use(settings):
+        return ""
+    found = upgrade.status()
+    return found.line() if found.ready or found.problem else f"{upgrade.OFFER}: {upgrade.COMMAND}"
 
 
 def _gpu_lines(report: Report) -> None:
@@ -254,5 +314,9 @@ def format_report(report: Report) -> str:
         lines.append(f"gpu memory  {report.memory}")
     if report.server:
         lines.append(f"server      {report.server}")
+    if report.better:
+        lines.append(f"better      {report.better}")
+    if report.cores:
+        lines.append(f"cores       {report.cores}")
     lines += [f"advice      {line}" for line in report.advice]
     return "\n".join(lines)

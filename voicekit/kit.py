@@ -9,6 +9,7 @@ the call is made, so a bad text or voice raises before any audio is promised.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
@@ -21,7 +22,7 @@ import numpy as np
 from voicekit.audio import concat, wav_bytes, write_wav
 from voicekit.chat import ChatModel, HistoryItem
 from voicekit.engines.loop import EventLoopThread
-from voicekit.errors import ModelUnavailableError
+from voicekit.errors import ModelUnavailableError, VoicekitError
 from voicekit.listening.blocking import RealtimeSession
 from voicekit.listening.events import with_turn_detection
 from voicekit.listening.session import AsyncRealtimeSession, TalkOptions
@@ -33,6 +34,9 @@ from voicekit.tts.catalogue import Voice, voice_facts
 
 if TYPE_CHECKING:
     from voicekit.listening.asr import AudioSource, Transcriber, Transcript
+
+#: (settings, preset, overrides, with a chat model) -> the settings, pipeline and description switched to
+Switcher = Callable[[Settings, str, dict[str, Any], bool], tuple[Settings, Pipeline, dict[str, str]]]
 
 log = logging.getLogger("voicekit")
 
@@ -158,9 +162,10 @@ class Kit:
 
     def __init__(self, settings: Settings, pipeline: Pipeline, loop: EventLoopThread,
                  description: dict[str, str] | None = None, *, recognizer: Callable[[], Transcriber] | None = None,
-                 recognizer_plan: dict[str, Any] | None = None) -> None:
+                 recognizer_plan: dict[str, Any] | None = None, switcher: Switcher | None = None) -> None:
         """Built by `voicekit.build` (or `voicekit.load()`): the pipeline's models run on `loop`. `recognizer` loads
-        the speech recognizer on first use; `recognizer_plan` says what it will load (model, device) until then."""
+        the speech recognizer on first use; `recognizer_plan` says what it will load (model, device) until then;
+        `switcher` builds what `switch_preset` puts in place (voicekit.build.switch_parts)."""
         self.settings = settings
         self.pipeline = pipeline
         self.tts: SpeechBackend = pipeline.tts
@@ -169,6 +174,10 @@ class Kit:
         self.description = description or {}
         self._load_recognizer = recognizer
         self._recognizer_plan = recognizer_plan or {}
+        self._switcher = switcher
+        self._switch_lock = threading.Lock()
+        self._retiring: list[Pipeline] = []  # pipelines switched out, closed once their turns end
+        self._retirements: list[concurrent.futures.Future[None]] = []
 
     @property
     def voices(self) -> list[Voice]:
@@ -200,30 +209,34 @@ class Kit:
     def say(self, text: str, voice: str | None = None, *, time_limit_s: float | None = None) -> Reply:
         """Speak `text` in `voice`; iterate the reply for audio chunks (sync). `time_limit_s` stops the turn
         once it has taken that long (`reply.turn.timed_out`)."""
-        turn = self._limited(self.pipeline.say_turn(text, voice), time_limit_s)
-        return Reply(turn, self.loop.iterate(lambda: self.pipeline.run(turn)), self.sample_rate)
+        pipeline = self.pipeline  # the turn runs on the parts that made it, even across a switch
+        turn = self._limited(pipeline.say_turn(text, voice), time_limit_s)
+        return Reply(turn, self.loop.iterate(lambda: pipeline.run(turn)), pipeline.tts.sample_rate)
 
     def asay(self, text: str, voice: str | None = None, *, time_limit_s: float | None = None) -> AsyncReply:
         """Speak `text` in `voice`; `async for` the reply for audio chunks."""
-        turn = self._limited(self.pipeline.say_turn(text, voice), time_limit_s)
-        return AsyncReply(turn, self.loop.aiterate(lambda: self.pipeline.run(turn)), self.sample_rate)
+        pipeline = self.pipeline
+        turn = self._limited(pipeline.say_turn(text, voice), time_limit_s)
+        return AsyncReply(turn, self.loop.aiterate(lambda: pipeline.run(turn)), pipeline.tts.sample_rate)
 
     def chat(self, message: str, voice: str | None = None, history: Iterable[HistoryItem] | None = None,
              mode: str | None = None, *, time_limit_s: float | None = None, first_fragment_chars: int | None = None,
              **options: Any) -> Reply:
         """Reply to `message` with the chat model and speak it (sync). Options: system_prompt, temperature,
         max_tokens, seed. `first_fragment_chars` (overlap mode) overrides the kit's early first piece."""
-        turn = self._limited(self.pipeline.chat_turn(message, voice, history, mode, **options), time_limit_s)
+        pipeline = self.pipeline
+        turn = self._limited(pipeline.chat_turn(message, voice, history, mode, **options), time_limit_s)
         turn.first_fragment_chars = first_fragment_chars
-        return Reply(turn, self.loop.iterate(lambda: self.pipeline.run(turn)), self.sample_rate)
+        return Reply(turn, self.loop.iterate(lambda: pipeline.run(turn)), pipeline.tts.sample_rate)
 
     def achat(self, message: str, voice: str | None = None, history: Iterable[HistoryItem] | None = None,
               mode: str | None = None, *, time_limit_s: float | None = None, first_fragment_chars: int | None = None,
               **options: Any) -> AsyncReply:
         """Reply to `message` and speak it; `async for` the reply for audio chunks."""
-        turn = self._limited(self.pipeline.chat_turn(message, voice, history, mode, **options), time_limit_s)
+        pipeline = self.pipeline
+        turn = self._limited(pipeline.chat_turn(message, voice, history, mode, **options), time_limit_s)
         turn.first_fragment_chars = first_fragment_chars
-        return AsyncReply(turn, self.loop.aiterate(lambda: self.pipeline.run(turn)), self.sample_rate)
+        return AsyncReply(turn, self.loop.aiterate(lambda: pipeline.run(turn)), pipeline.tts.sample_rate)
 
     @staticmethod
     def _limited(turn: Turn, time_limit_s: float | None) -> Turn:
@@ -342,13 +355,54 @@ class Kit:
             found += [f"{label}: {warning}" for warning in await check()] if check is not None else []
         return found
 
+    # -- switching models while running ------------------------------------------------------------------
+
+    def switch_preset(self, preset: str = "laptop", **overrides: Any) -> None:
+        """Load `preset`'s chat model and voices and put them in place of the running ones: no restart, and
+        conversations carry on (their history comes with each call). What you chose beyond the old preset's
+        defaults is kept, and so is the speech recognizer; turns already speaking finish on the old models,
+        which are closed then. A failure to load leaves the kit as it was."""
+        if self._switcher is None:
+            raise VoicekitError("this kit was put together by hand: it cannot switch presets (voicekit.load() "
+                                "builds kits that can)")
+        with self._switch_lock:
+            settings, pipeline, description = self._switcher(self.settings, preset, overrides,
+                                                             self.chat_model is not None)
+            old = self.pipeline
+            self.settings, self.pipeline, self.description = settings, pipeline, description
+            self.tts, self.chat_model = pipeline.tts, pipeline.chat_model
+            self._retiring.append(old)
+        self._retirements.append(asyncio.run_coroutine_threadsafe(self._retire(old), self.loop.loop))
+        log.info("voicekit switched to preset %s: chat %s, voices %s", settings.preset, self.description["chat"],
+                 self.description["tts"])
+
+    def upgrade(self, token: str | None = None, *, progress: Callable[[Any], None] | None = None,
+                cancel: threading.Event | None = None) -> None:
+        """Download the laptop preset's models when they are missing (voicekit.upgrade: Qwen2.5-0.5B-Instruct and
+        Kokoro's English voices, with `progress` events; `cancel` stops it) and switch this kit to them."""
+        from voicekit import upgrade
+
+        upgrade.download(token or self.settings.token, on_progress=progress, cancel=cancel)
+        self.switch_preset("laptop")
+
+    async def _retire(self, old: Pipeline, wait_s: float = 300.0) -> None:
+        """Close a switched-out pipeline's models once its running turns end (at most `wait_s` later)."""
+        deadline = self.loop.loop.time() + wait_s
+        while old.running and self.loop.loop.time() < deadline:
+            await asyncio.sleep(0.1)
+        if old in self._retiring:
+            self._retiring.remove(old)
+            await _close_parts(old)
+
     def close(self) -> None:
         """Free the models and stop the event loop."""
         async def shutdown() -> None:
-            if self.chat_model is not None:
-                await self.chat_model.engine.close()
-            await self.tts.close()
+            for old in [*self._retiring, self.pipeline]:
+                await _close_parts(old)
+            self._retiring.clear()
 
+        for waiting in self._retirements:
+            waiting.cancel()
         self.loop.run(shutdown())
         self.loop.close()
         if self._transcriber is not None:
@@ -359,3 +413,9 @@ class Kit:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+async def _close_parts(pipeline: Pipeline) -> None:
+    if pipeline.chat_model is not None:
+        await pipeline.chat_model.engine.close()
+    await pipeline.tts.close()

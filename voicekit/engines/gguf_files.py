@@ -44,7 +44,7 @@ def parse_gguf_spec(spec: str) -> Path | HubFile | None:
 
 
 def resolve_gguf(spec: str, token: str | None = None, cache_dir: str | None = None) -> Path:
-    """The local path of the GGUF `spec` names, downloading it first when it is a hub file.
+    """The local path of the GGUF `spec` names: a hub file from the cache, or downloaded first when it is not there.
 
     Raises `ModelUnavailableError` (one clear line) when the file is missing or cannot be fetched.
     """
@@ -60,8 +60,11 @@ def resolve_gguf(spec: str, token: str | None = None, cache_dir: str | None = No
 
 
 def _download(hub_file: HubFile, spec: str, token: str | None, cache_dir: str | None) -> Path:
-    from voicekit.hub import fetch_file
+    from voicekit.hub import cached_file, fetch_file
 
+    cached = cached_file(hub_file.repo_id, hub_file.filename, cache_dir)
+    if cached:  # no network when the file is here: a start offline must not wait on the hub's retries
+        return Path(cached)
     try:
         return Path(fetch_file(hub_file.repo_id, hub_file.filename, token, cache_dir=cache_dir))
     except ModelUnavailableError as error:

@@ -210,7 +210,7 @@ async def _stream_reply(state: ServerState, record: RequestRecord, fmt: AudioFor
     gone, first = await open_reply(state, record, request)
     if gone:
         return Response(status_code=499)  # nobody is listening any more
-    rate, headers = state.kit.sample_rate, reply_headers(state, record)
+    rate, headers = record.reply.sample_rate, reply_headers(state, record)  # the turn's (a switch changes the kit's)
     if fmt.name == "pcm":
         headers["X-Audio-Format"] = "s16le; channels=1"
     headers.update(_known_reply_headers(record))

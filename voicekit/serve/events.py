@@ -81,7 +81,7 @@ async def stream_events(state: ServerState, record: RequestRecord, request: Requ
     gone, first = await open_reply(state, record, request)
     if gone:
         return Response(status_code=499)  # nobody is listening any more
-    return AudioStreamResponse(stream_body(state, record, first, event_encoder(record, state.kit.sample_rate)),
+    return AudioStreamResponse(stream_body(state, record, first, event_encoder(record, record.reply.sample_rate)),
                                media_type=MEDIA_TYPE, headers=reply_headers(state, record))
 
 

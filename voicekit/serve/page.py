@@ -24,6 +24,8 @@ from voicekit.errors import VoicekitError
 from voicekit.pipeline import MODES, Timings
 from voicekit.serve.admission import Admission, Busy, Limits
 from voicekit.serve.audio import pcm16_array
+from voicekit.serve.page_upgrade import hint, upgrade_controls, wire_upgrade
+from voicekit.upgrade import offered
 
 log = logging.getLogger("voicekit.web")
 
@@ -206,7 +208,6 @@ def build_blocks(kit: Any, *, assets_dir: str | Path | None = None, title: str =
     gives a line that replaces it while not empty, refreshed every POD_STATUS_REFRESH_S (a pod preparing its GPU).
     Queue settings and auth are applied by the caller (see app.py)."""
     assets = Path(assets_dir) if assets_dir else None
-    rate = kit.sample_rate
     admission = admission or Admission(Limits.for_preset(kit.settings.preset))
     with gr.Blocks(title=title) as blocks:
         turns = gr.State([])
@@ -225,6 +226,7 @@ def build_blocks(kit: Any, *, assets_dir: str | Path | None = None, title: str =
             with gr.Tab("Talk", id="talk"):
                 gr.Markdown("Press **Talk** and speak, or type; it answers in the chosen voice, "
                             "and you can interrupt it by speaking.", elem_id="vk-talk-intro")
+                talk_hint = gr.Markdown(hint(kit), elem_id="vk-upgrade-hint")
                 gr.HTML(TALK_FRAME, elem_id="vk-talk-frame")
             with gr.Tab("Chat", id="chat"):
                 chatbot = gr.Chatbot(label="Conversation", height=320, elem_id="vk-chatbot")
@@ -262,6 +264,7 @@ def build_blocks(kit: Any, *, assets_dir: str | Path | None = None, title: str =
                 speak_timings = gr.Markdown("")
             with gr.Tab("Settings", id="settings"):
                 status = gr.Markdown(status_line(kit), elem_id="vk-status")
+                upgrade_panel = upgrade_controls(kit)
                 system_prompt = gr.Textbox(kit.settings.system_prompt, label="System prompt", lines=4)
                 temperature = gr.Slider(0.0, 2.0, value=kit.settings.temperature, step=0.05, label="Temperature")
                 mode = gr.Radio(list(MODES), value=kit.settings.mode, label="Mode",
@@ -281,6 +284,7 @@ def build_blocks(kit: Any, *, assets_dir: str | Path | None = None, title: str =
                 raise gr.Error(str(error)) from None
             shown = [*past, {"role": "user", "content": text.strip()}, {"role": "assistant", "content": "…"}]
             yield "", shown, None, "", gr.skip(), past_turns
+            rate = reply.sample_rate  # the kit's, when the turn was made (a switch of models may change it)
             grouper = ChunkGrouper(rate)
             try:
                 async with _admitted(admission):
@@ -312,7 +316,7 @@ def build_blocks(kit: Any, *, assets_dir: str | Path | None = None, title: str =
                 await reply.aclose()
             readout = reply.timings.line()
             log.info("web session %s speak: %s", _session(request), readout)
-            return (rate, pcm16_array(samples)), readout
+            return (reply.sample_rate, pcm16_array(samples)), readout
 
         async def preview_voice(voice_name: str, request: gr.Request) -> tuple[tuple[int, np.ndarray], str]:
             """A short sentence in the chosen voice (the Speak tab's Preview button)."""
@@ -329,6 +333,14 @@ def build_blocks(kit: Any, *, assets_dir: str | Path | None = None, title: str =
         preview.click(preview_voice, [speak_voice], [speak_audio, speak_timings], api_name="preview")
         speak_text.submit(speak, [speak_text, speak_voice], [speak_audio, speak_timings],
                           api_visibility="private")
-        blocks.load(lambda: (status_line(kit), recognizer_notice(kit)), None, [status, asr_notice], queue=False,
-                    api_visibility="private")
+
+        def refreshed() -> tuple[Any, ...]:
+            """What a switch of models changes on the page: status line, Talk tab hint, voice menus."""
+            menu = gr.update(choices=voice_choices(kit), value=kit.default_voice)
+            return status_line(kit), hint(kit), menu, menu
+
+        changing = [status, talk_hint, voice, speak_voice]
+        wire_upgrade(kit, upgrade_panel, changing, refreshed)
+        blocks.load(lambda: (*refreshed(), recognizer_notice(kit), gr.update(visible=offered(kit))), None,
+                    [*changing, asr_notice, upgrade_panel.panel], queue=False, api_visibility="private")
     return blocks

@@ -173,7 +173,7 @@ async def open_reply(state: ServerState, record: RequestRecord, request: Request
 
 def reply_headers(state: ServerState, record: RequestRecord) -> dict[str, str]:
     """The headers every streamed reply starts with."""
-    return {"X-Request-Id": record.id, "X-Sample-Rate": str(state.kit.sample_rate), "X-Voice": record.voice,
+    return {"X-Request-Id": record.id, "X-Sample-Rate": str(record.reply.sample_rate), "X-Voice": record.voice,
             "Cache-Control": "no-store"}
 
 
