@@ -189,7 +189,8 @@ def test_auto_picks_laptop_once_the_bundle_is_cached(hub: StandInHub, monkeypatc
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *rest: None if name == "kokoro_onnx" else
                         find_spec(name, *rest))
-    assert upgrade.status().line().startswith("better models: kokoro-onnx is not installed: pip install kokoro-onnx")
+    assert upgrade.status().line().startswith("better models: kokoro-onnx is not installed: "
+                                              'pip install "voicekit[kokoro]"')
     assert resolve_settings("auto").preset == "cpu"  # the laptop preset could not load: auto does not pick it
 
 
