@@ -278,8 +278,8 @@ class ServeSettings(_Schema):
                                       "<key>`); protects the API")
     fallback_reason: str = Field("", description="one line shown at the top of the page (runpod/start.sh sets it "
                                  "when the gpu preset cannot run on the pod)")
-    max_running: int | None = Field(None, ge=1, description="requests (API and page) that make audio at once; "
-                                    "empty: 2 on the cpu and laptop presets, 16 on gpu")
+    max_running: int | None = Field(None, ge=1, description="requests (API and page) that make audio or "
+                                    "transcribe at once; empty: 2 on the cpu and laptop presets, 16 on gpu")
     max_waiting: int | None = Field(None, ge=0, description="requests waiting for a running slot (at most 10 s); "
                                     "past them a request is turned away at once (429 with Retry-After; the page "
                                     "says busy); empty: 2 on cpu and laptop, 32 on gpu")

@@ -15,17 +15,20 @@ import binascii
 import contextlib
 import json
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fastapi import FastAPI, WebSocket, WebSocketDisconnect
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from voicekit.audio import float_to_pcm16
 from voicekit.errors import VoicekitError
 from voicekit.listening.echo import ECHO_MODES
 from voicekit.listening.events import INPUT_RATE, with_turn_detection
 from voicekit.listening.session import AsyncRealtimeSession, Event
-from voicekit.serve.admission import Admission
 from voicekit.serve.auth import socket_authorized
+from voicekit.serve.deps import state_of
+
+if TYPE_CHECKING:
+    from voicekit.kitlike import ServedKit
 
 log = logging.getLogger("voicekit.realtime")
 
@@ -33,38 +36,39 @@ MAX_EVENT_BYTES = 4 << 20  # one client event (an append of ~85 s of pcm16 in ba
 MAX_SESSIONS_PER_SLOT = 4  # open sessions per running slot: idle listeners cost only their VAD
 
 
-def add_realtime_route(app: FastAPI, kit: Any, admission: Admission, *, api_key: str | None,
-                       password: str | None) -> None:
-    """Register `/v1/realtime` on `app` (same credentials as the other routes)."""
-    open_sessions: set[str] = set()
-
-    @app.websocket("/v1/realtime")
-    async def realtime(websocket: WebSocket) -> None:
-        allowed, subprotocol = socket_authorized(websocket.headers, api_key, password)
-        if not allowed:
-            await websocket.close(code=1008, reason="missing or wrong credentials")
-            return
-        if len(open_sessions) >= MAX_SESSIONS_PER_SLOT * admission.limits.running:
-            await websocket.close(code=1013, reason="the server has as many realtime sessions as it can take")
-            return
-        await websocket.accept(subprotocol=subprotocol)
-        session = kit.arealtime(gate=admission.slot)
-        open_sessions.add(session.id)
-        sender = asyncio.create_task(_send_events(websocket, session))
-        warm_up = asyncio.create_task(_warm_up(kit))  # beside the first audio, which the VAD reads meanwhile
-        try:
-            await _receive_events(websocket, session)
-        finally:
-            open_sessions.discard(session.id)
-            warm_up.cancel()
-            await session.aclose()  # stops a reply in progress: its engine requests are aborted
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(sender, 5)
-            with contextlib.suppress(Exception):
-                await websocket.close()
+router = APIRouter()
 
 
-async def _warm_up(kit: Any) -> None:
+@router.websocket("/v1/realtime")
+async def realtime(websocket: WebSocket) -> None:
+    """One spoken conversation per connection (same credentials as the other routes)."""
+    state = state_of(websocket)
+    allowed, subprotocol = socket_authorized(websocket.headers, state.api_key, state.password)
+    if not allowed:
+        await websocket.close(code=1008, reason="missing or wrong credentials")
+        return
+    open_sessions = state.realtime_sessions
+    if len(open_sessions) >= MAX_SESSIONS_PER_SLOT * state.admission.limits.running:
+        await websocket.close(code=1013, reason="the server has as many realtime sessions as it can take")
+        return
+    await websocket.accept(subprotocol=subprotocol)
+    session = state.kit.arealtime(gate=state.admission.slot)
+    open_sessions.add(session.id)
+    sender = asyncio.create_task(_send_events(websocket, session))
+    warm_up = asyncio.create_task(_warm_up(state.kit))  # beside the first audio, which the VAD reads meanwhile
+    try:
+        await _receive_events(websocket, session)
+    finally:
+        open_sessions.discard(session.id)
+        warm_up.cancel()
+        await session.aclose()  # stops a reply in progress: its engine requests are aborted
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(sender, 5)
+        with contextlib.suppress(Exception):
+            await websocket.close()
+
+
+async def _warm_up(kit: ServedKit) -> None:
     # The recognizer loads on first use (~0.3 s for tiny.en, seconds for a large model): load it while the
     # user starts talking, not after their first turn.
     with contextlib.suppress(Exception):
