@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 import httpx
@@ -19,13 +19,16 @@ from voicekit.audio import WAV_HEADER_SIZE, pcm16_to_float
 from voicekit.errors import RemoteError
 from voicekit.pipeline import AudioChunk, Timings, Turn
 
+if TYPE_CHECKING:
+    from voicekit.client import RemoteKit
+
 UNKNOWN_PIECE = -1  # HTTP audio has no piece marks
 
 
 class Call:
     """One say/chat request: its body, the decoder of its audio, and the kit's `Turn` it fills in."""
 
-    def __init__(self, kit: Any, route: str, body: dict[str, Any], turn: Turn) -> None:
+    def __init__(self, kit: RemoteKit, route: str, body: dict[str, Any], turn: Turn) -> None:
         self.kit, self.route, self.body, self.turn = kit, route, body, turn
         self.request_id = ""
         self.header_left = WAV_HEADER_SIZE if route == "/chat" else 0  # /chat streams a WAV, say raw PCM
@@ -81,7 +84,7 @@ class Call:
 class AudioStream(Iterator[AudioChunk]):
     """A call's audio for sync code; the request is sent (and its errors raised) when this is made."""
 
-    def __init__(self, kit: Any, call: Call) -> None:
+    def __init__(self, kit: RemoteKit, call: Call) -> None:
         self._kit, self._call = kit, call
         client = kit._client
         request = client.build_request("POST", call.route, json=call.body)
@@ -135,7 +138,7 @@ class AudioStream(Iterator[AudioChunk]):
 class AsyncAudioStream(AsyncIterator[AudioChunk]):
     """A call's audio for async code, on a client of the running loop; the request goes out on the first step."""
 
-    def __init__(self, kit: Any, call: Call) -> None:
+    def __init__(self, kit: RemoteKit, call: Call) -> None:
         self._kit, self._call = kit, call
         self._client: httpx.AsyncClient | None = None
         self._response: httpx.Response | None = None
