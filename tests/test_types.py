@@ -6,6 +6,7 @@ meet the Protocols of voicekit/kitlike.py: statically (mypy checks this file too
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 from pathlib import Path
@@ -41,6 +42,13 @@ def test_mypy_is_clean(repo_root: Path) -> None:
     pytest.importorskip("mypy", reason="mypy is not installed (requirements-dev.txt)")
     done = subprocess.run(MYPY, cwd=repo_root, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_kitlike_imports_nothing_of_voicekit_at_run_time(repo_root: Path) -> None:
+    tree = ast.parse((repo_root / "voicekit" / "kitlike.py").read_text(encoding="utf-8"))
+    imported = [alias.name for node in tree.body if isinstance(node, ast.Import) for alias in node.names]
+    imported += [node.module or "" for node in tree.body if isinstance(node, ast.ImportFrom)]
+    assert imported and not [name for name in imported if name.startswith("voicekit")]  # only under TYPE_CHECKING
 
 
 @pytest.mark.slow

@@ -4,8 +4,8 @@
     python -m voicekit serve --preset gpu     # on a pod (listens on 0.0.0.0 when RUNPOD_POD_ID is set)
     VOICEKIT_PASSWORD=me:secret python -m voicekit serve --host 0.0.0.0
 
-The page (voicekit.serve.page, Gradio) is mounted at `/` beside the API routes (voicekit.serve.api: `/chat`,
-`/v1/audio/speech`, `/v1/audio/voices`, `/health`) and the Talk page (voicekit.serve.talk: `/talk`, talking out
+The page (voicekit.serve.page, Gradio) is mounted at `/` after the API's routers (voicekit.serve.api: `/chat`,
+`/v1/audio/speech`, `/v1/audio/voices`, `/health`, ...) and the Talk page (voicekit.serve.talk: `/talk`, talking out
 loud over `/v1/realtime`); uvicorn serves them all. Flags win over environment
 variables: VOICEKIT_HOST, VOICEKIT_PORT, VOICEKIT_CONCURRENCY, VOICEKIT_PRESET. VOICEKIT_PASSWORD
 (`password` or `user:password`) protects the page and the API; VOICEKIT_API_KEY (a bearer key) protects
