@@ -7,8 +7,10 @@ streams real audio and waits; nothing here depends on timing but the time limit 
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -18,6 +20,7 @@ import test_server
 from test_server import Gate, no_work_left, wait_until
 
 from voicekit.audio import read_wav
+from voicekit.listening.asr import Transcript
 from voicekit.serve import BackgroundServer
 from voicekit.serve.admission import Admission, Busy, Limits
 from voicekit.serve.api import create_app
@@ -127,8 +130,6 @@ def test_admission_counts(kit: Any) -> None:
 
 
 def test_a_burst_in_one_tick_is_held_to_the_running_and_waiting_slots() -> None:
-    import asyncio
-
     async def scenario() -> tuple[int, int, list[int]]:
         admission = Admission(Limits(running=2, waiting=2, wait_s=0.2))
         entries = [asyncio.ensure_future(admission.enter()) for _ in range(10)]  # all start in the same tick
@@ -164,3 +165,39 @@ def test_the_page_shares_the_limits_and_says_busy(kit: Any, tts_gate: Gate) -> N
             tts_gate.release.set()
             held.join(60)
         assert results["api"].status_code == 200 and state.admission.turned_away == 1
+
+
+class HeldRecognizer:
+    """A kit whose recognizer holds every transcription until `release` is set: no model needed."""
+
+    settings = SimpleNamespace(preset="cpu")
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+
+    async def atranscribe(self, data: bytes, **options: Any) -> Transcript:
+        await self.release.wait()
+        return Transcript("held", "en", 1.0, (), 0.01)
+
+
+async def test_transcriptions_take_the_servers_running_slots() -> None:
+    kit = HeldRecognizer()
+    app = create_app(kit, limits=Limits(running=1, waiting=0, timeout_s=60))  # type: ignore[arg-type]
+    admission = app.state.voicekit.admission
+    url, files = "/v1/audio/transcriptions", {"file": ("a.wav", b"RIFF and some bytes")}
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://voicekit") as client:
+        first = asyncio.create_task(client.post(url, files=files))
+        for _ in range(500):
+            if admission.running:
+                break
+            await asyncio.sleep(0.01)
+        assert admission.running == 1, "the first transcription holds the one running slot"
+        busy = await client.post(url, files=files)
+        assert busy.status_code == 429 and int(busy.headers["retry-after"]) >= 1
+        error = busy.json()["error"]
+        assert error["type"] == "rate_limit_error" and error["code"] == "server_busy"
+        assert "1 requests running and 0 waiting" in error["message"]
+        kit.release.set()
+        done = await first
+        assert done.status_code == 200 and done.json() == {"text": "held"}
+    assert admission.as_dict()["running"] == 0 and admission.turned_away == 1

@@ -29,7 +29,7 @@ import base64
 import contextlib
 import json
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from websockets.asyncio.client import ClientConnection
@@ -43,6 +43,9 @@ from voicekit.listening.blocking import RealtimeSession
 from voicekit.listening.echo import ECHO_MODES
 from voicekit.listening.events import INPUT_RATE, OUTPUT_RATE, Event, SpokenReply, restore_history
 
+if TYPE_CHECKING:
+    from voicekit.client import RemoteKit
+
 MAX_FRAME_BYTES = 16 << 20  # a server event (audio deltas are a sentence's audio at most)
 OPEN_TIMEOUT_S = 10.0
 
@@ -51,7 +54,7 @@ class AsyncRemoteSession:
     """A realtime session on a voicekit server, for async code (use it from one event loop; see the module
     docstring). `RemoteKit.arealtime()` makes one; it connects on its first awaited call."""
 
-    def __init__(self, kit: Any, voice: str | None = None, instructions: str | None = None,
+    def __init__(self, kit: RemoteKit, voice: str | None = None, instructions: str | None = None,
                  history: list[dict[str, Any]] | None = None) -> None:
         past = restore_history(history)  # first: a bad history opens nothing
         self.kit = kit
@@ -368,7 +371,7 @@ class RemoteRealtimeSession(RealtimeSession):
     """A realtime session on a voicekit server for sync code: the local kit's bridge (voicekit/listening/blocking.py)
     driving an `AsyncRemoteSession` on the remote kit's loop thread. Opening it connects (and raises if refused)."""
 
-    def __init__(self, kit: Any, **session_args: Any) -> None:
+    def __init__(self, kit: RemoteKit, **session_args: Any) -> None:
         self._loop = kit.realtime_loop()
 
         async def make() -> AsyncRemoteSession:
@@ -376,7 +379,7 @@ class RemoteRealtimeSession(RealtimeSession):
             await session.connect()
             return session
 
-        self.session: AsyncRemoteSession = self._loop.run(make())  # type: ignore[assignment]
+        self.session: AsyncRemoteSession = self._loop.run(make())
 
     def set_echo_cancellation(self, mode: str) -> None:
         """Echo cancellation `auto`, `on` or `off` from now on."""

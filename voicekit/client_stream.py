@@ -13,7 +13,7 @@ import base64
 import contextlib
 import json
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -22,11 +22,14 @@ from voicekit.engines.loop import EventLoopThread
 from voicekit.errors import RemoteError, server_error
 from voicekit.pipeline import AudioChunk, Timings, Turn
 
+if TYPE_CHECKING:
+    from voicekit.client import RemoteKit
+
 
 class EventStream:
     """One say/chat request to an event route: `open()` sends it, `chunks()` streams its audio into `turn`."""
 
-    def __init__(self, kit: Any, route: str, body: dict[str, Any], turn: Turn) -> None:
+    def __init__(self, kit: RemoteKit, route: str, body: dict[str, Any], turn: Turn) -> None:
         self.kit, self.route, self.body, self.turn = kit, route, body, turn
         self.request_id = ""
         self.closed = False

@@ -283,9 +283,9 @@ class ServeSettings(_Schema):
     fallback_reason: str = Field("", description="one line shown at the top of the page (runpod/start.sh sets it "
                                  "when the gpu preset cannot run on the pod)")
     max_running: Annotated[int, Field(ge=1)] | Literal["auto"] | None = Field(
-        None, description="requests (API and page) that make audio at once; empty: 2 on the cpu and laptop "
-        "presets, 16 on gpu; `auto`: the capacity `python -m voicekit bench capacity --save` measured for this "
-        "preset on this machine (the streams it sustained; and the realtime sessions), else the preset's")
+        None, description="requests (API and page) that make audio or transcribe at once; empty: 2 on the cpu and "
+        "laptop presets, 16 on gpu; `auto`: the capacity `python -m voicekit bench capacity --save` measured for "
+        "this preset on this machine (the streams it sustained; and the realtime sessions), else the preset's")
     max_waiting: int | None = Field(None, ge=0, description="requests waiting for a running slot (at most 10 s); "
                                     "past them a request is turned away at once (429 with Retry-After; the page "
                                     "says busy); empty: 2 on cpu and laptop, 32 on gpu")

@@ -1,10 +1,11 @@
 """Admission control: how many requests a server runs and lets wait, and how long one may take.
 
-Every request that makes audio (the API's `/chat` and `/v1/audio/speech`, the page's chat and speak) takes a
-running slot for as long as it streams. When all are taken it waits in line, up to `max_waiting` requests; past
-that (or after waiting `wait_s`) it is turned away at once with `Busy`: the API answers 429 with `Retry-After`,
-the page says "busy, try again". A client can then tell a busy server from a slow one, instead of queueing
-without limit. `request_timeout_s` bounds a whole request, streaming included.
+Every request that makes audio (the API's `/chat` and `/v1/audio/speech`, the page's chat and speak, a realtime
+reply) takes a running slot for as long as it streams, and a transcription while it is heard: one count per
+server. When all are taken it waits in line, up to `max_waiting` requests; past that (or after waiting `wait_s`)
+it is turned away at once with `Busy`: the API answers 429 with `Retry-After`, the page says "busy, try again".
+A client can then tell a busy server from a slow one, instead of queueing without limit. `request_timeout_s`
+bounds a whole request, streaming included.
 
 Defaults follow the preset: a cpu kit runs 2 at once (llama.cpp serves one request at a time; Piper speaks the
 other) and lets 2 wait, a gpu kit 16 and 32 (vLLM batches them). A short line keeps the first audio of the

@@ -4,8 +4,8 @@
     python -m voicekit serve --preset gpu     # on a pod (listens on 0.0.0.0 when RUNPOD_POD_ID is set)
     VOICEKIT_PASSWORD=me:secret python -m voicekit serve --host 0.0.0.0
 
-The page (voicekit.serve.page, Gradio) is mounted at `/` beside the API routes (voicekit.serve.api: `/chat`,
-`/v1/audio/speech`, `/v1/audio/voices`, `/health`) and the Talk page (voicekit.serve.talk: `/talk`, talking out
+The page (voicekit.serve.page, Gradio) is mounted at `/` after the API's routers (voicekit.serve.api: `/chat`,
+`/v1/audio/speech`, `/v1/audio/voices`, `/health`, ...) and the Talk page (voicekit.serve.talk: `/talk`, talking out
 loud over `/v1/realtime`); uvicorn serves them all. Flags win over environment
 variables: VOICEKIT_HOST, VOICEKIT_PORT, VOICEKIT_CONCURRENCY, VOICEKIT_PRESET. VOICEKIT_PASSWORD
 (`password` or `user:password`) protects the page and the API; VOICEKIT_API_KEY (a bearer key) protects
@@ -25,11 +25,14 @@ import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from voicekit.errors import first_line
 from voicekit.serve.admission import Limits
 from voicekit.settings import ServeSettings
+
+if TYPE_CHECKING:
+    from voicekit.kitlike import ServedKit
 
 ASSETS = Path(__file__).resolve().parent / "assets"  # the page's style, logo and examples: package data, in the wheel
 
@@ -57,7 +60,7 @@ def pod_status(path: str | Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def compose(kit: Any, *, password: str | None = None, api_key: str | None = None, concurrency: int | None = None,
+def compose(kit: ServedKit, *, password: str | None = None, api_key: str | None = None, concurrency: int | None = None,
             assets_dir: Path | None = ASSETS, notice: str | None = None, limits: Limits | None = None,
             status_file: str | Path | None = None) -> Any:
     """The API app with the page mounted at `/` (both protected by `password` when given; `notice`: a line on top;
@@ -69,11 +72,11 @@ def compose(kit: Any, *, password: str | None = None, api_key: str | None = None
     from voicekit.serve.audio import ensure_ffmpeg
     from voicekit.serve.auth import check_password
     from voicekit.serve.page import build_blocks
-    from voicekit.serve.talk import add_talk_routes
+    from voicekit.serve.talk import router as talk_router
 
     ensure_ffmpeg()  # Gradio re-encodes streamed audio with ffmpeg; the bundled one needs no system install
-    app = create_app(kit, api_key=api_key, password=password, limits=limits)
-    add_talk_routes(app, api_key=api_key, password=password)  # /talk: before the page's catch-all mount at `/`
+    # The Talk page (/talk) is one more router; the page's catch-all mount at `/` comes after all of them.
+    app = create_app(kit, api_key=api_key, password=password, limits=limits, routers=[talk_router])
     pod_line = None
     if status_file is not None:
         @app.get("/pod/status", include_in_schema=False)
@@ -97,7 +100,7 @@ def compose(kit: Any, *, password: str | None = None, api_key: str | None = None
     )
 
 
-def compose_for(kit: Any, config: ServeSettings, env: Mapping[str, str] | None = None) -> Any:
+def compose_for(kit: ServedKit, config: ServeSettings, env: Mapping[str, str] | None = None) -> Any:
     """`compose()` with what `config` says (password, API key, concurrency, the notice line), and the pod's status
     file when its supervisor set one (`env`, default os.environ)."""
     limits = Limits.for_preset(kit.settings.preset, config.max_running, config.max_waiting, config.request_timeout_s,
@@ -175,7 +178,7 @@ class BackgroundServer:
         self.stop()
 
 
-def warm_recognizer(kit: Any) -> threading.Thread | None:
+def warm_recognizer(kit: ServedKit) -> threading.Thread | None:
     """Load the kit's speech recognizer in a background thread when it runs on the GPU (the gpu preset), so that
     its device, or why it fell back to the CPU, is known before the first spoken turn; None otherwise."""
     if kit.recognizer_facts().get("device") != "cuda":
@@ -195,7 +198,7 @@ def warm_recognizer(kit: Any) -> threading.Thread | None:
     return thread
 
 
-def serve(kit: Any, config: ServeSettings) -> None:
+def serve(kit: ServedKit, config: ServeSettings) -> None:
     """Serve `kit`'s page and API with uvicorn until interrupted (the caller closes the kit)."""
     import uvicorn
 

@@ -17,7 +17,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,7 +120,7 @@ def pcm16_array(samples: np.ndarray) -> np.ndarray:
 
 
 async def encode_stream(chunks: AsyncIterator[np.ndarray], fmt: AudioFormat,
-                        sample_rate: int) -> AsyncIterator[bytes]:
+                        sample_rate: int) -> AsyncGenerator[bytes, None]:
     """Turn float32 chunks into the bytes of `fmt`, yielding as soon as each piece is encoded."""
     if fmt.name in ("wav", "pcm"):
         writer = WavStreamWriter(sample_rate)
@@ -136,13 +136,14 @@ async def encode_stream(chunks: AsyncIterator[np.ndarray], fmt: AudioFormat,
             yield data
 
 
-async def _pcm_bytes(chunks: AsyncIterator[np.ndarray]) -> AsyncIterator[bytes]:
+async def _pcm_bytes(chunks: AsyncIterator[np.ndarray]) -> AsyncGenerator[bytes, None]:
     async for samples in chunks:
         if len(samples):
             yield float_to_pcm16(samples)
 
 
-async def _ffmpeg_encode(pcm: AsyncIterator[bytes], fmt: AudioFormat, sample_rate: int) -> AsyncIterator[bytes]:
+async def _ffmpeg_encode(pcm: AsyncIterator[bytes], fmt: AudioFormat,
+                         sample_rate: int) -> AsyncGenerator[bytes, None]:
     """Pipe s16le PCM through one ffmpeg process, yielding its output as it comes."""
     binary = shutil.which("ffmpeg")
     if binary is None:
@@ -154,15 +155,16 @@ async def _ffmpeg_encode(pcm: AsyncIterator[bytes], fmt: AudioFormat, sample_rat
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
     assert process.stdin is not None and process.stdout is not None and process.stderr is not None
+    stdin = process.stdin  # narrowed to not None, for the closure below
 
     async def feed() -> None:
         try:
             async for data in pcm:
-                process.stdin.write(data)
-                await process.stdin.drain()
+                stdin.write(data)
+                await stdin.drain()
         finally:
             with contextlib.suppress(Exception):
-                process.stdin.close()
+                stdin.close()
 
     feeder = asyncio.create_task(feed())
     errors = asyncio.create_task(process.stderr.read())

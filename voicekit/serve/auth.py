@@ -14,14 +14,13 @@ import base64
 import hashlib
 import hmac
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Annotated
+from collections.abc import Mapping
 
-from fastapi import Depends
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBasic, HTTPBasicCredentials, HTTPBearer
 
-_bearer = HTTPBearer(auto_error=False, description="the API key, or the password")
-_basic = HTTPBasic(auto_error=False, description="any user name (or the one in VOICEKIT_PASSWORD) and the password")
+bearer_scheme = HTTPBearer(auto_error=False, description="the API key, or the password")
+basic_scheme = HTTPBasic(auto_error=False,
+                         description="any user name (or the one in VOICEKIT_PASSWORD) and the password")
 
 
 def password_secret(password: str | None) -> str | None:
@@ -42,21 +41,21 @@ def check_password(configured: str, user: str, given: str) -> bool:
     return _same(given, secret) and user_ok
 
 
-def credentials_check(api_key: str | None, password: str | None) -> Callable[..., Awaitable[bool]]:
-    """A FastAPI dependency that answers whether the request carries valid credentials."""
-    secrets = [secret for secret in (api_key, password_secret(password)) if secret]
+def credentials_valid(bearer: HTTPAuthorizationCredentials | None, basic: HTTPBasicCredentials | None,
+                      api_key: str | None, password: str | None) -> bool:
+    """Whether the credentials FastAPI's security helpers read (`bearer_scheme`, `basic_scheme`) are valid."""
+    secrets = _secrets(api_key, password)
+    if not secrets:
+        return True
+    if bearer is not None:
+        return any(_same(bearer.credentials.strip(), secret) for secret in secrets)
+    if basic is not None and password:
+        return check_password(password, basic.username, basic.password)
+    return False
 
-    async def authorized(bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-                         basic: Annotated[HTTPBasicCredentials | None, Depends(_basic)]) -> bool:
-        if not secrets:
-            return True
-        if bearer is not None:
-            return any(_same(bearer.credentials.strip(), secret) for secret in secrets)
-        if basic is not None and password:
-            return check_password(password, basic.username, basic.password)
-        return False
 
-    return authorized
+def _secrets(api_key: str | None, password: str | None) -> list[str]:
+    return [secret for secret in (api_key, password_secret(password)) if secret]
 
 
 # -- the browser's realtime socket ------------------------------------------------------------------------
@@ -101,7 +100,7 @@ def socket_authorized(headers: Mapping[str, str], api_key: str | None, password:
     secret = socket_secret(api_key, password)
     if secret is None:
         return True, chosen
-    secrets = [value for value in (api_key, password_secret(password)) if value]
+    secrets = _secrets(api_key, password)
     for item in offered:
         if item.startswith(TOKEN_PROTOCOL) and check_page_token(item[len(TOKEN_PROTOCOL):], secret):
             return True, item
@@ -122,12 +121,12 @@ def header_authorized(authorization: str, api_key: str | None, password: str | N
     """Whether an Authorization header value carries the API key or the password (Bearer; or Basic: the password,
     or the API key as the password with any user name, for a browser when only a key is set)."""
     scheme, _, value = authorization.partition(" ")
-    secrets = [secret for secret in (api_key, password_secret(password)) if secret]
+    secrets = _secrets(api_key, password)
     if scheme.lower() == "bearer":
         return any(_same(value.strip(), secret) for secret in secrets)
     if scheme.lower() == "basic" and (pair := _basic_pair(value)) is not None:
         user, given = pair
         if password and check_password(password, user, given):
             return True
-        return bool(api_key) and _same(given, api_key)
+        return _same(given, api_key) if api_key else False
     return False

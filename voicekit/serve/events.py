@@ -21,27 +21,19 @@ from __future__ import annotations
 import base64
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict
 
 from voicekit.audio import float_to_pcm16
 from voicekit.errors import VoicekitError
 from voicekit.pipeline import AudioChunk, Turn
+from voicekit.serve.deps import Authorized, RequestRecord, ServerState, State
 from voicekit.serve.schema import ChatRequest, voicekit_error
-from voicekit.serve.streaming import (
-    AudioStreamResponse,
-    Encoder,
-    RequestRecord,
-    ServerState,
-    open_reply,
-    reply_headers,
-    start_chat,
-    stream_body,
-)
+from voicekit.serve.streaming import AudioStreamResponse, Encoder, open_reply, reply_headers, start_chat, stream_body
 
 log = logging.getLogger("voicekit.server")
 
@@ -57,23 +49,21 @@ class SayRequest(BaseModel):
     voice: str | None = None
 
 
-def events_router(state: ServerState, authorize: Callable[..., Awaitable[str]]) -> APIRouter:
-    """The event routes of a server (`authorize`: the app's credentials dependency, giving the request id)."""
-    router = APIRouter()
+router = APIRouter()
 
-    @router.post("/v1/chat/events")
-    async def chat_events(body: ChatRequest, request: Request, rid: str = Depends(authorize)) -> Response:
-        return await stream_events(state, RequestRecord(rid, "chat", start_chat(state, body)), request)
 
-    @router.post("/v1/audio/speech/events")
-    async def speech_events(body: SayRequest, request: Request, rid: str = Depends(authorize)) -> Response:
-        try:
-            reply = state.kit.asay(body.input, voice=body.voice, time_limit_s=state.admission.limits.timeout_s)
-        except VoicekitError as error:
-            raise voicekit_error(error, "input") from None
-        return await stream_events(state, RequestRecord(rid, "speech", reply), request)
+@router.post("/v1/chat/events")
+async def chat_events(body: ChatRequest, request: Request, state: State, rid: Authorized) -> Response:
+    return await stream_events(state, RequestRecord(rid, "chat", start_chat(state, body)), request)
 
-    return router
+
+@router.post("/v1/audio/speech/events")
+async def speech_events(body: SayRequest, request: Request, state: State, rid: Authorized) -> Response:
+    try:
+        reply = state.kit.asay(body.input, voice=body.voice, time_limit_s=state.admission.limits.timeout_s)
+    except VoicekitError as error:
+        raise voicekit_error(error, "input") from None
+    return await stream_events(state, RequestRecord(rid, "speech", reply), request)
 
 
 async def stream_events(state: ServerState, record: RequestRecord, request: Request) -> Response:

@@ -11,10 +11,10 @@ now (slots, sessions, memory) is read at scrape time by `_StateCollector`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from fastapi.responses import Response
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -30,6 +30,7 @@ from prometheus_client.process_collector import ProcessCollector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from voicekit.build import resources
+from voicekit.serve.deps import Authorized, State
 
 # Few buckets: a scrape's cost is prometheus-client formatting each bucket of each histogram (~10 us a line here)
 LATENCY_BUCKETS = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
@@ -220,12 +221,10 @@ class RouteMetrics:
             self.metrics.turned_away.labels(route).inc()
 
 
-def metrics_router(metrics: Metrics, authorize: Callable[..., Any]) -> APIRouter:
-    """`GET /metrics` behind `authorize` (the API's credentials check)."""
-    router = APIRouter()
+router = APIRouter()
 
-    @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
-    async def scrape(rid: str = Depends(authorize)) -> Response:
-        return Response(metrics.scrape(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    return router
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def scrape(state: State, rid: Authorized) -> Response:
+    """`GET /metrics` behind the API's credentials: the app's series (ServerState.metrics)."""
+    return Response(state.metrics.scrape(), headers={"Content-Type": CONTENT_TYPE_LATEST})

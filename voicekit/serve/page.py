@@ -15,7 +15,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 import numpy as np
@@ -26,6 +26,10 @@ from voicekit.serve.admission import Admission, Busy, Limits
 from voicekit.serve.audio import pcm16_array
 from voicekit.serve.page_upgrade import hint, upgrade_controls, wire_upgrade
 from voicekit.upgrade import offered
+
+if TYPE_CHECKING:
+    from voicekit.kit import AsyncReply
+    from voicekit.kitlike import KitLike, ServedKit
 
 log = logging.getLogger("voicekit.web")
 
@@ -111,7 +115,7 @@ def turns_table(turns: list[dict[str, Any]]) -> str:
     return "\n".join(rows)
 
 
-def status_line(kit: Any) -> str:
+def status_line(kit: ServedKit) -> str:
     """Which preset, models and device are in use (no secrets), the speech recognizer included."""
     info = kit.description or {}
     return (f"**preset** {info.get('preset', kit.settings.preset)} · **chat** {info.get('chat', '?')} · "
@@ -128,7 +132,7 @@ def recognizer_line(facts: dict[str, Any]) -> str:
     return f"{model} on {facts.get('device', '?')} ({detail}{f'; {reason}' if reason else ''})"
 
 
-def recognizer_notice(kit: Any) -> str:
+def recognizer_notice(kit: ServedKit) -> str:
     """A line for the top of the page when speech recognition fell back to the CPU, else empty."""
     reason = kit.recognizer_facts().get("fallback_reason")
     return f"**Note:** speech recognition is slower than it should be: {reason}" if reason else ""
@@ -178,14 +182,14 @@ async def _admitted(admission: Admission) -> AsyncIterator[None]:
         raise gr.Error(f"Busy, try again in {busy.retry_after} s: {busy}") from None
 
 
-def _check_time_limit(reply: Any, admission: Admission) -> None:
+def _check_time_limit(reply: AsyncReply, admission: Admission) -> None:
     """One clear line when the turn was stopped at the server's time limit."""
     if reply.turn.timed_out:
         raise gr.Error(f"This took longer than the server's limit ({admission.limits.timeout_s:g} s) and was "
                        "stopped; try a shorter text")
 
 
-def voice_choices(kit: Any) -> list[tuple[str, str]]:
+def voice_choices(kit: KitLike) -> list[tuple[str, str]]:
     """(label, id) for the voice dropdowns, grouped by family (the kit lists them so); labels say what each is."""
     voices = kit.voices
     several = len({getattr(voice, "family", "") for voice in voices}) > 1
@@ -201,7 +205,7 @@ def _note(line: str | None) -> str:
     return f"**Note:** {line}" if line else ""
 
 
-def build_blocks(kit: Any, *, assets_dir: str | Path | None = None, title: str = "voicekit",
+def build_blocks(kit: ServedKit, *, assets_dir: str | Path | None = None, title: str = "voicekit",
                  notice: str | None = None, admission: Admission | None = None,
                  pod_status: Callable[[], str] | None = None) -> gr.Blocks:
     """The page for `kit`; `notice` is one line above the tabs (e.g. why a pod runs the cpu preset); `pod_status`

@@ -15,72 +15,73 @@ import binascii
 import contextlib
 import json
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fastapi import FastAPI, WebSocket, WebSocketDisconnect
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from voicekit.audio import float_to_pcm16
 from voicekit.errors import VoicekitError
 from voicekit.listening.echo import ECHO_MODES
 from voicekit.listening.events import INPUT_RATE, with_turn_detection
 from voicekit.listening.session import AsyncRealtimeSession, Event
-from voicekit.serve.admission import Admission
 from voicekit.serve.auth import socket_authorized
-from voicekit.serve.metrics import REALTIME_ROUTE, Metrics
+from voicekit.serve.deps import state_of
+from voicekit.serve.metrics import REALTIME_ROUTE
+
+if TYPE_CHECKING:
+    from voicekit.kitlike import ServedKit
+    from voicekit.serve.metrics import Metrics
 
 log = logging.getLogger("voicekit.realtime")
 
 MAX_EVENT_BYTES = 4 << 20  # one client event (an append of ~85 s of pcm16 in base64); larger ones are refused
 
 
-def add_realtime_route(app: FastAPI, kit: Any, admission: Admission, *, api_key: str | None,
-                       password: str | None, sessions: set[str] | None = None, metrics: Metrics | None = None) -> None:
-    """Register `/v1/realtime` on `app` (same credentials as the other routes); `sessions`: the ids of the open
-    sessions are kept there; `metrics`: the events sent are counted there."""
-    open_sessions: set[str] = set() if sessions is None else sessions
-
-    @app.websocket("/v1/realtime")
-    async def realtime(websocket: WebSocket) -> None:
-        allowed, subprotocol = socket_authorized(websocket.headers, api_key, password)
-        if not allowed:
-            await websocket.close(code=1008, reason="missing or wrong credentials")
-            return
-        if len(open_sessions) >= admission.limits.max_sessions:
-            if metrics is not None:
-                metrics.turned_away.labels(REALTIME_ROUTE).inc()
-            await websocket.close(code=1013, reason="the server has as many realtime sessions as it can take")
-            return
-        await websocket.accept(subprotocol=subprotocol)
-        session = kit.arealtime(gate=admission.slot)
-        open_sessions.add(session.id)
-        if metrics is not None:
-            metrics.sessions_opened.inc()
-        sender = asyncio.create_task(_send_events(websocket, session, metrics))
-        warm_up = asyncio.create_task(_warm_up(kit))  # beside the first audio, which the VAD reads meanwhile
-        try:
-            await _receive_events(websocket, session)
-        finally:
-            open_sessions.discard(session.id)
-            warm_up.cancel()
-            await session.aclose()  # stops a reply in progress: its engine requests are aborted
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(sender, 5)
-            with contextlib.suppress(Exception):
-                await websocket.close()
+router = APIRouter()
 
 
-async def _warm_up(kit: Any) -> None:
+@router.websocket("/v1/realtime")
+async def realtime(websocket: WebSocket) -> None:
+    """One spoken conversation per connection (same credentials as the other routes)."""
+    state = state_of(websocket)
+    allowed, subprotocol = socket_authorized(websocket.headers, state.api_key, state.password)
+    if not allowed:
+        await websocket.close(code=1008, reason="missing or wrong credentials")
+        return
+    open_sessions = state.sessions  # /health's capacity and /metrics read them
+    if len(open_sessions) >= state.admission.limits.max_sessions:
+        state.metrics.turned_away.labels(REALTIME_ROUTE).inc()
+        await websocket.close(code=1013, reason="the server has as many realtime sessions as it can take")
+        return
+    await websocket.accept(subprotocol=subprotocol)
+    session = state.kit.arealtime(gate=state.admission.slot)
+    open_sessions.add(session.id)
+    state.metrics.sessions_opened.inc()
+    sender = asyncio.create_task(_send_events(websocket, session, state.metrics))
+    warm_up = asyncio.create_task(_warm_up(state.kit))  # beside the first audio, which the VAD reads meanwhile
+    try:
+        await _receive_events(websocket, session)
+    finally:
+        open_sessions.discard(session.id)
+        warm_up.cancel()
+        await session.aclose()  # stops a reply in progress: its engine requests are aborted
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(sender, 5)
+        with contextlib.suppress(Exception):
+            await websocket.close()
+
+
+async def _warm_up(kit: ServedKit) -> None:
     # The recognizer loads on first use (~0.3 s for tiny.en, seconds for a large model): load it while the
     # user starts talking, not after their first turn.
     with contextlib.suppress(Exception):
         await asyncio.to_thread(lambda: kit.transcriber)
 
 
-async def _send_events(websocket: WebSocket, session: AsyncRealtimeSession, metrics: Metrics | None) -> None:
+async def _send_events(websocket: WebSocket, session: AsyncRealtimeSession, metrics: Metrics) -> None:
     with contextlib.suppress(WebSocketDisconnect, RuntimeError):  # the client went away: the receiver notices
         async for event in session:
-            if metrics is not None:
-                metrics.observe_event(event)
+            metrics.observe_event(event)  # replies, refusals and transcripts, for /metrics
             await websocket.send_text(json.dumps(encode_event(event)))
 
 

@@ -1,4 +1,4 @@
-"""Request bodies and OpenAI-shaped errors of the HTTP API (routes: voicekit.serve.api)."""
+"""Request bodies and OpenAI-shaped errors of the HTTP API (routes: the routers that voicekit.serve.api includes)."""
 
 from __future__ import annotations
 

@@ -1,10 +1,11 @@
-"""The life of one streaming request, shared by every route that streams a reply (api.py's `/chat` and
-`/v1/audio/speech`, events.py's NDJSON events): its record, admission, the wait for its first audio, and a body
-that always closes the reply (so a client that goes away aborts the engine requests behind it).
+"""The life of one streaming request, shared by every route that streams a reply (speech.py, chat.py, and events.py's
+NDJSON events): admission, the wait for its first audio, and a body that always closes the reply (so a client that
+goes away aborts the engine requests behind it). Its record and the server's state are deps.py's.
 
-A route makes the reply (`kit.achat` / `kit.asay`, which check the input), wraps it in a `RequestRecord`, calls
-`open_reply` (429 when busy, a JSON error when it fails before any audio, None once the client has gone), then
-streams `stream_body(...)` in an `AudioStreamResponse`, encoding the chunks its own way.
+A route makes the reply (`kit.achat` / `kit.asay`, which check the input: `start_chat` for a chat request), wraps it
+in a `RequestRecord`, calls `open_reply` (429 when busy, a JSON error when it fails before any audio, `gone` once the
+client has left), then streams `stream_body(...)` in an `AudioStreamResponse`, encoding the chunks its own way;
+`stream_reply` does all of it for the audio routes (WAV, PCM or what ffmpeg encodes).
 """
 
 from __future__ import annotations
@@ -12,80 +13,32 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 import anyio
+import numpy as np
 from fastapi import Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from voicekit.errors import VoicekitError
 from voicekit.pipeline import AudioChunk
-from voicekit.serve.admission import Admission, Busy
-from voicekit.serve.metrics import Metrics
+from voicekit.serve.admission import Busy
+from voicekit.serve.audio import AudioFormat, encode_stream
+from voicekit.serve.deps import RequestRecord, ServerState, busy_error
 from voicekit.serve.schema import ApiError, ChatRequest, voicekit_error
+
+if TYPE_CHECKING:
+    from voicekit.kit import AsyncReply
 
 log = logging.getLogger("voicekit.server")
 
-FINISHED_KEPT = 64
+MAX_TEXT_HEADER = 4096
 
 #: how a route turns a reply's chunks into the bytes of its body
 Encoder = Callable[[AsyncIterator[AudioChunk]], AsyncIterator[bytes]]
-
-
-@dataclass
-class RequestRecord:
-    """One streaming request: its reply (the turn: voice, text, timings) and the server's own bookkeeping."""
-
-    id: str
-    route: str
-    reply: Any
-    started: float = field(default_factory=time.perf_counter)  # once admitted
-    arrived: float = field(default_factory=time.perf_counter)
-    first_audio_s: float | None = None  # from its arrival (the wait in line included), for /metrics
-    bytes_sent: int = 0
-    outcome: str = "streaming"
-    admitted: bool = False  # holds a running slot of the server's Admission until it finishes
-
-    @property
-    def voice(self) -> str:
-        return str(self.reply.voice)
-
-
-class ServerState:
-    """Requests in flight and totals, shared by the routes (on `app.state.voicekit`)."""
-
-    def __init__(self, kit: Any, admission: Admission) -> None:
-        self.kit = kit
-        self.admission = admission
-        self.active: dict[str, RequestRecord] = {}
-        self.finished: OrderedDict[str, RequestRecord] = OrderedDict()  # the last FINISHED_KEPT, for GET /chat/{id}
-        self.served = 0
-        self.warnings: list[str] = []  # the last health check's, to log only what changed
-        self.sessions: set[str] = set()  # open realtime sessions (realtime.py)
-        self.metrics = Metrics(self)
-
-    def finish(self, record: RequestRecord) -> None:
-        """Move a request from the active ones to the recently finished ones; free its running slot."""
-        if record.admitted:
-            record.admitted = False
-            self.admission.leave(time.perf_counter() - record.started)
-        self.active.pop(record.id, None)
-        if record.reply is not None:
-            record.reply.chunks.clear()  # streamed already; the kept record needs its text and timings, not audio
-        self.finished[record.id] = record
-        while len(self.finished) > FINISHED_KEPT:
-            self.finished.popitem(last=False)
-        self.served += 1
-        self.metrics.observe_stream(record, time.perf_counter())
-        _log_finished(record)
-
-    def find(self, request_id: str) -> RequestRecord | None:
-        """An active or recently finished request."""
-        return self.active.get(request_id) or self.finished.get(request_id)
 
 
 class AudioStreamResponse(StreamingResponse):
@@ -99,7 +52,7 @@ class AudioStreamResponse(StreamingResponse):
                 await self.body_iterator.aclose()  # type: ignore[attr-defined]
 
 
-def start_chat(state: ServerState, body: ChatRequest) -> Any:
+def start_chat(state: ServerState, body: ChatRequest) -> AsyncReply:
     """The kit's reply to a chat request (not started yet), bounded by the server's request time limit; a 400
     for bad input."""
     options = {key: value for key, value in (("system_prompt", body.system_prompt),
@@ -113,6 +66,23 @@ def start_chat(state: ServerState, body: ChatRequest) -> Any:
         raise voicekit_error(error, "message") from None
 
 
+async def stream_reply(state: ServerState, record: RequestRecord, fmt: AudioFormat, request: Request) -> Response:
+    """The reply's audio as `fmt`, streamed once its first audio is out (499 when the client left before it)."""
+    gone, first = await open_reply(state, record, request)
+    if gone:
+        return Response(status_code=499)  # nobody is listening any more
+    rate, headers = record.reply.sample_rate, reply_headers(state, record)  # the turn's: a switch changes the kit's
+    if fmt.name == "pcm":
+        headers["X-Audio-Format"] = "s16le; channels=1"
+    headers.update(_known_reply_headers(record))
+
+    def encode(chunks: AsyncIterator[AudioChunk]) -> AsyncIterator[bytes]:
+        return encode_stream(_samples(chunks), fmt, rate)
+
+    return AudioStreamResponse(stream_body(state, record, first, encode), media_type=fmt.media_type,
+                               headers=headers)
+
+
 async def open_reply(state: ServerState, record: RequestRecord, request: Request) -> tuple[bool, AudioChunk | None]:
     """Admit the request and wait for its first audio (so a failure before it is still a JSON error):
     (gone, first chunk). `gone`: the client left before it (the reply is aborted and finished; answer 499).
@@ -124,16 +94,14 @@ async def open_reply(state: ServerState, record: RequestRecord, request: Request
         await state.admission.enter()
     except Busy as busy:
         await reply.aclose()
-        log.info("request %s %s turned away: %s", record.id, record.route, busy)
-        raise ApiError(429, str(busy), kind="rate_limit_error", code="server_busy",
-                       headers={"Retry-After": str(busy.retry_after)}) from None
+        raise busy_error(busy, record.id, record.route) from None
     record.admitted = True
     record.started = time.perf_counter()  # the time limit counts from here, not from the wait in line
     state.active[record.id] = record
     log.info("request %s %s started: voice=%s", record.id, record.route, record.voice)
     first_task = asyncio.ensure_future(_next_chunk(reply))
     watcher = asyncio.ensure_future(_wait_for_disconnect(request))
-    gone, first, error = True, None, None
+    gone, first, error = True, None, None  # type: bool, AudioChunk | None, BaseException | None
     try:
         await asyncio.wait({first_task, watcher}, return_when=asyncio.FIRST_COMPLETED)
         gone = not first_task.done()
@@ -183,7 +151,7 @@ async def stream_body(state: ServerState, record: RequestRecord, first: AudioChu
     end; the reply is closed however the body ends (done, failed, or the client gone)."""
     reply = record.reply
 
-    async def chunks() -> AsyncIterator[AudioChunk]:
+    async def chunks() -> AsyncGenerator[AudioChunk, None]:
         if first is not None:
             yield first
         async for chunk in reply:  # the turn ends by itself at the time limit (Pipeline.run)
@@ -218,7 +186,24 @@ async def stream_body(state: ServerState, record: RequestRecord, first: AudioChu
         state.finish(record)
 
 
-async def _next_chunk(chunks: AsyncIterator[Any]) -> Any:
+def _known_reply_headers(record: RequestRecord) -> dict[str, str]:
+    """Reply text and timings that are already final when the first audio is out (chat, sequential mode)."""
+    timings = record.reply.timings
+    headers = {} if timings.ttfa_s is None else {"X-Time-To-First-Audio": f"{timings.ttfa_s:.3f}"}
+    if record.route == "chat" and timings.llm_s > 0:  # the chat model has finished writing
+        text = quote(record.reply.text, safe=" ,.!?'")
+        if len(text) <= MAX_TEXT_HEADER:
+            headers["X-Reply-Text"] = text
+        headers["X-LLM-Seconds"] = f"{timings.llm_s:.3f}"
+    return headers
+
+
+async def _samples(chunks: AsyncIterator[AudioChunk]) -> AsyncGenerator[np.ndarray, None]:
+    async for chunk in chunks:
+        yield chunk.samples
+
+
+async def _next_chunk(chunks: AsyncIterator[AudioChunk]) -> AudioChunk | None:
     return await anext(chunks, None)
 
 
@@ -226,9 +211,3 @@ async def _wait_for_disconnect(request: Request) -> None:
     """Return once the client has gone (the body is already read, so only a disconnect arrives)."""
     while (await request.receive())["type"] != "http.disconnect":
         pass
-
-
-def _log_finished(record: RequestRecord) -> None:
-    timings = record.reply.timings.as_dict() if record.reply is not None else {}
-    log.info("request %s %s %s: voice=%s bytes=%d wall=%.2fs timings=%s", record.id, record.route, record.outcome,
-             record.voice, record.bytes_sent, time.perf_counter() - record.started, timings)

@@ -16,16 +16,19 @@ so it works behind the RunPod HTTPS proxy (wss) and under a path prefix.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import html
+import os
 from pathlib import Path
 from typing import Any
 
-from fastapi import Request
+from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from voicekit.serve.auth import header_authorized, page_token, socket_secret
+from voicekit.serve.deps import state_of
 
 STATIC = Path(__file__).resolve().parent / "static"
 PAGE_FILE = "talk.html"
@@ -40,6 +43,7 @@ PAGE_HEADERS = {
 }
 
 
+@functools.cache
 def static_version(folder: Path = STATIC) -> str:
     """A short hash of the static files, appended to their URLs so a new version is never read from a cache."""
     digest = hashlib.sha256()
@@ -81,29 +85,37 @@ class _StaticFiles(StaticFiles):
         return response
 
 
-def add_talk_routes(app: Any, *, api_key: str | None, password: str | None) -> None:
-    """Add `GET /talk` and `/talk/static/*` to `app` (register before a catch-all mount such as Gradio's at `/`)."""
-    secret = socket_secret(api_key, password)
-    version = static_version()
+_static = _StaticFiles(directory=STATIC)
+router = APIRouter(include_in_schema=False)
 
-    def allowed(request: Request) -> bool:
-        if secret is None:
-            return True
-        authorization = request.headers.get("authorization", "")
-        return (bool(authorization) and header_authorized(authorization, api_key, password)) \
-            or gradio_user(request) is not None
 
-    @app.get("/talk", include_in_schema=False)
-    async def talk_page(request: Request) -> Response:
-        if not allowed(request):
-            return PlainTextResponse("voicekit: log in with the configured password (any user name when it "
-                                     "names none), or send the API key as a Bearer token\n", status_code=401,
-                                     headers={"WWW-Authenticate": REALM, "Cache-Control": "no-store"})
-        token = page_token(secret) if secret is not None else None
-        return HTMLResponse(render_page(token, version), headers=PAGE_HEADERS)
+def _allowed(request: Request, secret: str | None) -> bool:
+    if secret is None:
+        return True
+    state = state_of(request)
+    authorization = request.headers.get("authorization", "")
+    return (bool(authorization) and header_authorized(authorization, state.api_key, state.password)) \
+        or gradio_user(request) is not None
 
-    @app.get("/talk/", include_in_schema=False)
-    async def talk_slash() -> Response:
-        return RedirectResponse("../talk", status_code=307)  # relative: keeps a path prefix
 
-    app.mount("/talk/static", _StaticFiles(directory=STATIC), name="talk-static")
+@router.get("/talk")
+async def talk_page(request: Request) -> Response:
+    state = state_of(request)
+    secret = socket_secret(state.api_key, state.password)
+    if not _allowed(request, secret):
+        return PlainTextResponse("voicekit: log in with the configured password (any user name when it "
+                                 "names none), or send the API key as a Bearer token\n", status_code=401,
+                                 headers={"WWW-Authenticate": REALM, "Cache-Control": "no-store"})
+    token = page_token(secret) if secret is not None else None
+    return HTMLResponse(render_page(token, static_version()), headers=PAGE_HEADERS)
+
+
+@router.get("/talk/")
+async def talk_slash() -> Response:
+    return RedirectResponse("../talk", status_code=307)  # relative: keeps a path prefix
+
+
+@router.api_route("/talk/static/{path:path}", methods=["GET", "HEAD"])
+async def talk_static(path: str, request: Request) -> Response:
+    # A route, not a mount: an APIRouter carries routes only. StaticFiles still answers (ETag, 304, 404).
+    return await _static.get_response(os.path.normpath(os.path.join(*path.split("/"))), request.scope)

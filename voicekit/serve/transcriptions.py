@@ -2,20 +2,20 @@
 
 A multipart form as OpenAI's clients send it: `file` (required), `model` (any name: the kit's recognizer
 answers), `language`, `prompt` (Whisper's initial prompt), `response_format` (json, text, verbose_json, srt,
-vtt) and `temperature`. Uploads are bounded (`MAX_UPLOAD_BYTES`, 25 MB like OpenAI: 413 past it), and so are the
-transcriptions at once (`MAX_RUNNING` in worker threads, `MAX_WAITING` in line, 429 past them); the event loop
-keeps serving meanwhile. docs/API.md, "Transcriptions".
+vtt) and `temperature`. Uploads are bounded (`MAX_UPLOAD_BYTES`, 25 MB like OpenAI: 413 past it). A transcription
+runs in a worker thread (the event loop keeps serving) and holds a running slot of the server's Admission meanwhile,
+like a request that makes audio: past the running and waiting ones, 429 with Retry-After. The transcriptions in
+flight and the recognizer's speed are counted in the server's metrics (metrics.py). docs/API.md, "Transcriptions"
+and "Limits".
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncGenerator
+from typing import TYPE_CHECKING, Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
@@ -27,16 +27,18 @@ from voicekit.errors import (
     UnsupportedLanguageError,
     VoicekitError,
 )
-from voicekit.serve.metrics import Metrics
+from voicekit.serve.admission import Busy
+from voicekit.serve.deps import Authorized, State, busy_error
 from voicekit.serve.schema import ApiError
+
+if TYPE_CHECKING:
+    from voicekit.listening.asr import Transcript
 
 log = logging.getLogger("voicekit.server")
 
 MAX_UPLOAD_BYTES = 25 * 1024 * 1024  # OpenAI's limit for one file
 FORM_SLACK_BYTES = 64 * 1024  # the form's own fields and boundaries around the file
 DRAIN_BYTES = 2 * MAX_UPLOAD_BYTES  # an upload past the limit is read up to here, so its client reads the 413
-MAX_RUNNING = 2  # transcriptions in worker threads at once (the recognizer itself runs one at a time)
-MAX_WAITING = 8  # in line for them; past that, 429
 RESPONSE_FORMATS = ("json", "text", "verbose_json", "srt", "vtt")
 FIELDS = {"file", "model", "language", "prompt", "response_format", "temperature", "timestamp_granularities[]",
           "stream"}
@@ -52,44 +54,34 @@ _FORM_SCHEMA = {"requestBody": {"required": True, "content": {"multipart/form-da
         "temperature": {"type": "number", "minimum": 0, "maximum": 1, "default": 0}}}}}}}
 
 
-def add_transcription_routes(app: FastAPI, kit: Any, authorize: Callable[..., Any],
-                             max_upload_bytes: int = MAX_UPLOAD_BYTES, metrics: Metrics | None = None) -> None:
-    """Register `POST /v1/audio/transcriptions` on `app` (before any catch-all route), behind `authorize`; `metrics`:
-    transcriptions in flight and their speed are kept there."""
-    running = asyncio.Semaphore(MAX_RUNNING)
-    in_flight = [0]
+router = APIRouter()
 
-    @app.post("/v1/audio/transcriptions", openapi_extra=_FORM_SCHEMA, summary="Transcribe audio (OpenAI-compatible)")
-    async def transcriptions(request: Request, rid: str = Depends(authorize)) -> Response:
-        form = await read_form(request, max_upload_bytes)
-        try:
-            data, options, fmt = await parse_form(form, max_upload_bytes)
-        finally:
-            await form.close()
-        if in_flight[0] >= MAX_RUNNING + MAX_WAITING:
-            raise ApiError(429, f"{in_flight[0]} transcriptions are running or waiting; try again shortly",
-                           kind="rate_limit_error", code="server_busy", headers={"Retry-After": "2"})
-        in_flight[0] += 1
-        gauge = metrics.transcribing.track_inprogress() if metrics is not None else contextlib.nullcontext()
-        try:
-            with gauge:
-                async with running:
-                    transcript = await kit.atranscribe(data, **options)
-        except VoicekitError as error:
-            raise transcription_error(error) from None
-        except Exception as error:  # a bug or a broken model: logged, answered in OpenAI's shape
-            log.exception("request %s transcription failed", rid)
-            raise ApiError(500, f"the server failed to transcribe the audio ({type(error).__name__}); see its log",
-                           kind="server_error", code="internal_error") from None
-        finally:
-            in_flight[0] -= 1
-        if metrics is not None:
-            metrics.observe_transcription(transcript.seconds, transcript.duration_s)
-        log.info("request %s transcription: %.1f s of audio in %.2f s, %d characters, format %s", rid,
-                 transcript.duration_s, transcript.seconds, len(transcript.text), fmt)
-        headers = {"X-Request-Id": rid, "X-Processing-Seconds": f"{transcript.seconds:.3f}",
-                   "X-Audio-Seconds": f"{transcript.duration_s:.3f}"}
-        return render(transcript, fmt, headers)
+
+@router.post("/v1/audio/transcriptions", openapi_extra=_FORM_SCHEMA, summary="Transcribe audio (OpenAI-compatible)")
+async def transcriptions(request: Request, state: State, rid: Authorized) -> Response:
+    form = await read_form(request, MAX_UPLOAD_BYTES)
+    try:
+        data, options, fmt = await parse_form(form, MAX_UPLOAD_BYTES)
+    finally:
+        await form.close()
+    try:
+        with state.metrics.transcribing.track_inprogress():  # running or waiting for a slot, for /metrics
+            async with state.admission.slot():
+                transcript = await state.kit.atranscribe(data, **options)
+    except Busy as busy:
+        raise busy_error(busy, rid, "transcription") from None
+    except VoicekitError as error:
+        raise transcription_error(error) from None
+    except Exception as error:  # a bug or a broken model: logged, answered in OpenAI's shape
+        log.exception("request %s transcription failed", rid)
+        raise ApiError(500, f"the server failed to transcribe the audio ({type(error).__name__}); see its log",
+                       kind="server_error", code="internal_error") from None
+    state.metrics.observe_transcription(transcript.seconds, transcript.duration_s)
+    log.info("request %s transcription: %.1f s of audio in %.2f s, %d characters, format %s", rid,
+             transcript.duration_s, transcript.seconds, len(transcript.text), fmt)
+    headers = {"X-Request-Id": rid, "X-Processing-Seconds": f"{transcript.seconds:.3f}",
+               "X-Audio-Seconds": f"{transcript.duration_s:.3f}"}
+    return render(transcript, fmt, headers)
 
 
 async def read_form(request: Request, limit: int) -> FormData:
@@ -118,7 +110,7 @@ async def read_form(request: Request, limit: int) -> FormData:
         raise ApiError(400, f"the multipart form cannot be read: {error.message}", code="invalid_request") from None
 
 
-async def _once(body: bytes) -> AsyncIterator[bytes]:
+async def _once(body: bytes) -> AsyncGenerator[bytes, None]:
     yield body
 
 
@@ -196,7 +188,7 @@ def transcription_error(error: VoicekitError) -> ApiError:
 # -- response formats ---------------------------------------------------------------------------------
 
 
-def render(transcript: Any, fmt: str, headers: dict[str, str]) -> Response:
+def render(transcript: Transcript, fmt: str, headers: dict[str, str]) -> Response:
     """The transcript in OpenAI's `response_format`."""
     if fmt == "json":
         return JSONResponse({"text": transcript.text}, headers=headers)
@@ -207,7 +199,7 @@ def render(transcript: Any, fmt: str, headers: dict[str, str]) -> Response:
     return PlainTextResponse(transcript.text + "\n", headers=headers)
 
 
-def verbose(transcript: Any) -> dict[str, Any]:
+def verbose(transcript: Transcript) -> dict[str, Any]:
     """OpenAI's verbose_json: the language is Whisper's code (`en`), as voicekit's settings name languages."""
     return {"task": "transcribe", "language": transcript.language, "duration": round(transcript.duration_s, 3),
             "text": transcript.text,
@@ -215,7 +207,7 @@ def verbose(transcript: Any) -> dict[str, Any]:
                          for index, segment in enumerate(transcript.segments)]}
 
 
-def subtitles(transcript: Any, fmt: str) -> str:
+def subtitles(transcript: Transcript, fmt: str) -> str:
     """SubRip (`srt`) or WebVTT (`vtt`) cues, one per segment."""
     separator = "," if fmt == "srt" else "."
     cues = []
