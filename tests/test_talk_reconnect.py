@@ -14,9 +14,8 @@ from typing import Any
 import pytest
 from test_talk_page import _browser_or_skip, _launch, _open_talk
 
-from voicekit.serve import BackgroundServer
+from voicekit.serve import BackgroundServer, talk
 from voicekit.serve.api import create_app
-from voicekit.serve.talk import add_talk_routes
 
 pytestmark = [pytest.mark.filterwarnings("ignore:.*no_silent_downcasting"),
               pytest.mark.filterwarnings("ignore:The copy keyword is deprecated")]
@@ -27,9 +26,7 @@ RECONNECT_S = 3.0  # issue 23's target: a page is back within 3 s of its server
 
 def _talk_app(kit: Any) -> Any:
     """A fresh server app with the Talk page (no Gradio page: quicker to make)."""
-    app = create_app(kit)
-    add_talk_routes(app, api_key=None, password=None)
-    return app
+    return create_app(kit, routers=[talk.router])
 
 
 def _type(page: Any, text: str, kit: Any, monkeypatch: pytest.MonkeyPatch, max_tokens: int = 40) -> None:
