@@ -398,3 +398,32 @@ def test_an_assistant_message_can_be_added_and_other_roles_cannot(servers: dict[
     assert system["type"] == image["type"] == "error"
     assert "role: 'user' or 'assistant'" in system["error"]["message"]
     assert "needs a content part of type output_text or text" in image["error"]["message"]
+
+
+def _feed_live(session: Any, samples: np.ndarray) -> None:
+    """Audio at real time, as a microphone sends it (40 ms a chunk)."""
+    for i in range(0, len(samples), CHUNK):
+        session.append_audio(float_to_pcm16(samples[i:i + CHUNK]))
+        time.sleep(CHUNK / RATE)
+
+
+def test_a_headset_user_who_repeats_the_replys_words_is_answered(question: np.ndarray) -> None:
+    # The reply says the question's words back; on a headset the microphone never hears it, so the same words from
+    # the user right after it are the user's turn, not the reply's echo (the capacity bench's talker went unanswered).
+    from scripted import ScriptedEngine
+
+    import voicekit
+
+    with voicekit.load("cpu", engine=ScriptedEngine("What is the capital of France? It is Paris.")) as echoing, \
+            echoing.realtime() as session:
+        _feed_live(session, question)
+        first = _until(session, "response.done")
+        played = sum(len(e.audio) for e in first if e.type == "response.output_audio.delta") / RATE
+        _feed_live(session, np.zeros(int((played + 0.3) * RATE), np.float32))  # silent while the reply plays
+        _feed_live(session, question)
+        second = _until(session, "response.done", timeout=30)
+        roles = [item["role"] for item in session.history]
+    heard = [e.data for e in second if e.type == "conversation.item.input_audio_transcription.completed"]
+    assert heard and word_accuracy(QUESTION, heard[-1]["transcript"].lower()) >= 0.8 and "echo" not in heard[-1]
+    assert second[-1].data["response"]["status"] == "completed"
+    assert roles == ["user", "assistant", "user", "assistant"]

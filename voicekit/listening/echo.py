@@ -253,6 +253,12 @@ class EchoCanceller:
         return self.mode == "on" or (self.mode == "auto" and self.monitor.hears is True)
 
     @property
+    def may_hear_reply(self) -> bool:
+        """False when the microphone is known not to hear the reply (`off`, or `auto` once the monitor found it deaf
+        to it: headphones): a turn that repeats the reply's words is then the user's, never its echo."""
+        return self.mode == "on" or (self.mode == "auto" and self.monitor.hears is not False)
+
+    @property
     def undecided(self) -> bool:
         """True while `auto` does not yet know whether the microphone hears the reply that is playing."""
         return self.mode == "auto" and self.monitor.hears is None and self.timeline.pending_s > 0

@@ -262,7 +262,9 @@ class AsyncRealtimeSession(ReplySpeaker):
             return
         text = transcript.text.strip()
         held = stopped.turn in self._held  # begun over a reply the microphone may hear: short ones count too
-        echo = bool(text) and is_echo(text, self._recent_replies(), min_words=1 if held else ECHO_MIN_WORDS)
+        # the reply's own words come back only where the microphone may hear it: a headset user may repeat them
+        echo = bool(text) and (held or self.listener.echo.may_hear_reply) and \
+            is_echo(text, self._recent_replies(), min_words=1 if held else ECHO_MIN_WORDS)
         if held:
             if echo or not text:  # the reply coming back, never told: the client plays on
                 self._held.pop(stopped.turn)
