@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import importlib.util
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -158,6 +159,12 @@ def parse_cuda_version(header: str) -> str | None:
     """"12.4" from nvidia-smi's "| NVIDIA-SMI 550.54.15  Driver Version: 550.54.15  CUDA Version: 12.4 |"."""
     match = re.search(r"CUDA Version\s*:\s*(\d+)\.(\d+)", header)
     return f"{match[1]}.{match[2]}" if match else None
+
+
+def machine_facts() -> dict[str, str | int | None]:
+    """What a figure was measured on: platform, processor, core count, Python (benchmarks and the capacity file)."""
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "python": platform.python_version()}
 
 
 # -- GPU memory ----------------------------------------------------------------------------------------

@@ -8,13 +8,12 @@ runs `repeats` times after one warm-up turn; the JSON holds the median of each f
 
 from __future__ import annotations
 
-import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
 from typing import Any
 
+from voicekit.device import machine_facts
 from voicekit.pipeline import MODES
 
 SAY_TEXTS: dict[int, str] = {
@@ -40,8 +39,7 @@ FIGURES = ("ttfa_s", "total_s", "audio_s", "rtf")
 
 def machine_info() -> dict[str, Any]:
     """Where the numbers came from."""
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "python": platform.python_version()}
+    return dict(machine_facts())
 
 
 def summarize(name: str, mode: str, words: int, runs: list[dict[str, Any]]) -> dict[str, Any]:

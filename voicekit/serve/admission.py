@@ -26,7 +26,6 @@ import json
 import logging
 import math
 import os
-import platform
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -98,14 +97,12 @@ def capacity_path(preset: str, configured: str = "", env: Mapping[str, str] | No
 
 
 def machine_identity() -> dict[str, Any]:
-    """What a capacity was measured on (voicekit.bench.pipeline.machine_info's fields; the GPU's name where one is
-    in use), compared by `same_machine`."""
-    from voicekit.device import gpu_memory
+    """What a capacity was measured on (the benchmarks' machine facts, and the GPU's name where one is in use),
+    compared by `same_machine`."""
+    from voicekit.device import gpu_memory, machine_facts
 
     memory = gpu_memory(import_torch=False)
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "python": platform.python_version(),
-            "gpu": memory.name if memory is not None else None}
+    return {**machine_facts(), "gpu": memory.name if memory is not None else None}
 
 
 def same_machine(measured: Mapping[str, Any], here: Mapping[str, Any]) -> bool:
