@@ -55,6 +55,7 @@ class Heard:
     echo: EchoCanceller
     user_at: float | None = None
     vad: list[float] = field(default_factory=list)
+    settled_at: float | None = None  # when the reply had played long enough for the canceller to settle
 
 
 def session(room: Room, reply: np.ndarray, user: np.ndarray | None = None, user_at: float | None = None,
@@ -71,7 +72,7 @@ def session(room: Room, reply: np.ndarray, user: np.ndarray | None = None, user_
     if user is not None and user_at is not None:
         start = int(user_at * RATE)
         voice[start:start + len(user)] = user[: total - start]
-    sent, starts, out, raw, decided = 0, [], [], [], None
+    sent, starts, out, raw, decided, settled, was_settling = 0, [], [], [], None, None, False
     for position in range(0, total, STEP):
         t = position / RATE
         clock.now = 100.0 + t
@@ -90,7 +91,10 @@ def session(room: Room, reply: np.ndarray, user: np.ndarray | None = None, user_
         out.append(echo.process(mic_16k))
         if decided is None and echo.monitor.hears is not None:
             decided = t
-    return Heard(np.concatenate(out), np.concatenate(raw), decided, echo, user_at)
+        if was_settling and not echo.settling and settled is None:
+            settled = t
+        was_settling = was_settling or echo.settling
+    return Heard(np.concatenate(out), np.concatenate(raw), decided, echo, user_at, settled_at=settled)
 
 
 def speech_runs(audio: np.ndarray, after_s: float = 0.0, until_s: float | None = None) -> list[tuple[float, float]]:
@@ -115,6 +119,18 @@ def test_the_reply_on_a_loudspeaker_never_reaches_the_vad(reply: np.ndarray, gai
     assert heard.decided_at < 0.3 + 0.08 + delay_s + 1.0, "the echo path is known within a second of the echo"
     assert speech_runs(heard.raw, after_s=heard.decided_at), "the microphone itself is full of the reply"
     assert speech_runs(heard.out, after_s=heard.decided_at + 0.1) == [], "nothing of it is left to start a turn"
+
+
+@pytest.mark.parametrize("gain, delay_s", [(0.3, 0.12), (0.5, 0.2), (1.0, 0.3)])
+def test_what_the_canceller_leaves_while_it_settles_is_over_by_its_first_second(reply: np.ndarray, gain: float,
+                                                                               delay_s: float) -> None:
+    """The session holds speech that starts while a reply's first second reaches the microphone (`settling`): the
+    echo arrives late and AEC3 converges on it. After that, nothing of the echo may start a turn."""
+    heard = session(Room(gain=gain, delay_s=delay_s), reply)
+    assert heard.settled_at is not None
+    playing_from = 0.3 + 0.08  # sent from 0.3 s, played after the loudspeaker's jitter buffer
+    assert playing_from + 0.9 <= heard.settled_at <= playing_from + 1.2, "settling lasts the reply's first second"
+    assert speech_runs(heard.out, after_s=heard.settled_at) == [], "what is left after it never starts a turn"
 
 
 def test_headphones_lose_nothing(reply: np.ndarray, user: np.ndarray) -> None:
@@ -164,6 +180,25 @@ def test_the_reference_timeline_is_bounded_and_flushed() -> None:
     assert timeline.fill(timeline.consumed, buffer)
     timeline.consumed = timeline.end + 16000
     assert not timeline.fill(timeline.consumed, buffer), "idle for a second: no reference at all"
+
+
+def test_the_timeline_knows_how_long_the_reply_has_played() -> None:
+    clock = Clock()
+    timeline = ReferenceTimeline(clock=clock)
+    timeline.arrived(16000)
+    start = timeline.add(np.ones(16000, np.int16))
+    assert timeline.played_s == 0.0, "not reached by the microphone yet"
+    timeline.consumed = start + 8000
+    assert timeline.played_s == pytest.approx(0.5)
+    timeline.add(np.ones(16000, np.int16))  # the next piece of the same reply, back to back
+    timeline.consumed = start + 24000
+    assert timeline.played_s == pytest.approx(1.5), "one reply, one run"
+    timeline.arrived(3 * 16000)
+    clock.now += 3.0
+    timeline.consumed = timeline.received
+    again = timeline.add(np.ones(16000, np.int16))
+    timeline.consumed = again + 1600
+    assert timeline.played_s == pytest.approx(0.1), "a reply after a silence starts afresh"
 
 
 def test_odd_chunks_come_out_in_whole_frames() -> None:

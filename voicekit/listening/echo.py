@@ -38,6 +38,7 @@ EchoMode = Literal["auto", "on", "off"]
 ECHO_MODES: tuple[str, ...] = ("auto", "on", "off")
 ECHO_SHARE = 0.6  # a turn this much made of the reply's own recent words is its echo...
 ECHO_MIN_WORDS = 3  # ...if it has this many words ("Yes." is always the user's)
+SETTLE_S = 1.0  # a reply's first second on a loudspeaker: its echo arrives and the canceller converges
 _PLAYING_DB = -50.0  # a reference frame this loud is the reply playing
 _SILENT_DB = -100.0
 _WORD = re.compile(r"[a-z0-9']+")
@@ -67,6 +68,7 @@ class ReferenceTimeline:
         self._slew = slew_ms_per_s / 1000.0 * SAMPLE_RATE
         self._segments: collections.deque[list[Any]] = collections.deque()  # [start sample, int16 samples]
         self.end = 0  # microphone sample after the last reference sample
+        self.run_start = 0  # microphone sample at which the reply playing now (after a silence) began
         self._idle = int(idle_gap_s * SAMPLE_RATE)
         self._max = int(max_s * SAMPLE_RATE)
 
@@ -94,6 +96,8 @@ class ReferenceTimeline:
         if not len(samples):
             return self.end
         start = max(self.end, self.now_index(now))
+        if self.end == 0 or start - self.end >= self._idle:
+            self.run_start = start  # a reply after a silence: the canceller meets its echo afresh
         self._segments.append([start, samples])
         self.end = start + len(samples)
         while self._segments and self.end - self._segments[0][0] > self._max:
@@ -114,6 +118,8 @@ class ReferenceTimeline:
             if segment[0] >= start:
                 segment[0] += shift
         self.end += shift
+        if self.run_start >= start:
+            self.run_start += shift
 
     def flush(self, keep_s: float = 0.3, now: float | None = None) -> None:
         """The client dropped its buffer: keep only what it may still have played before the stop reached it."""
@@ -146,6 +152,11 @@ class ReferenceTimeline:
     def stored_s(self) -> float:
         """Reference audio held (bounded by `max_s`)."""
         return sum(len(samples) for _, samples in self._segments) / SAMPLE_RATE
+
+    @property
+    def played_s(self) -> float:
+        """How long the reply playing now has been reaching the microphone (0 before it starts)."""
+        return max(0, min(self.consumed, self.end) - self.run_start) / SAMPLE_RATE
 
     @property
     def pending_s(self) -> float:
@@ -226,10 +237,11 @@ class EchoCanceller:
     `mode`: `auto` cleans the microphone only while it hears the reply, `on` always, `off` never (nothing runs)."""
 
     def __init__(self, mode: EchoMode = "auto", noise_suppression: bool = True,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, settle_s: float = SETTLE_S) -> None:
         if mode not in ECHO_MODES:
             raise ValueError(f"echo cancellation must be one of {', '.join(ECHO_MODES)}, not {mode!r}")
         self.mode = mode
+        self.settle_s = settle_s
         self.timeline = ReferenceTimeline(clock=clock)
         self.monitor = EchoPathMonitor()
         self._pending = np.zeros(0, np.int16)
@@ -257,6 +269,14 @@ class EchoCanceller:
         """False when the microphone is known not to hear the reply (`off`, or `auto` once the monitor found it deaf
         to it: headphones): a turn that repeats the reply's words is then the user's, never its echo."""
         return self.mode == "on" or (self.mode == "auto" and self.monitor.hears is not False)
+
+    @property
+    def settling(self) -> bool:
+        """True while a reply the microphone may hear has played for less than `settle_s`: its echo reaches the
+        microphone up to 0.5 s late, and AEC3 needs a few hundred milliseconds of it before what is left is quiet
+        enough for the VAD. Speech starting then may be the echo's first syllables (the session holds it)."""
+        return self._apm is not None and self.may_hear_reply and self.timeline.pending_s > 0 \
+            and self.timeline.played_s < self.settle_s
 
     @property
     def undecided(self) -> bool:

@@ -39,13 +39,14 @@ from voicekit.listening.events import (
     turn_detection,
 )
 from voicekit.listening.listener import Listener
-from voicekit.listening.smart_turn import sounds_unfinished
+from voicekit.listening.smart_turn import may_go_on, sounds_unfinished
 from voicekit.listening.speaking import ReplySpeaker
 from voicekit.listening.turns import SpeechPaused, SpeechStarted, SpeechStopped, TurnEvent
 from voicekit.listening.vad import SAMPLE_RATE as VAD_RATE
 
 log = logging.getLogger("voicekit.realtime")
 UNFINISHED_PROBABILITY = 0.1  # a pause whose words cannot end a sentence: the policy waits ~80% of its longest
+GOES_ON_PROBABILITY = 0.3  # words that usually go on ("I would like to order"): ~40% of it (1.7 s at medium)
 
 __all__ = ["INPUT_RATE", "OUTPUT_RATE", "AsyncRealtimeSession", "Event", "TalkOptions"]
 
@@ -171,10 +172,12 @@ class AsyncRealtimeSession(ReplySpeaker):
         response, echo = self.response, self.listener.echo
         speaking = response is not None and response.first_audio_at is not None
         early = speaking and time.perf_counter() - response.first_audio_at < self.options.barge_in_grace_s
-        if (speaking or echo.timeline.pending_s > 0) and (echo.undecided or early):
+        if (speaking or echo.timeline.pending_s > 0) and (echo.undecided or early or echo.settling):
             # Over a reply the microphone may hear: it may be the reply itself. Say nothing yet (a client drops its
             # playback on speech_started): the turn is the user's once the echo monitor says the microphone does
-            # not hear the reply, or when its words are not the reply's.
+            # not hear the reply, or when its words are not the reply's. While the canceller settles (the reply's
+            # first second on a loudspeaker) its leftover echo can sound like speech: such a turn is dropped once
+            # it has settled, and the detector listens afresh to the cleaned microphone.
             self._held[self.detector.turns] = [("input_audio_buffer.speech_started", data)]
             return
         self.emit("input_audio_buffer.speech_started", **data)
@@ -187,17 +190,18 @@ class AsyncRealtimeSession(ReplySpeaker):
         self._cancel(response, "turn_detected")
 
     def _settle(self) -> None:
-        """A held turn goes on; once the echo monitor knows, and the reply has played past its grace, it is settled.
-        The microphone does not hear the reply: the speech is the user's, so say so and stop the reply. It does:
-        what began the turn was the reply itself, heard before the canceller was trusted; the turn is dropped and the
-        detector listens afresh to the cleaned microphone (a user speaking over the reply starts a turn there)."""
+        """A held turn goes on; once the echo monitor knows, the canceller has settled and the reply has played past
+        its grace, it is settled. The microphone does not hear the reply: the speech is the user's, so say so and stop
+        the reply. It does: what began the turn was the reply itself, heard before the canceller was trusted; the turn
+        is dropped and the detector listens afresh to the cleaned microphone (a user speaking over the reply starts a
+        turn there)."""
         turn, echo, response = self.detector.turns, self.listener.echo, self.response
-        if turn not in self._held or not self.detector.in_turn or echo.undecided:
+        if turn not in self._held or not self.detector.in_turn or echo.undecided or echo.settling:
             return
         if response is not None and response.first_audio_at is not None \
                 and time.perf_counter() - response.first_audio_at < self.options.barge_in_grace_s:
             return
-        if echo.monitor.hears:
+        if echo.active:
             del self._held[turn]
             self.detector.reset()
             self.stats["echo_turns"] += 1
@@ -227,8 +231,11 @@ class AsyncRealtimeSession(ReplySpeaker):
         if transcribing is not None and policy is not None and probability >= policy.threshold \
                 and self.options.language in (None, "en"):
             with contextlib.suppress(Exception):  # a failed transcription is reported where the turn is heard
-                if sounds_unfinished((await asyncio.shield(transcribing)).text):
+                heard = (await asyncio.shield(transcribing)).text
+                if sounds_unfinished(heard):
                     probability = min(probability, UNFINISHED_PROBABILITY)
+                elif may_go_on(heard):
+                    probability = min(probability, GOES_ON_PROBABILITY)
         self._dispatch(self.listener.decide(event, probability, heard=model))
 
     def _speech_stopped(self, event: SpeechStopped) -> None:
@@ -265,6 +272,8 @@ class AsyncRealtimeSession(ReplySpeaker):
         # the reply's own words come back only where the microphone may hear it: a headset user may repeat them
         echo = bool(text) and (held or self.listener.echo.may_hear_reply) and \
             is_echo(text, self._recent_replies(), min_words=1 if held else ECHO_MIN_WORDS)
+        # a word or two, begun over a reply the canceller now takes out of the microphone: its leftover echo, misheard
+        echo = echo or (held and bool(text) and self.listener.echo.active and len(text.split()) < ECHO_MIN_WORDS)
         if held:
             if echo or not text:  # the reply coming back, never told: the client plays on
                 self._held.pop(stopped.turn)
