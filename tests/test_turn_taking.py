@@ -19,6 +19,7 @@ from voicekit.listening.smart_turn import (
     SmartTurn,
     bundled_model_path,
     features,
+    may_go_on,
     sounds_unfinished,
 )
 from voicekit.listening.turns import SpeechPaused, SpeechStarted, SpeechStopped, TurnDetector, TurnOptions
@@ -68,6 +69,15 @@ def test_words_that_cannot_end_a_sentence_overrule_a_finished_sound(kit: Any, ko
 ])
 def test_sounds_unfinished(text: str, unfinished: bool) -> None:
     assert sounds_unfinished(text) is unfinished
+
+
+@pytest.mark.parametrize("text, goes_on", [
+    ("I would like to order.", True), ("I need to book", True), ("Yes, I want to buy.", True),
+    ("What would you like to order?", False), ("I would like to order a large pizza.", False),
+    ("I need to eat.", False), ("Order", False), ("", False),
+])
+def test_words_that_usually_go_on(text: str, goes_on: bool) -> None:
+    assert may_go_on(text) is goes_on
 
 
 def test_the_policy_waits_longer_the_less_finished_a_turn_sounds() -> None:

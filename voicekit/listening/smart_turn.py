@@ -8,7 +8,8 @@ pipecat-ai 1.14.0 wheel; licence beside it).
 
 The model hears prosody, and a synthetic or flat voice can sound finished mid-sentence ("Please book a table
 for..." scored complete in every voice tried). The transcript made at the same pause settles those: English does not
-end on "the", "and" or "um", nor, outside a question, on "for" or "is" (`sounds_unfinished`).
+end on "the", "and" or "um", nor, outside a question, on "for" or "is" (`sounds_unfinished`); and "I would like to
+order." usually goes on (`may_go_on`: waited for, less long).
 
 Preprocessing is pipecat's and the model's training script's, reproduced without transformers or torch: the last
 8 s at 16 kHz, zero-padded at the front, normalised to zero mean and unit variance, then Whisper's 80-bin log-mel
@@ -121,6 +122,10 @@ _ONLY_LAST_IN_QUESTIONS = frozenset({
     "is", "are", "was", "were", "am", "be", "been", "will", "would", "shall", "should", "can", "could", "may", "might",
     "must"})
 _WORDS = re.compile(r"[a-z']+")
+# Verbs that, after "to", nearly always take what is ordered, booked or bought next ("I would like to order ...").
+_WANTS_AN_OBJECT = frozenset({
+    "order", "book", "buy", "get", "make", "reserve", "add", "bring", "send", "find", "give", "take", "rent", "pick",
+    "cancel", "change", "schedule", "ask", "tell", "show", "play", "set", "put", "check"})
 
 
 def sounds_unfinished(transcript: str) -> bool:
@@ -135,3 +140,12 @@ def sounds_unfinished(transcript: str) -> bool:
         return True
     last = words[-1]
     return last in _NEVER_LAST or (last in _ONLY_LAST_IN_QUESTIONS and not text.endswith("?"))
+
+
+def may_go_on(transcript: str) -> bool:
+    """True when the words could be whole but usually go on: outside a question, they end on "to" and a verb that
+    takes an object ("I would like to order.", "I need to book"). Weaker than `sounds_unfinished`: "Yes, I would
+    like to order." can be a whole answer, so such a pause waits less."""
+    text = transcript.strip().lower()
+    words = _WORDS.findall(text)
+    return len(words) >= 2 and words[-2] == "to" and words[-1] in _WANTS_AN_OBJECT and not text.endswith("?")
