@@ -17,6 +17,7 @@ import base64
 import json
 import re
 import statistics
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,6 +50,7 @@ class Trial:
 
     events: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
     marks: dict[str, float] = field(default_factory=dict)
+    cuts: list[float] = field(default_factory=list)  # when the loudspeaker dropped reply audio it was playing
 
     def of(self, kind: str) -> list[tuple[float, dict[str, Any]]]:
         return [(at, event) for at, event in self.events if event["type"] == kind]
@@ -121,6 +123,8 @@ async def _receive(ws: Any, trial: Trial, speaker: Loudspeaker | None) -> None:
         if event["type"] == "response.output_audio.delta" and speaker is not None:
             speaker.receive(pcm16_to_float(base64.b64decode(event["delta"])))
         elif event["type"] == "input_audio_buffer.speech_started" and speaker is not None:
+            if speaker.playing:  # the reply stops for the listener here, whether or not the server still made it
+                trial.cuts.append(trial.events[-1][0])
             speaker.flush()  # as a client does: the user spoke, what the old reply had queued is dropped
 
 
@@ -211,9 +215,9 @@ async def reply_on_a_speaker(url: str, room: Room, topic: str) -> dict[str, Any]
                            ask=f"Tell me about {topic}.", until=finished)
     first = trial.responses()[0]
     heard = trial.transcripts()
-    return {"room": room.label(), "status": first["status"],
-            "self_interrupted": first["status"] == "cancelled" and first.get("status_details", {}).get(
-                "reason") == "turn_detected",
+    # cut by a turn: on the server (still making it) or on the loudspeaker (the server had sent it all)
+    cancelled = first["status"] == "cancelled" and first.get("status_details", {}).get("reason") == "turn_detected"
+    return {"room": room.label(), "status": first["status"], "self_interrupted": cancelled or bool(trial.cuts),
             "echo_dropped": sum(1 for event in heard if event.get("echo")),
             "echo_turns": [event["transcript"] for event in heard if not event.get("echo") and event["transcript"]],
             "answered_itself": len(trial.responses()) > 1, "played_s": round(speaker.played_samples / RATE, 2)}
@@ -226,7 +230,8 @@ async def interruption_over_echo(url: str, room: Room, topic: str, user: np.ndar
     plan: dict[str, int] = {}
 
     def mic(trial: Trial, position: int) -> np.ndarray:
-        if "start" not in plan and speaker.played_samples >= int(1.5 * RATE):
+        story_over = bool(trial.responses()) and not speaker.playing  # cut (or ended) before 1.5 s: speak anyway
+        if "start" not in plan and (speaker.played_samples >= int(1.5 * RATE) or story_over):
             plan["start"] = position
         if "start" not in plan:
             return np.zeros(CHUNK, np.float32)
@@ -244,12 +249,14 @@ async def interruption_over_echo(url: str, room: Room, topic: str, user: np.ndar
 
     trial = await converse(url, mic=mic, speaker=speaker, session={"instructions": STORY_INSTRUCTIONS},
                            ask=f"Tell me about {topic}.", until=finished)
-    story = trial.of("response.done")[0]
     first_word = trial.marks.get("first_word")
-    stopped = story[1]["response"]["status"] == "cancelled"
+    # the story stops for the user when the loudspeaker drops it (the server says speech started); cut before the
+    # first word, it interrupted itself
+    stop = trial.cuts[0] if trial.cuts else None
+    stopped = stop is not None and first_word is not None and stop >= first_word
     heard = [event["transcript"] for event in trial.transcripts()]
-    return {"room": room.label(), "stopped": stopped,
-            "stop_after_first_word_s": round(story[0] - first_word, 3) if stopped and first_word else None,
+    return {"room": room.label(), "stopped": stopped, "self_interrupted": stop is not None and not stopped,
+            "stop_after_first_word_s": round(stop - first_word, 3) if stopped and first_word and stop else None,
             "heard": heard, "heard_accuracy": round(max((word_accuracy(INTERRUPTION, text) for text in heard),
                                                          default=0.0), 3),
             "answered": len(trial.responses()) >= 2}
@@ -303,23 +310,36 @@ async def question_on_a_headset(url: str, audio: np.ndarray, text: str) -> dict[
     return result
 
 
+def run_trial(coroutine: Any, **labels: Any) -> dict[str, Any]:
+    """Run one trial; one that hangs past its conversation's timeout is a result saying so, not the end of the bench.
+    Each result is logged as it comes (a 20-minute run shows its progress)."""
+    try:
+        result = {**asyncio.run(coroutine), **labels}
+    except TimeoutError:
+        result = {**labels, "timed_out": True}
+    print(f"bench talk: {json.dumps(result)}", file=sys.stderr, flush=True)
+    return result
+
+
 def run_rooms(url: str, kit: Any, room: str, repeats: int) -> dict[str, Any]:
     """The `room` bench against the server at `url` (a /v1/realtime socket), `repeats` trials of each kind."""
     voices = user_voices(kit)
     results: dict[str, Any] = {"room": room, "user_voices": voices}
     if room == "speaker":
-        replies = [asyncio.run(reply_on_a_speaker(url, ROOMS[i % len(ROOMS)], TOPICS[i % len(TOPICS)]))
-                   for i in range(repeats)]
+        places = [(ROOMS[i % len(ROOMS)], TOPICS[i % len(TOPICS)], voices[i % len(voices)]) for i in range(repeats)]
+        replies = [run_trial(reply_on_a_speaker(url, place, topic), room=place.label()) for place, topic, _ in places]
         user = {voice: spoken(kit, INTERRUPTION, voice) for voice in voices}
-        interruptions = [asyncio.run(interruption_over_echo(url, ROOMS[i % len(ROOMS)], TOPICS[i % len(TOPICS)],
-                                                            user[voices[i % len(voices)]])) for i in range(repeats)]
-        stops = [run["stop_after_first_word_s"] for run in interruptions]
+        interruptions = [run_trial(interruption_over_echo(url, place, topic, user[voice]), room=place.label())
+                         for place, topic, voice in places]
+        stops = [run.get("stop_after_first_word_s") for run in interruptions]
         results.update(
             replies=replies, interruptions=interruptions,
-            self_interruptions=sum(run["self_interrupted"] for run in replies),
-            echo_turns_answered=sum(len(run["echo_turns"]) for run in replies),
-            echo_turns_dropped=sum(run["echo_dropped"] for run in replies),
-            answered_itself=sum(run["answered_itself"] for run in replies),
+            timed_out=sum(run.get("timed_out", False) for run in replies + interruptions),
+            self_interruptions=sum(run.get("self_interrupted", False) for run in replies),
+            self_interruptions_before_the_user_spoke=sum(run.get("self_interrupted", False) for run in interruptions),
+            echo_turns_answered=sum(len(run.get("echo_turns", ())) for run in replies),
+            echo_turns_dropped=sum(run.get("echo_dropped", 0) for run in replies),
+            answered_itself=sum(run.get("answered_itself", False) for run in replies),
             interruptions_stopped_within_0_5_s=sum(1 for stop in stops if stop is not None and stop <= 0.5),
             interruption_stop_median_s=median(stops))
     elif room == "pauses":
@@ -328,23 +348,21 @@ def run_rooms(url: str, kit: Any, room: str, repeats: int) -> dict[str, Any]:
             text = PAUSED[i % len(PAUSED)]
             pause = (0.3, 0.5, 0.7, 1.0)[(i // len(PAUSED)) % 4]
             audio, _ = stretch_pause(spoken(kit, text, voices[i % len(voices)]), pause)
-            runs.append({**asyncio.run(paused_turn(url, audio, text)), "pause_s": pause,
-                         "voice": voices[i % len(voices)]})
-        yes = [{**asyncio.run(paused_turn(url, spoken(kit, "Yes.", voice), "Yes.")), "voice": voice}
-               for voice in voices]
+            runs.append(run_trial(paused_turn(url, audio, text), pause_s=pause, voice=voices[i % len(voices)]))
+        yes = [run_trial(paused_turn(url, spoken(kit, "Yes.", voice), "Yes."), voice=voice) for voice in voices]
         # one turn: a single commit whose words are the whole sentence (a split one commits and answers its first half)
-        whole = [run["turns"] == 1 and run["heard_accuracy"] >= 0.7 for run in runs]
+        whole = [run.get("turns") == 1 and run.get("heard_accuracy", 0) >= 0.7 for run in runs]
         for run, kept in zip(runs, whole, strict=True):
             run["one_turn"] = kept
         results.update(paused=runs, one_turn=sum(whole), of=len(runs), yes=yes,
-                       yes_answered=sum(run["answered"] for run in yes),
-                       yes_last_word_to_first_audio_s=median([run["last_word_to_first_audio_s"] for run in yes]))
+                       yes_answered=sum(run.get("answered", False) for run in yes),
+                       yes_last_word_to_first_audio_s=median([run.get("last_word_to_first_audio_s") for run in yes]))
     else:
         runs = []
         for i in range(repeats):
             text, voice = QUESTIONS[i % len(QUESTIONS)], voices[i % len(voices)]
-            runs.append({**asyncio.run(question_on_a_headset(url, spoken(kit, text, voice), text)), "voice": voice})
+            runs.append(run_trial(question_on_a_headset(url, spoken(kit, text, voice), text), voice=voice))
         results.update(questions=runs,
-                       last_word_to_first_audio_s=median([run["last_word_to_first_audio_s"] for run in runs]),
-                       word_accuracy=round(statistics.mean(run["heard_accuracy"] for run in runs), 3))
+                       last_word_to_first_audio_s=median([run.get("last_word_to_first_audio_s") for run in runs]),
+                       word_accuracy=round(statistics.mean(run.get("heard_accuracy", 0.0) for run in runs), 3))
     return results
