@@ -60,14 +60,16 @@ class Heard:
 
 def session(room: Room, reply: np.ndarray, user: np.ndarray | None = None, user_at: float | None = None,
             mode: str = "auto", speaker_buffer_s: float = 0.08, report_start: bool = False,
-            seconds: float | None = None) -> Heard:
-    """Send `reply` from 0.3 s on at twice real time; stream the room's microphone for `seconds` (default: the reply
-    and 1 s more); the user speaks `user` at `user_at` seconds."""
+            seconds: float | None = None, voice_speed: float = 2.0, piece_s: float = 0.0) -> Heard:
+    """Send `reply` from 0.3 s on at `voice_speed` times real time (in pieces of `piece_s`, 0: as it comes); stream
+    the room's microphone for `seconds` (default: the reply and 1 s more); the user speaks `user` at `user_at`
+    seconds."""
     clock = Clock()
     echo = EchoCanceller(mode, clock=clock)
     speaker = Loudspeaker(room, buffer_s=speaker_buffer_s)
     to_16k, ref_16k = StreamResampler(RATE, 16000), StreamResampler(RATE, 16000)
-    total = int((seconds or len(reply) / RATE + 1.3) * RATE)
+    total = int((seconds or len(reply) / RATE / min(1.0, voice_speed) + 1.3) * RATE)
+    piece = max(1, int(piece_s * RATE))
     voice = np.zeros(total, np.float32)
     if user is not None and user_at is not None:
         start = int(user_at * RATE)
@@ -76,12 +78,12 @@ def session(room: Room, reply: np.ndarray, user: np.ndarray | None = None, user_
     for position in range(0, total, STEP):
         t = position / RATE
         clock.now = 100.0 + t
-        due = int(max(0.0, t - 0.3) * 2 * RATE)  # the voice writes twice as fast as it plays
+        due = int(max(0.0, t - 0.3) * voice_speed * RATE) // piece * piece  # the voice writes at voice_speed
         if due > sent and sent < len(reply):
-            piece = reply[sent:min(due, len(reply))]
-            starts.append(echo.play(ref_16k.push(piece)))
-            speaker.receive(piece)
-            sent += len(piece)
+            written = reply[sent:min(due, len(reply))]
+            starts.append(echo.play(ref_16k.push(written)))
+            speaker.receive(written)
+            sent += len(written)
         was_playing = speaker.played_samples
         mic = speaker.microphone(voice[position:position + STEP])
         if report_start and was_playing == 0 < speaker.played_samples:
@@ -131,6 +133,20 @@ def test_what_the_canceller_leaves_while_it_settles_is_over_by_its_first_second(
     playing_from = 0.3 + 0.08  # sent from 0.3 s, played after the loudspeaker's jitter buffer
     assert playing_from + 0.9 <= heard.settled_at <= playing_from + 1.2, "settling lasts the reply's first second"
     assert speech_runs(heard.out, after_s=heard.settled_at) == [], "what is left after it never starts a turn"
+
+
+@pytest.mark.parametrize("voice_speed", [
+    1.05, pytest.param(0.95, marks=pytest.mark.xfail(strict=True, reason="known: AEC3 leaks when the loudspeaker "
+                                                     "runs dry between pieces (see the docstring)"))])
+def test_a_voice_writing_pieces_near_real_time_is_still_cancelled(reply: np.ndarray, voice_speed: float) -> None:
+    """The voice writes half-second pieces at `voice_speed` times real time. A little faster, the loudspeaker plays
+    them back to back. A little slower, it runs dry before each piece and restarts after its jitter buffer, so the
+    echo's delay moves by tens of milliseconds at every piece; the reference, laid on the server's modelled clock,
+    does not follow, and AEC3 leaks speech-like residue while it re-aligns. Known and not yet fixed (modelling the
+    client's buffer was tried: no better); the bench's one self-interruption, 1.84 s into a reply, may be this."""
+    heard = session(Room(gain=1.0, delay_s=0.3), reply, voice_speed=voice_speed, piece_s=0.5)
+    assert heard.settled_at is not None
+    assert speech_runs(heard.out, after_s=heard.settled_at) == [], "nothing of the echo starts a turn"
 
 
 def test_headphones_lose_nothing(reply: np.ndarray, user: np.ndarray) -> None:
