@@ -116,11 +116,15 @@ def test_typed_questions_cancel_and_the_history_kept_from_the_events(remote: Rem
             said.data["transcript"]
 
         # the client says it played the whole reply but cut it there: kept whole, marked interrupted, as the server's
-        # session computes it from what it sent
+        # session computes it from what it sent: the spoken pieces (the transcript deltas), which are the reply's
+        # text as cleaned for speech (a reply with markdown or symbols differs from its written transcript)
+        spoken = "".join(event.data["delta"] for event in events
+                         if event.type == "response.output_audio_transcript.delta"
+                         and event.data["response_id"] == answer)
         session.send({"type": "conversation.item.truncate", "item_id": history[3]["id"], "content_index": 0,
                       "audio_end_ms": 10**6})
         _until(session, "conversation.item.truncated", timeout=10)
-        assert session.history[3] == {**history[3], "content": f"{said.data['transcript']}…", "interrupted": True}
+        assert session.history[3] == {**history[3], "content": f"{spoken}…", "interrupted": True}
         session.send({"type": "conversation.item.truncate", "item_id": history[3]["id"], "content_index": 0,
                       "audio_end_ms": 0})
         _until(session, "conversation.item.truncated", timeout=10)
