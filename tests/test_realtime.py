@@ -427,3 +427,39 @@ def test_a_headset_user_who_repeats_the_replys_words_is_answered(question: np.nd
     assert heard and word_accuracy(QUESTION, heard[-1]["transcript"].lower()) >= 0.8 and "echo" not in heard[-1]
     assert second[-1].data["response"]["status"] == "completed"
     assert roles == ["user", "assistant", "user", "assistant"]
+
+
+def test_a_voice_that_falls_behind_sends_silence_before_the_loudspeaker_runs_dry() -> None:
+    """The chat model stalls after the first sentence while the client streams its microphone: silence goes out so
+    that, from the first audio on, the server has always sent at least as much as the client has played (a
+    loudspeaker that runs dry restarts later and moves the echo's delay: AEC3 then leaks; tests/test_echo.py). The
+    words, the transcript and the history are those of the reply."""
+    from scripted import ScriptedEngine
+
+    import voicekit
+
+    reply = "The first sentence is short. The second one comes after a wait."
+    engine = ScriptedEngine(reply, hold_after=6)  # "The" of the second sentence lets the first one go
+    arrivals: list[tuple[float, Any]] = []
+    with voicekit.load("cpu", engine=engine) as stalling, stalling.realtime() as session:
+        session.ask("Tell me something.")
+        started = time.perf_counter()
+        while time.perf_counter() - started < 6.0:  # the stall, with the microphone streaming at real time
+            session.append_audio(float_to_pcm16(np.zeros(CHUNK, np.float32)))
+            arrivals += [(time.perf_counter(), event) for event in session.events(timeout=0.001)]
+            time.sleep(CHUNK / RATE)
+        released = time.perf_counter()
+        engine.release.set()
+        arrivals += [(time.perf_counter(), event) for event in _until(session, "response.done")]
+        history = session.history
+    audio = [(at, event.audio) for at, event in arrivals if event.type == "response.output_audio.delta"]
+    assert audio and audio[0][0] < released - 2.0, "the first sentence was spoken early in the stall"
+    first_at, sent = audio[0][0], 0.0
+    for at, samples in [*audio, (released, np.zeros(0, np.float32))]:
+        if at <= released:
+            assert sent >= at - first_at - 0.15, f"the client ran dry {at - first_at:.2f} s in ({sent:.2f} s sent)"
+        sent += len(samples) / RATE
+    silence = sum(len(samples) for at, samples in audio if not np.any(samples)) / RATE
+    assert 1.0 <= silence <= 6.0, silence
+    done = arrivals[-1][1].data["response"]
+    assert done["status"] == "completed" and history[-1]["content"] == reply

@@ -153,6 +153,13 @@ class ReferenceTimeline:
         """Reference audio held (bounded by `max_s`)."""
         return sum(len(samples) for _, samples in self._segments) / SAMPLE_RATE
 
+    def lead_s(self, now: float | None = None) -> float | None:
+        """Seconds of reply audio the client is modelled to hold before it runs dry (negative: dry already); None
+        while no microphone audio has set the clock (a client that sends none plays no echo back)."""
+        if self._offset is None or self.end == 0:
+            return None
+        return (self.end - self.now_index(now)) / SAMPLE_RATE
+
     @property
     def played_s(self) -> float:
         """How long the reply playing now has been reaching the microphone (0 before it starts)."""

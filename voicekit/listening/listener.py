@@ -103,6 +103,11 @@ class Listener:
             return 0
         return self.echo.play(self._reference.push(samples), now)
 
+    def playback_lead_s(self) -> float | None:
+        """Seconds of reply audio the client is modelled to hold before its loudspeaker runs dry; None when the
+        echo canceller is off or the client sends no microphone audio (nothing to keep in step)."""
+        return None if self.echo.mode == "off" else self.echo.timeline.lead_s()
+
     def playback_started(self, start: int, now: float | None = None) -> None:
         """The client says the audio that `play` laid at `start` became audible only now."""
         self.echo.started(start, now)

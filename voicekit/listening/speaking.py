@@ -23,6 +23,8 @@ from voicekit.listening.events import OUTPUT_RATE, SpokenReply, TalkOptions, new
 log = logging.getLogger("voicekit.realtime")
 
 ECHO_MEMORY_S = 8.0  # a reply's words count as "its own" for echo this long after it was last heard
+KEEP_FED_S = 0.1  # a reply's voice falls behind: silence goes out before the client holds less than this
+SILENCE_S = 0.04  # ...in pieces this long
 
 
 class ReplySpeaker:
@@ -144,20 +146,47 @@ class ReplySpeaker:
                     await asyncio.shield(response.reply.aclose())  # aborts its engine requests
 
     async def _stream(self, response: SpokenReply) -> None:
-        reply, resampler, spoken = response.reply, None, -1
-        async for chunk in reply:
-            resampler = resampler or StreamResampler(chunk.sample_rate, OUTPUT_RATE)
-            samples = resampler.push(chunk.samples)
-            if chunk.piece_index != spoken:  # the transcript follows the audio, piece by piece
-                spoken = chunk.piece_index
-                response.piece_ends.append((chunk.piece, response.sent_s))
-                self.emit("response.output_audio_transcript.delta", response_id=response.id,
-                          item_id=response.item_id, delta=("" if spoken == 0 else " ") + chunk.piece)
-            self._send_audio(response, samples)
+        """Send the reply's audio as it comes. When the voice falls behind (it waits for the chat model), silence
+        fills the gap before the client's loudspeaker runs dry: a loudspeaker that runs dry restarts after its jitter
+        buffer, which moves the echo's delay at every restart, and AEC3 leaks while it follows (tests/test_echo.py).
+        Only while the client streams its microphone and echo cancellation runs: nothing else needs it."""
+        reply, resampler, spoken, rate = response.reply, None, -1, OUTPUT_RATE
+        chunks = aiter(reply)
+        waiting: asyncio.Future[Any] = asyncio.ensure_future(anext(chunks))
+        try:
+            while True:
+                done, _ = await asyncio.wait({waiting}, timeout=self._until_dry(response))
+                if not done:  # the voice is late: a little silence, on the same resampler (no click, no reorder)
+                    self._send_audio(response, resampler.push(np.zeros(int(SILENCE_S * rate), np.float32))
+                                     if resampler is not None else np.zeros(int(SILENCE_S * OUTPUT_RATE), np.float32))
+                    continue
+                try:
+                    chunk = waiting.result()
+                except StopAsyncIteration:
+                    break
+                waiting = asyncio.ensure_future(anext(chunks))
+                rate = chunk.sample_rate
+                resampler = resampler or StreamResampler(chunk.sample_rate, OUTPUT_RATE)
+                samples = resampler.push(chunk.samples)
+                if chunk.piece_index != spoken:  # the transcript follows the audio, piece by piece
+                    spoken = chunk.piece_index
+                    response.piece_ends.append((chunk.piece, response.sent_s))
+                    self.emit("response.output_audio_transcript.delta", response_id=response.id,
+                              item_id=response.item_id, delta=("" if spoken == 0 else " ") + chunk.piece)
+                self._send_audio(response, samples)
+        finally:
+            waiting.cancel()  # cut (barge-in): the reply's stream is closed by _speak
         if resampler is not None:
             self._send_audio(response, resampler.flush())
         if reply.turn.timed_out:
             raise TimeoutError(f"the reply took longer than {self.options.time_limit_s:.0f} s")
+
+    def _until_dry(self, response: SpokenReply) -> float | None:
+        """Seconds to wait for the voice before silence must go out (None: wait as long as it takes)."""
+        if response.first_audio_at is None or not response.piece_ends:
+            return None  # nothing plays yet: the first audio is what the client waits for
+        lead = self.listener.playback_lead_s()
+        return None if lead is None else max(0.0, lead - KEEP_FED_S)
 
     def _send_audio(self, response: SpokenReply, samples: np.ndarray) -> None:
         if not len(samples):
