@@ -150,22 +150,22 @@ class ReplySpeaker:
         fills the gap before the client's loudspeaker runs dry: a loudspeaker that runs dry restarts after its jitter
         buffer, which moves the echo's delay at every restart, and AEC3 leaks while it follows (tests/test_echo.py).
         Only while the client streams its microphone and echo cancellation runs: nothing else needs it."""
-        reply, resampler, spoken, rate = response.reply, None, -1, OUTPUT_RATE
+        reply, resampler, spoken = response.reply, None, -1
         chunks = aiter(reply)
         waiting: asyncio.Future[Any] = asyncio.ensure_future(anext(chunks))
         try:
             while True:
                 done, _ = await asyncio.wait({waiting}, timeout=self._until_dry(response))
-                if not done:  # the voice is late: a little silence, on the same resampler (no click, no reorder)
-                    self._send_audio(response, resampler.push(np.zeros(int(SILENCE_S * rate), np.float32))
-                                     if resampler is not None else np.zeros(int(SILENCE_S * OUTPUT_RATE), np.float32))
+                if not done:  # the voice is late (it has spoken: see _until_dry): silence, on the same resampler
+                    assert resampler is not None
+                    self._send_audio(response, resampler.push(np.zeros(int(SILENCE_S * resampler.from_rate),
+                                                                       np.float32)))
                     continue
                 try:
                     chunk = waiting.result()
                 except StopAsyncIteration:
                     break
                 waiting = asyncio.ensure_future(anext(chunks))
-                rate = chunk.sample_rate
                 resampler = resampler or StreamResampler(chunk.sample_rate, OUTPUT_RATE)
                 samples = resampler.push(chunk.samples)
                 if chunk.piece_index != spoken:  # the transcript follows the audio, piece by piece
