@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 
@@ -92,6 +93,24 @@ def test_closing_the_iterator_aborts(kit: Kit, engine) -> None:
     next(stream)
     next(stream)
     stream.close()
+    assert engine.active_requests() == set()
+
+
+def test_a_request_closed_mid_reply_stops_before_the_next_one_decodes(kit: Kit, engine) -> None:
+    """A reply cut after a few tokens (a barge-in) and the next request at once (another session's reply, the next
+    turn): the next one decodes only once the cut one's worker has stopped. Two decoding on one Llama crashed the
+    whole process (a segmentation fault), found when the lock let the next in before the worker had ended."""
+    prompt = engine.chat_prompt([ChatMessage("user", "Tell me a long story about mountains.")])
+
+    async def cut_then_next() -> list:
+        for _ in range(4):
+            async with contextlib.aclosing(engine.generate(prompt, SamplingSettings(max_tokens=400))) as deltas:
+                for _ in range(3):
+                    await anext(deltas)
+        return [delta async for delta in engine.generate(prompt, SamplingSettings(max_tokens=6, seed=2))]
+
+    last = kit.loop.run(cut_then_next(), timeout=120)
+    assert len(last) == 6 and last[-1].finish_reason == "length"
     assert engine.active_requests() == set()
 
 

@@ -83,6 +83,7 @@ class LlamaCppEngine(EngineBase):
         self._add_bos = str(self._llm.metadata.get("tokenizer.ggml.add_bos_token", "true")).lower() == "true"
         self._template = self._llm.metadata.get("tokenizer.chat_template")
         self._lock = asyncio.Lock()  # one Llama, one KV cache: requests take turns
+        self._decoding = threading.Lock()  # ...and their worker threads too, even when a cancelled one lingers
 
     # -- protocol -----------------------------------------------------------------------------------
 
@@ -115,8 +116,9 @@ class LlamaCppEngine(EngineBase):
         cancel = threading.Event()
         request_id = self._begin(request_id, cancel)
         try:
-            async with self._lock:
-                async for delta in self._stream_worker(prompt_ids, sampling, cancel):
+            # the stream is closed here, not whenever it is collected: its worker ends before the lock lets the next in
+            async with self._lock, contextlib.aclosing(self._stream_worker(prompt_ids, sampling, cancel)) as deltas:
+                async for delta in deltas:
                     yield delta
         finally:
             cancel.set()  # stops the worker when the consumer leaves early
@@ -168,7 +170,8 @@ class LlamaCppEngine(EngineBase):
     def _run_generation(self, prompt_ids: list[int], sampling: SamplingSettings, cancel: threading.Event,
                         channel: Channel[Delta]) -> None:
         try:
-            self._generate_sync(prompt_ids, sampling, cancel, channel.put)
+            with self._decoding:  # two threads decoding on one Llama crash the process (a segmentation fault)
+                self._generate_sync(prompt_ids, sampling, cancel, channel.put)
         except BaseException as error:  # delivered to the async side
             channel.fail(error)
         finally:
