@@ -23,7 +23,7 @@ from voicekit.listening.smart_turn import (
     sounds_unfinished,
 )
 from voicekit.listening.turns import SpeechPaused, SpeechStarted, SpeechStopped, TurnDetector, TurnOptions
-from voicekit.listening.vad import SileroVAD
+from voicekit.listening.vad import FRAME, SileroVAD
 
 VOICES = ["en_US-joe-medium", "af_heart", "bm_george", "am_michael"]
 
@@ -137,6 +137,29 @@ def test_a_finished_verdict_ends_the_turn_at_once(sentence: np.ndarray) -> None:
     assert len(stopped) == 1 and isinstance(stopped[0], SpeechStopped) and stopped[0].kept
     assert stopped[0].at_s == pytest.approx(paused[-1].at_s), "the turn ends where the speech did"
     assert not detector.in_turn
+
+
+def test_a_pause_is_reported_to_transcribe_at_then_to_ask_at(sentence: np.ndarray) -> None:
+    """The recognizer may start after 0.1 s of silence, the end-of-turn model is asked after 0.2 s: the same pause
+    (same speech, same end), reported twice, so the words are ready about when the verdict is."""
+    detector, audio = _semantic_detector(), np.concatenate([sentence, np.zeros(int(0.3 * 16000), np.float32)])
+    paused, silence = [], []  # the pauses, and the silence each came after (the detector's clock then)
+    for start in range(0, len(audio), FRAME):
+        for event in detector.push(audio[start:start + FRAME]):
+            if isinstance(event, SpeechPaused):
+                paused.append(event)
+                silence.append(detector.now_s - event.at_s)
+    last_two = paused[-2:]
+    assert [event.ask for event in last_two] == [False, True]
+    assert len({(event.turn, event.speech_s, event.at_s) for event in last_two}) == 1
+    assert silence[-2] == pytest.approx(0.1, abs=0.02) and silence[-1] == pytest.approx(0.2, abs=0.02)
+    assert all(not event.ask for event in paused[:-1]), "only the 0.2 s silence asks the model"
+    # server VAD: only the pause to transcribe at; no pause at all when pause_s is 0
+    for options, expected in ((TurnOptions(silence_s=0.5), [False]), (TurnOptions(silence_s=0.5, pause_s=0.0), [])):
+        detector = TurnDetector(SileroVAD(), options)
+        events = _push(detector, np.concatenate([sentence, np.zeros(int(0.6 * 16000), np.float32)]))
+        tail = events[events.index(next(e for e in events if isinstance(e, SpeechStopped))) - len(expected):]
+        assert [event.ask for event in tail if isinstance(event, SpeechPaused)] == expected
 
 
 def test_an_unfinished_verdict_waits_and_new_speech_makes_it_stale(sentence: np.ndarray) -> None:

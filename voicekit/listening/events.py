@@ -14,7 +14,7 @@ import numpy as np
 
 from voicekit.errors import InvalidHistoryError
 from voicekit.listening.smart_turn import EndOfTurnPolicy
-from voicekit.listening.turns import TurnOptions
+from voicekit.listening.turns import PAUSE_S, TurnOptions
 
 INPUT_RATE = 24000  # OpenAI Realtime's pcm16: 24 kHz mono, both ways
 OUTPUT_RATE = 24000
@@ -109,7 +109,7 @@ def with_turn_detection(options: TalkOptions, spec: dict[str, Any] | None) -> Ta
     silence_s = silence_ms / 1000 if silence_ms is not None else (options.turn.silence_s
                                                                   if options.turn.silence_s < turn.max_turn_s else 0.5)
     return replace(options, turn=replace(turn, threshold=threshold if threshold is not None else turn.threshold,
-                                         silence_s=silence_s, pause_s=min(turn.pause_s or 0.2, silence_s / 2),
+                                         silence_s=silence_s, pause_s=min(turn.pause_s or PAUSE_S, silence_s / 2),
                                          prefix_s=prefix_ms / 1000 if prefix_ms is not None else turn.prefix_s))
 
 

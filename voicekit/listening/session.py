@@ -215,12 +215,13 @@ class AsyncRealtimeSession(ReplySpeaker):
             self.emit(type_, **data)
 
     def _paused(self, event: SpeechPaused) -> None:
-        # Transcribe during the rest of the silence that will end the turn: when it ends with nothing said since,
-        # the transcript is (nearly) ready. One at a time: a recognizer still busy with an older pause is left be.
-        if self._early is None or self._early[2].done():
-            self._early = (event.turn, event.speech_s, self._spawn(self._transcribe(event.audio)))
-        if self.options.turn.semantic:
-            transcribing = self._early[2] if self._early[:2] == (event.turn, event.speech_s) else None
+        # Transcribe during the rest of the silence that will end the turn: when it ends with nothing said since, the
+        # transcript is (nearly) ready. One at a time: a recognizer still busy with an older pause is left be.
+        pause = (event.turn, event.speech_s)
+        if self._early is None or (self._early[2].done() and self._early[:2] != pause):
+            self._early = (*pause, self._spawn(self._transcribe(event.audio)))
+        if event.ask and self.options.turn.semantic:
+            transcribing = self._early[2] if self._early[:2] == pause else None
             self._spawn(self._judge(event, transcribing))
 
     async def _judge(self, event: SpeechPaused, transcribing: asyncio.Task[Any] | None) -> None:

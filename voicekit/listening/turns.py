@@ -2,15 +2,16 @@
 
 `TurnDetector` reads Silero VAD scores of a live 16 kHz stream. Speech starts after `start_s` of speech frames
 (a click or a breath is not speech; barge-in waits for this). A turn shorter than `min_speech_s` of speech is
-dropped (a cough), one longer than `max_turn_s` is cut there. After `pause_s` of silence the detector says the user
-paused (`SpeechPaused`, with the turn so far), so a listener may start transcribing before the turn is over; when
-the turn then ends with no speech since, that work stands.
+dropped (a cough), one longer than `max_turn_s` is cut there. After `pause_s` of silence (0.1 s) the detector says
+the user paused (`SpeechPaused`, with the turn so far), so a listener may start transcribing before the turn is over;
+when the turn then ends with no speech since, that work stands.
 
 When does the turn end?
 - server VAD (`end_of_turn` None): after `silence_s` without speech.
-- semantic (`end_of_turn` an `EndOfTurnPolicy`): the listener asks an end-of-turn model at the pause and hands its
-  verdict to `verdict()`; the turn ends after the silence the policy gives that verdict (at once for a finished
-  sentence, later for "I would like to order..."), and after the policy's longest wait when no verdict came.
+- semantic (`end_of_turn` an `EndOfTurnPolicy`): after the policy's `ask_s` of silence (0.2 s) the detector says so
+  again (`SpeechPaused.ask`); the listener asks an end-of-turn model then and hands its verdict to `verdict()`; the
+  turn ends after the silence the policy gives that verdict (at once for a finished sentence, later for "I would
+  like to order..."), and after the policy's longest wait when no verdict came.
 Times are seconds of audio since the stream began (not wall time: a client may send faster than real time), so a
 verdict that arrives after more silence was fed ends the turn as if it had come in time.
 """
@@ -24,6 +25,8 @@ import numpy as np
 from voicekit.listening.smart_turn import EndOfTurnPolicy
 from voicekit.listening.vad import FRAME, FRAME_S, SileroVAD
 
+PAUSE_S = 0.1  # silence after which transcribing starts: the words are ready about when a finished turn ends
+
 
 @dataclass(frozen=True)
 class TurnOptions:
@@ -33,8 +36,8 @@ class TurnOptions:
     release: float = 0.35  # ...and stays speech, once speaking, down to this one (hysteresis)
     start_s: float = 0.1  # speech this long starts a turn (and may interrupt a reply)
     silence_s: float = 0.5  # silence this long ends it (server VAD)
-    pause_s: float = 0.2  # silence this long is a pause: transcribing may start (0 or >= silence_s: never)
-    end_of_turn: EndOfTurnPolicy | None = None  # semantic: a model's verdict at the pause decides (pause_s = ask_s)
+    pause_s: float = PAUSE_S  # silence this long is a pause: transcribing may start (0 or >= silence_s: never)
+    end_of_turn: EndOfTurnPolicy | None = None  # semantic: a model's verdict, asked at its ask_s of silence, decides
     min_speech_s: float = 0.25  # a turn with less speech than this is dropped
     prefix_s: float = 0.3  # audio kept from before the start, so the recognizer hears the first syllable
     max_turn_s: float = 30.0  # a turn is cut here (a TV in the background must not grow a buffer forever)
@@ -45,9 +48,13 @@ class TurnOptions:
         return self.end_of_turn is not None
 
     @property
-    def pause_at_s(self) -> float:
-        """Silence after which the detector reports a pause (semantic: when the model is asked)."""
-        return self.end_of_turn.ask_s if self.end_of_turn is not None else self.pause_s
+    def pause_frames(self) -> tuple[int | None, int | None]:
+        """Frames of silence after which the detector reports a pause to transcribe at, and one to ask the
+        end-of-turn model at (None: no such pause; both may be the same frame)."""
+        longest = self.longest_silence_s
+        transcribe = round(self.pause_s / FRAME_S) if 0 < self.pause_s < longest else None
+        ask = round(self.end_of_turn.ask_s / FRAME_S) if self.end_of_turn is not None else None
+        return transcribe or None, ask if ask is not None and 0 < ask * FRAME_S < longest else None
 
     @property
     def longest_silence_s(self) -> float:
@@ -64,13 +71,16 @@ class SpeechStarted:
 
 @dataclass(frozen=True)
 class SpeechPaused:
-    """The user has been silent for `pause_s` in turn number `turn`: `audio` is the turn so far (16 kHz), `speech_s`
-    its speech. If the turn ends with the same `speech_s`, nothing was said since."""
+    """The user has been silent for a moment in turn number `turn` (since `at_s`): `audio` is the turn so far (16 kHz),
+    `speech_s` its speech. If the turn ends with the same `speech_s`, nothing was said since. `ask`: this is the
+    silence at which the end-of-turn model is asked (semantic detection); else it is `pause_s`, to transcribe at. One
+    pause may be reported twice (first to transcribe, then to ask), with the same `speech_s`."""
 
     at_s: float
     audio: np.ndarray
     speech_s: float
     turn: int
+    ask: bool = False
 
 
 @dataclass(frozen=True)
@@ -166,10 +176,10 @@ class TurnDetector:
         too_long = len(self._turn) * FRAME_S >= options.max_turn_s
         if self._silent_frames * FRAME_S >= self._end_silence_s or too_long:
             return self._stop()
-        pause_at = options.pause_at_s
-        if self._silent_frames == round(pause_at / FRAME_S) and 0 < pause_at < options.longest_silence_s:
+        if self._silent_frames in options.pause_frames:
             return SpeechPaused((self.frames - self._silent_frames) * FRAME_S, np.concatenate(self._turn),
-                                self._speech_frames * FRAME_S, self.turns)
+                                self._speech_frames * FRAME_S, self.turns,
+                                ask=self._silent_frames == options.pause_frames[1])
         return None
 
     def _idle_step(self, frame: np.ndarray, speaking: bool) -> TurnEvent | None:
