@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 
 import pytest
 
+from voicekit.engines import llamacpp
 from voicekit.engines.base import ChatMessage, SamplingSettings, new_request_id
 from voicekit.kit import Kit
 
@@ -111,6 +113,48 @@ def test_a_request_closed_mid_reply_stops_before_the_next_one_decodes(kit: Kit, 
 
     last = kit.loop.run(cut_then_next(), timeout=120)
     assert len(last) == 6 and last[-1].finish_reason == "length"
+    assert engine.active_requests() == set()
+
+
+def test_held_generation_waits_between_tokens_and_goes_on_after(kit: Kit, engine) -> None:
+    """While a reply's first speech is made (`held()`), the model writes nothing, so the voice has the cores; it
+    goes on after, a cut reply still ends at once, and a hold never lasts past MAX_HOLD_S."""
+    prompt = engine.chat_prompt([ChatMessage("user", "Tell me a long story about mountains.")])
+
+    async def story() -> tuple[list[float], float, float, float]:
+        times: list[float] = []
+
+        async def read() -> None:
+            async for _ in engine.generate(prompt, SamplingSettings(max_tokens=60)):
+                times.append(time.perf_counter())
+
+        reading = asyncio.ensure_future(read())
+        while not times:
+            await asyncio.sleep(0.01)
+        with engine.held():
+            held_at = time.perf_counter()
+            await asyncio.sleep(0.6)
+            released_at = time.perf_counter()
+        await asyncio.wait_for(reading, 60)
+        with engine.held():  # a hold no one releases in time: generation goes on after MAX_HOLD_S
+            began = time.perf_counter()
+            tokens = [delta async for delta in engine.generate(prompt, SamplingSettings(max_tokens=3))]
+            waited = time.perf_counter() - began
+        assert len(tokens) == 3
+        with engine.held():  # cut while held (a barge-in as the first audio is made): it ends at once
+            stream = engine.generate(prompt, SamplingSettings(max_tokens=60))
+            await anext(stream)
+            await asyncio.sleep(0.1)
+            cut_at = time.perf_counter()
+            await stream.aclose()
+            assert time.perf_counter() - cut_at < 0.5
+        return times, held_at, released_at, waited
+
+    times, held_at, released_at, waited = kit.loop.run(story(), timeout=120)
+    during = [at for at in times if held_at + 0.1 < at < released_at]  # the token under way may still come
+    assert not during, "held: the model writes nothing"
+    assert len([at for at in times if at >= released_at]) >= 40, "released: the reply goes on to its end"
+    assert llamacpp.MAX_HOLD_S * 0.9 <= waited <= llamacpp.MAX_HOLD_S * 2 + 5
     assert engine.active_requests() == set()
 
 

@@ -7,7 +7,9 @@ asserted word for word, and a held engine shows what overlap mode promises.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -56,6 +58,33 @@ def test_overlap_speaks_the_first_sentence_while_the_model_is_still_writing() ->
     assert events.index("spoke One two.") < events.index("wrote four")
     assert 0 < reply.timings.ttfa_s < reply.timings.llm_s
     assert len(rest) == 5 and engine.active_requests() == set()
+
+
+class HoldingEngine(ScriptedEngine):
+    """A scripted engine that notes when the pipeline holds it (`EngineBase.held`: a CPU engine waits then)."""
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        self.events.append("held")
+        try:
+            yield
+        finally:
+            self.events.append("released")
+
+
+def test_overlap_holds_a_cpu_chat_model_while_the_first_audio_is_made() -> None:
+    """The user waits for the first piece's audio: the chat model leaves it the cores, once, and only that long."""
+    events: list[str] = []
+    with kit_over(HoldingEngine(REPLY, events), ScriptedBackend(events)) as kit:
+        reply = kit.chat("Hi", mode="overlap")
+        reply.audio()
+    assert events.count("held") == events.count("released") == 1
+    assert events.index("held") < events.index("spoke One two.") < events.index("released")
+    assert reply.text == REPLY and [c.piece_index for c in reply.chunks] == [0, 0, 1, 1, 2, 2], "no audio lost"
+    events.clear()
+    with kit_over(HoldingEngine(REPLY, events), ScriptedBackend(events)) as kit:
+        kit.chat("Hi", mode="sequential").audio()
+    assert "held" not in events, "sequential: the reply is written before anything is spoken"
 
 
 def test_overlap_can_cut_the_first_clause_early() -> None:

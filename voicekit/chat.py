@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
@@ -77,6 +78,12 @@ class ChatModel:
                     yield delta.text
         finally:
             await stream.aclose()  # type: ignore[attr-defined]
+
+    def held(self) -> contextlib.AbstractContextManager[Any]:
+        """The engine waits between tokens while this is entered, if it computes on the CPU cores (see
+        `EngineBase.held`); engines without `held` go on."""
+        held = getattr(self.engine, "held", None)
+        return held() if held is not None else contextlib.nullcontext()
 
     async def reply(self, message: str, past: Sequence[ChatMessage] = (), **options: Any) -> str:
         """The whole reply text, stripped."""

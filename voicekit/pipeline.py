@@ -5,7 +5,8 @@ Two modes:
   Only one model works at a time, which is what a small GPU (or two engines that must not step together)
   needs.
 - `overlap`: the first complete sentence is spoken while the chat model keeps writing; sentences are
-  released by `text.SentenceStream` as soon as they are certain.
+  released by `text.SentenceStream` as soon as they are certain. While the first piece's audio is made, a chat
+  model on the CPU waits (`ChatModel.held`): the user is waiting for that audio, and the two share the cores.
 
 Timings are wall-clock seconds from the start of the turn; time the consumer spends between chunks
 (playing audio, sending it over a network) is not charged to the models.
@@ -269,8 +270,15 @@ class Pipeline:
         writer = asyncio.create_task(self._write_pieces(replies, turn, ready))
         try:
             while (piece := await ready.get()) is not None:
-                async for chunk in self._speak(piece, turn):
-                    yield chunk
+                async with contextlib.aclosing(self._speak(piece, turn)) as chunks:  # type: ignore[type-var]
+                    if turn.timings.ttfa_s is None:  # the first audio: the chat model leaves it the cores
+                        assert self.chat_model is not None
+                        with self.chat_model.held():
+                            first = await anext(chunks, None)
+                        if first is not None:
+                            yield first
+                    async for chunk in chunks:
+                        yield chunk
             await writer  # re-raises a chat-model error
         finally:
             if not writer.done():

@@ -11,6 +11,7 @@ AsyncLLM binds itself to the loop that first uses it.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import uuid
@@ -108,6 +109,12 @@ class EngineBase:
     async def failure(self) -> str | None:
         """Why this engine can no longer generate; here: only when it was closed."""
         return f"the {self.name} engine for {self.model} is closed" if self._closed else None
+
+    def held(self) -> contextlib.AbstractContextManager[None]:
+        """While this is entered, an engine that computes on the machine's CPU cores waits between tokens, so what
+        the caller runs meanwhile has them (the first piece of a reply's speech: its user is waiting for it). Engines
+        on a GPU or another machine go on: here, nothing to hold."""
+        return contextlib.nullcontext()
 
     def tokenize(self, text: str) -> list[int]:
         """Ids of plain `text` in the model's vocabulary (Orpheus builds its prompts from them). Engines that can
