@@ -247,6 +247,19 @@ def test_stream_first_fragment_is_cut_early_at_a_comma() -> None:
     assert splitter.flush() == ["Later, we talk."]
 
 
+def test_stream_first_fragment_may_end_before_a_clause() -> None:
+    """No comma comes: the first piece ends before "and", "but", "which"... once it is long enough (the voice starts
+    on "Set a timer for ten minutes", not after the whole long sentence is written)."""
+    splitter = SentenceStream(first_fragment_chars=16)
+    assert splitter.push("Set a timer for ten minutes and") == []  # "and" may still be "android"
+    assert splitter.push(" then") == []  # the word after it may not be finished either
+    assert splitter.push(" start the game.") == ["Set a timer for ten minutes"]
+    assert splitter.flush() == ["and then start the game."]
+    splitter = SentenceStream(first_fragment_chars=16)
+    assert splitter.push("Cats and dogs like to play and then ") == ["Cats and dogs like to play"], "not at 4"
+    assert splitter.push("sleep.") == [] and splitter.flush() == ["and then sleep."]
+
+
 def test_stream_without_first_fragment_never_cuts_at_commas() -> None:
     splitter = SentenceStream()
     assert splitter.push("Well, that is a good question, and here") == []
@@ -316,7 +329,8 @@ def test_stream_matches_batch_property(
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(tokens=st.lists(st.sampled_from([*TOKENS, ",", ";", "a", "word"]), max_size=40), seed=st.integers(0, 99))
+@given(tokens=st.lists(st.sampled_from([*TOKENS, ",", ";", "a", "word", "and", "which"]), max_size=40),
+       seed=st.integers(0, 99))
 def test_first_fragment_only_moves_the_first_boundary(tokens: list[str], seed: int) -> None:
     text = " ".join(tokens)
     rng = random.Random(seed)
@@ -324,7 +338,8 @@ def test_first_fragment_only_moves_the_first_boundary(tokens: list[str], seed: i
     plain, early = stream(text, sizes), stream(text, sizes, first_fragment_chars=8)
     if len(early) == len(plain) + 1:
         assert [f"{early[0]} {early[1]}", *early[2:]] == plain
-        assert early[0][-1] in ",;:—–-" and len(early[0]) >= 8
+        assert early[0][-1] in ",;:—–-" or early[1].split()[0] in ("and", "which")
+        assert len(early[0]) >= 8
     else:
         assert early == plain
     assert early == stream(text, [], first_fragment_chars=8)  # the cut does not depend on the chunking

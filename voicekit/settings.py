@@ -163,9 +163,10 @@ class Settings(_Schema):
     # pipeline
     mode: Mode = Field("sequential", description="`sequential` (write the whole reply, then speak) or `overlap` "
                        "(speak the first sentence while the model writes)")
-    first_fragment_chars: int = Field(24, ge=0, description="overlap mode (and spoken turns): speak the first "
-                                      "clause early, at `, ; :` or a dash, once this many characters are written; "
-                                      "`0`: whole sentences only")
+    first_fragment_chars: int = Field(16, ge=0, description="overlap mode (and spoken turns): speak the first "
+                                      "clause early, at `, ; :`, a dash or before a conjunction (`and`, `but`, "
+                                      "`which`, ...), once this many characters are written; `0`: whole sentences "
+                                      "only")
     max_text_chars: int = Field(2000, gt=0, description="longest text (`say`) or message (`chat`) accepted; "
                                 "longer input is refused with a clear error")
     # listening (voicekit.listening: speech recognition, turn-taking, barge-in)

@@ -43,6 +43,8 @@ _CLOSERS = "\"'”’)]»"
 _TERM_RE = re.compile(r"[.!?…]+[\"'”’)\]»]*")
 # a soft break with words after it: `, ; :`, a dash (— or –), or a hyphen standing between spaces
 _SOFT_RE = re.compile(r"(?:[,;:—–]|(?<=\s)-)(?=\s+[\"'“‘(\[]*[^\W_])")
+# ...or the space before a conjunction that starts a clause, with a word after it ("... ten minutes | and then ...")
+_CLAUSE_RE = re.compile(r"\s(?=(?:and|but|because|which|while|although|though|whereas)\s+[\"'“‘(\[]*[^\W_])")
 _SPACE_RE = re.compile(r"\s*")
 _OPENING_RE = re.compile(f"[{re.escape(_OPENERS)}]*")
 _ALNUM_RE = re.compile(r"[^\W_]")
@@ -254,10 +256,13 @@ def split_sentences(text: str, min_chars: int = DEFAULT_MIN_CHARS) -> list[str]:
 
 
 def _first_cut(piece: str, min_length: int, min_chars: int) -> int | None:
-    """End of the first `, ; :` or dash in `piece` that leaves a head of at least `min_length` characters."""
-    for match in _SOFT_RE.finditer(piece):
-        if match.end() >= min_length and _speakable(piece[: match.end()]) >= min_chars:
-            return match.end()
+    """End of the first `, ; :` or dash in `piece`, or of the words before a conjunction that starts a clause ("and",
+    "but", "because", "which", ...), that leaves a head of at least `min_length` characters."""
+    ends = sorted([match.end() for match in _SOFT_RE.finditer(piece)] +
+                  [match.start() for match in _CLAUSE_RE.finditer(piece)])
+    for end in ends:
+        if end >= min_length and _speakable(piece[:end]) >= min_chars:
+            return end
     return None
 
 
@@ -319,8 +324,9 @@ class SentenceStream:
     cleaned with `clean_for_speech` and follow the rules of `split_sentences`; together they are exactly
     `split_sentences(clean_for_speech(reply, keep_tags), min_chars)` however the reply was chunked (one
     exception: a sentence that starts with a capitalised e-mail address, decided on its first letter).
-    With `first_fragment_chars`, the first piece is cut early after the first `, ; :` that leaves at
-    least that many characters before it, so the voice can start sooner; later pieces are whole.
+    With `first_fragment_chars`, the first piece is cut early after the first `, ; :` or dash, or before the first
+    conjunction that starts a clause ("and", "but", "because", "which", ...), that leaves at least that many
+    characters before it, so the voice can start sooner; later pieces are whole.
     """
 
     def __init__(

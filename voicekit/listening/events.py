@@ -46,7 +46,7 @@ class TalkOptions:
     echo: str = "auto"
     barge_in_grace_s: float = 0.3
     mode: str = "overlap"
-    first_fragment_chars: int = 24
+    first_fragment_chars: int = 16
     language: str | None = "en"
     time_limit_s: float | None = 120.0
 
