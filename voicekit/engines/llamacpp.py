@@ -71,8 +71,7 @@ class LlamaCppEngine(EngineBase):
     def __init__(self, model_path: str | Path, n_ctx: int = 2048, n_threads: int | None = None,
                  n_gpu_layers: int = 0) -> None:
         """`n_gpu_layers`: layers to offload (-1 all, 0 none; `voicekit.device.llama_cpp_offload` says what the
-        build can). `n_threads`: CPU threads for writing and reading the prompt; None: `default_threads()` to write,
-        `default_batch_threads()` to read."""
+        build can)."""
         from llama_cpp import Llama  # heavy import, only when the engine is built
 
         super().__init__()
@@ -84,7 +83,6 @@ class LlamaCppEngine(EngineBase):
         self.n_gpu_layers = n_gpu_layers
         with _safe_weight_buffers():
             self._llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=n_threads or default_threads(),
-                              n_threads_batch=n_threads or default_batch_threads(),
                               n_gpu_layers=self.n_gpu_layers, verbose=False)
         self._add_bos = str(self._llm.metadata.get("tokenizer.ggml.add_bos_token", "true")).lower() == "true"
         self._template = self._llm.metadata.get("tokenizer.chat_template")
@@ -254,14 +252,6 @@ def default_threads() -> int:
     Measured on 2 cores with SmolLM2-135M: 1 thread wrote replies ~30% faster than 2, in both modes.
     """
     return max(1, min(4, (os.cpu_count() or 1) // 2))
-
-
-def default_batch_threads() -> int:
-    """Threads for reading the prompt: all the cores, 1 to 4. The prompt is read in one batch before anything else
-    of the reply runs (the user's words are in, the voice waits for the first clause); measured on 2 cores with
-    SmolLM2-135M, a new question after a cached system prompt took 0.17 s to its first token on one thread, 0.09 s
-    on two."""
-    return max(1, min(4, os.cpu_count() or 1))
 
 
 def _find_stop(text: str, stops: Sequence[str]) -> int | None:
