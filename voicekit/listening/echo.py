@@ -354,7 +354,12 @@ def echo_share(heard: str, spoken: Iterable[str]) -> float:
     return matched / len(heard_words)
 
 
+def word_count(text: str) -> int:
+    """Words in `text` as the echo check counts them (a dashed word is several)."""
+    return len(_words(text))
+
+
 def is_echo(heard: str, spoken: Iterable[str], min_words: int = ECHO_MIN_WORDS) -> bool:
     """True when a turn is the assistant's own voice coming back: mostly the recent replies' words, in order, and
     at least `min_words` long (by default a one- or two-word answer is always taken for the user's)."""
-    return len(_words(heard)) >= min_words and echo_share(heard, spoken) >= ECHO_SHARE
+    return word_count(heard) >= min_words and echo_share(heard, spoken) >= ECHO_SHARE

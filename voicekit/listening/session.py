@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from voicekit.listening.echo import ECHO_MIN_WORDS, is_echo
+from voicekit.listening.echo import ECHO_MIN_WORDS, is_echo, word_count
 from voicekit.listening.events import (
     INPUT_RATE,
     OUTPUT_RATE,
@@ -274,7 +274,7 @@ class AsyncRealtimeSession(ReplySpeaker):
         echo = bool(text) and (held or self.listener.echo.may_hear_reply) and \
             is_echo(text, self._recent_replies(), min_words=1 if held else ECHO_MIN_WORDS)
         # a word or two, begun over a reply the canceller now takes out of the microphone: its leftover echo, misheard
-        echo = echo or (held and bool(text) and self.listener.echo.active and len(text.split()) < ECHO_MIN_WORDS)
+        echo = echo or (held and bool(text) and self.listener.echo.active and word_count(text) < ECHO_MIN_WORDS)
         if held:
             if echo or not text:  # the reply coming back, never told: the client plays on
                 self._held.pop(stopped.turn)
