@@ -41,10 +41,10 @@ _LOWER_WORD_RE = re.compile(r"[a-z]+(?!\w)")
 _OPENERS = "\"'“‘([«¿¡"
 _CLOSERS = "\"'”’)]»"
 _TERM_RE = re.compile(r"[.!?…]+[\"'”’)\]»]*")
-# a soft break with words after it: `, ; :`, a dash (— or –), or a hyphen standing between spaces
-_SOFT_RE = re.compile(r"(?:[,;:—–]|(?<=\s)-)(?=\s+[\"'“‘(\[]*[^\W_])")
-# ...or the space before a conjunction that starts a clause, with a word after it ("... ten minutes | and then ...")
-_CLAUSE_RE = re.compile(r"\s(?=(?:and|but|because|which|while|although|though|whereas)\s+[\"'“‘(\[]*[^\W_])")
+# a soft break with words after it: `, ; :`, a dash (— or –), or a hyphen standing between spaces; or (an empty
+# match) the end of the words before a conjunction that starts a clause ("... ten minutes | and then ...")
+_SOFT_RE = re.compile(r"(?:[,;:—–]|(?<=\s)-|(?=\s(?:and|but|because|which|while|although|though|whereas)"
+                      r"\s+[\"'“‘(\[]*[^\W_]))(?=\s+[\"'“‘(\[]*[^\W_])")
 _SPACE_RE = re.compile(r"\s*")
 _OPENING_RE = re.compile(f"[{re.escape(_OPENERS)}]*")
 _ALNUM_RE = re.compile(r"[^\W_]")
@@ -258,11 +258,9 @@ def split_sentences(text: str, min_chars: int = DEFAULT_MIN_CHARS) -> list[str]:
 def _first_cut(piece: str, min_length: int, min_chars: int) -> int | None:
     """End of the first `, ; :` or dash in `piece`, or of the words before a conjunction that starts a clause ("and",
     "but", "because", "which", ...), that leaves a head of at least `min_length` characters."""
-    ends = sorted([match.end() for match in _SOFT_RE.finditer(piece)] +
-                  [match.start() for match in _CLAUSE_RE.finditer(piece)])
-    for end in ends:
-        if end >= min_length and _speakable(piece[:end]) >= min_chars:
-            return end
+    for match in _SOFT_RE.finditer(piece):
+        if match.end() >= min_length and _speakable(piece[: match.end()]) >= min_chars:
+            return match.end()
     return None
 
 

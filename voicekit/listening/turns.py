@@ -176,10 +176,10 @@ class TurnDetector:
         too_long = len(self._turn) * FRAME_S >= options.max_turn_s
         if self._silent_frames * FRAME_S >= self._end_silence_s or too_long:
             return self._stop()
-        if self._silent_frames in options.pause_frames:
+        transcribe_at, ask_at = options.pause_frames
+        if self._silent_frames in (transcribe_at, ask_at):
             return SpeechPaused((self.frames - self._silent_frames) * FRAME_S, np.concatenate(self._turn),
-                                self._speech_frames * FRAME_S, self.turns,
-                                ask=self._silent_frames == options.pause_frames[1])
+                                self._speech_frames * FRAME_S, self.turns, ask=self._silent_frames == ask_at)
         return None
 
     def _idle_step(self, frame: np.ndarray, speaking: bool) -> TurnEvent | None:
