@@ -173,6 +173,18 @@ def test_the_user_talking_over_the_echo_is_still_heard(reply: np.ndarray, user: 
     assert runs and runs[0][0] < 3.0 + 0.5, f"the user's speech starts a turn within 0.5 s: {runs}"
 
 
+def test_talking_over_the_reply_for_long_leaves_the_canceller_on(reply: np.ndarray, user: np.ndarray) -> None:
+    """The user speaks over the echo for seconds (double talk): the microphone's loudness no longer follows the
+    reply's, but it still hears it. Taking the canceller off then (as it once did) let the next reply cut itself."""
+    pause = np.zeros(RATE // 4, np.float32)
+    heard = session(Room(gain=0.5, delay_s=0.04), reply, np.concatenate([user, pause, user, pause, user]),
+                    user_at=2.0, seconds=9.0)
+    assert heard.decided_at is not None and heard.decided_at < 2.0, "known before the user spoke"
+    assert heard.echo.monitor.hears is True and heard.echo.active
+    runs = speech_runs(heard.out, after_s=1.5)
+    assert runs and runs[0][0] < 2.0 + 0.5, f"and the user is heard through it: {runs}"
+
+
 def test_a_late_playback_start_is_cancelled_when_the_client_says_so(reply: np.ndarray) -> None:
     """A client that buffers a second before playing: the reference laid at send time is too early for AEC3 (it looks
     0.5 s back at most); the client's `output_audio_buffer.started` moves it to when playback began."""

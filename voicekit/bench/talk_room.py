@@ -224,7 +224,8 @@ async def reply_on_a_speaker(url: str, room: Room, topic: str) -> dict[str, Any]
 
 
 async def interruption_over_echo(url: str, room: Room, topic: str, user: np.ndarray) -> dict[str, Any]:
-    """1.5 s into a story on the loudspeaker, the user speaks over its echo: how soon does the story stop?"""
+    """1.5 s into a story on the loudspeaker, the user speaks over its echo: how soon does the story stop? Then the
+    answer plays on the same loudspeaker: does it cut or answer itself?"""
     speaker = Loudspeaker(room)
     onset = int(speech_span(user)[0] * RATE)
     plan: dict[str, int] = {}
@@ -244,8 +245,13 @@ async def interruption_over_echo(url: str, room: Room, topic: str, user: np.ndar
     def finished(trial: Trial, position: int) -> bool:
         if "start" not in plan:
             return False
-        answered = len(trial.responses()) >= 2
-        return answered or position - plan["start"] > len(user) + 8 * RATE
+        if position - plan["start"] > len(user) + 40 * RATE:
+            return True  # never answered (or an answer that never ends): counted as such
+        if len(trial.responses()) < 2 or speaker.playing:
+            return False
+        # the answer has played out on the loudspeaker: its echo's tail and a turn it might start have had their time
+        quiet = trial.marks.setdefault("answer_quiet", position)
+        return position - quiet >= int(1.5 * RATE)
 
     trial = await converse(url, mic=mic, speaker=speaker, session={"instructions": STORY_INSTRUCTIONS},
                            ask=f"Tell me about {topic}.", until=finished)
@@ -255,7 +261,12 @@ async def interruption_over_echo(url: str, room: Room, topic: str, user: np.ndar
     stop = trial.cuts[0] if trial.cuts else None
     stopped = stop is not None and first_word is not None and stop >= first_word
     heard = [event["transcript"] for event in trial.transcripts()]
+    answer = trial.responses()[1] if len(trial.responses()) > 1 else None
+    # the answer, played on the same loudspeaker, cut by a turn (its own echo, nobody else speaks) or answered
+    answer_cut = len(trial.cuts) > 1 or (answer is not None and answer["status"] == "cancelled"
+                                         and answer.get("status_details", {}).get("reason") == "turn_detected")
     return {"room": room.label(), "stopped": stopped, "self_interrupted": stop is not None and not stopped,
+            "answer_cut_itself": answer_cut, "answered_itself": len(trial.responses()) > 2,
             "stop_after_first_word_s": round(stop - first_word, 3) if stopped and first_word and stop else None,
             "heard": heard, "heard_accuracy": round(max((word_accuracy(INTERRUPTION, text) for text in heard),
                                                          default=0.0), 3),
@@ -294,7 +305,9 @@ async def paused_turn(url: str, audio: np.ndarray, text: str,
         done = trial.responses()
         if done:
             stages["reply_first_audio_s"] = done[0].get("timings", {}).get("ttfa_s")
-    return {"text": text, "turns": len(committed), "heard": heard,
+    # the turn ended (committed) before the last word was said: the reply answered its first part
+    ended_early = bool(committed) and last is not None and committed[0][0] < last
+    return {"text": text, "turns": len(committed), "ended_before_last_word": ended_early, "heard": heard,
             "heard_accuracy": round(word_accuracy(text, " ".join(heard)), 3), "answered": bool(trial.responses()),
             "last_word_to_first_audio_s": round(first_audio - last, 3) if first_audio and last else None, **stages}
 
@@ -337,6 +350,8 @@ def run_rooms(url: str, kit: Any, room: str, repeats: int) -> dict[str, Any]:
             timed_out=sum(run.get("timed_out", False) for run in replies + interruptions),
             self_interruptions=sum(run.get("self_interrupted", False) for run in replies),
             self_interruptions_before_the_user_spoke=sum(run.get("self_interrupted", False) for run in interruptions),
+            answers_that_cut_themselves=sum(run.get("answer_cut_itself", False) for run in interruptions),
+            answers_that_answered_themselves=sum(run.get("answered_itself", False) for run in interruptions),
             echo_turns_answered=sum(len(run.get("echo_turns", ())) for run in replies),
             echo_turns_dropped=sum(run.get("echo_dropped", 0) for run in replies),
             answered_itself=sum(run.get("answered_itself", False) for run in replies),
@@ -350,8 +365,10 @@ def run_rooms(url: str, kit: Any, room: str, repeats: int) -> dict[str, Any]:
             audio, _ = stretch_pause(spoken(kit, text, voices[i % len(voices)]), pause)
             runs.append(run_trial(paused_turn(url, audio, text), pause_s=pause, voice=voices[i % len(voices)]))
         yes = [run_trial(paused_turn(url, spoken(kit, "Yes.", voice), "Yes."), voice=voice) for voice in voices]
-        # one turn: a single commit whose words are the whole sentence (a split one commits and answers its first half)
-        whole = [run.get("turns") == 1 and run.get("heard_accuracy", 0) >= 0.7 for run in runs]
+        # one turn: a single commit, after the last word, whose words are the whole sentence (a split one commits and
+        # answers its first half)
+        whole = [run.get("turns") == 1 and not run.get("ended_before_last_word") and run.get("heard_accuracy", 0) >= 0.7
+                 for run in runs]
         for run, kept in zip(runs, whole, strict=True):
             run["one_turn"] = kept
         results.update(paused=runs, one_turn=sum(whole), of=len(runs), yes=yes,

@@ -178,25 +178,32 @@ class EchoPathMonitor:
     Every `step_s` it correlates the last `window_s` of microphone levels with the reference levels at each delay
     (over the frames where the reply plays, once there are `min_playing_s` of them). A strong match says "hears" at
     once; weak matches, or a microphone that stays silent while the reply plays, for `doubt_s` of playing say "does
-    not hear". Until one of them (`hears` None) nothing is known."""
+    not hear". Until one of them (`hears` None) nothing is known.
+
+    Once it hears the reply, someone speaking over it (what the canceller leaves is loud: `talking_db`) breaks the
+    match too; that is double talk, not a microphone gone deaf, so it never takes "hears" back (it did: the answer
+    to an interruption then played unguarded and cut itself on its own echo)."""
 
     def __init__(self, window_s: float = 1.0, step_s: float = 0.1, max_delay_s: float = 0.5,
                  min_playing_s: float = 0.4, hears_at: float = 0.8, deaf_below: float = 0.6, doubt_s: float = 1.0,
-                 silent_db: float = -60.0) -> None:
+                 silent_db: float = -60.0, talking_db: float = -45.0) -> None:
         self.window, self.step, self.max_lag = int(window_s * 100), int(step_s * 100), int(max_delay_s * 100)
         self.min_playing, self.doubt = int(min_playing_s * 100), int(doubt_s * 100)
-        self.hears_at, self.deaf_below, self.silent_db = hears_at, deaf_below, silent_db
+        self.hears_at, self.deaf_below, self.silent_db, self.talking_db = hears_at, deaf_below, silent_db, talking_db
         self.hears: bool | None = None
         self.score: float | None = None  # the last correlation measured
         self._mic: collections.deque[float] = collections.deque(maxlen=self.window + self.max_lag)
         self._ref: collections.deque[float] = collections.deque(maxlen=self.window + self.max_lag)
+        self._near: collections.deque[float] = collections.deque(maxlen=self.window)  # the cleaned microphone
         self._since = 0
         self._deaf_frames = 0
         self._strong = 0  # strong matches in a row
 
-    def add(self, mic_db: float, reference_db: float | None) -> None:
-        """One 10 ms frame: the microphone's level, and the reference's (None while nothing plays)."""
+    def add(self, mic_db: float, reference_db: float | None, near_db: float = _SILENT_DB) -> None:
+        """One 10 ms frame: the microphone's level, the reference's (None while nothing plays) and what is left of
+        the microphone after cancellation (`near_db`)."""
         self._mic.append(mic_db)
+        self._near.append(near_db)
         self._ref.append(_SILENT_DB if reference_db is None else reference_db)
         self._since += 1
         if self._since >= self.step:
@@ -230,6 +237,8 @@ class EchoPathMonitor:
                 self._deaf_frames = 0
             return
         self._strong = 0
+        if self.hears and float(np.percentile(self._near, 90)) > self.talking_db:
+            return  # someone speaks over the reply in this window (double talk): no evidence either way
         if silent or (best is not None and best < self.deaf_below):
             self._deaf_frames += self.step
             if self._deaf_frames >= self.doubt and self.hears is not False:
@@ -324,7 +333,7 @@ class EchoCanceller:
             self._apm.process_stream(self._mic_frame)  # in place
             cleaned[row] = self._mic_view
             self.timeline.consumed += FRAME
-            self.monitor.add(float(raw_db[row]), reference_db)
+            self.monitor.add(float(raw_db[row]), reference_db, float(_level_db(self._mic_view)))
             self.frames += 1
         chosen = cleaned if self.active else frames
         return chosen.reshape(-1).astype(np.float32) / 32768.0
