@@ -195,3 +195,10 @@ def test_builds_with_amx_load_without_the_amx_weight_buffers(engine) -> None:
     amx = has_amx(llama_cpp.llama_print_system_info().decode())
     assert engine._llm.model_params.use_extra_bufts is (not amx)
     assert llama_cpp.llama_model_default_params().use_extra_bufts, "the library's own defaults are left as they were"
+
+
+def test_the_prompt_is_read_on_the_threads_that_write(engine) -> None:
+    """llama-cpp-python reads a prompt on every core unless told; inside a session that only took a core from the
+    microphone, the echo canceller and the voice (docs/BENCHMARKS.md, "Talking in a room")."""
+    params = engine._llm.context_params
+    assert params.n_threads_batch == params.n_threads == engine._llm.n_threads

@@ -82,7 +82,10 @@ class LlamaCppEngine(EngineBase):
         self.n_ctx = n_ctx
         self.n_gpu_layers = n_gpu_layers
         with _safe_weight_buffers():
-            self._llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=n_threads or default_threads(),
+            # the prompt is read on as many threads as tokens are written: llama-cpp-python's default is every core,
+            # which inside a session (microphone, echo canceller, socket on the same cores) was slower, not faster
+            threads = n_threads or default_threads()
+            self._llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
                               n_gpu_layers=self.n_gpu_layers, verbose=False)
         self._add_bos = str(self._llm.metadata.get("tokenizer.ggml.add_bos_token", "true")).lower() == "true"
         self._template = self._llm.metadata.get("tokenizer.chat_template")
