@@ -239,6 +239,8 @@ async def interruption_over_echo(url: str, room: Room, topic: str, user: np.ndar
         offset = position - plan["start"]
         if offset <= onset < offset + CHUNK:
             trial.marks.setdefault("first_word", time.perf_counter())
+        if offset >= len(user):
+            trial.marks.setdefault("user_done", time.perf_counter())  # the user's last sample has been sent
         piece = user[offset:offset + CHUNK] if 0 <= offset < len(user) else np.zeros(0, np.float32)
         return np.pad(piece, (0, CHUNK - len(piece)))
 
@@ -247,7 +249,9 @@ async def interruption_over_echo(url: str, room: Room, topic: str, user: np.ndar
             return False
         if position - plan["start"] > len(user) + 40 * RATE:
             return True  # never answered (or an answer that never ends): counted as such
-        if len(trial.responses()) < 2 or speaker.playing:
+        replying = len(trial.of("response.created")) > len(trial.responses())
+        if "user_done" not in trial.marks or len(trial.responses()) < 2 or replying or speaker.playing:
+            trial.marks.pop("answer_quiet", None)
             return False
         # the answer has played out on the loudspeaker: its echo's tail and a turn it might start have had their time
         quiet = trial.marks.setdefault("answer_quiet", position)
@@ -261,12 +265,16 @@ async def interruption_over_echo(url: str, room: Room, topic: str, user: np.ndar
     stop = trial.cuts[0] if trial.cuts else None
     stopped = stop is not None and first_word is not None and stop >= first_word
     heard = [event["transcript"] for event in trial.transcripts()]
-    answer = trial.responses()[1] if len(trial.responses()) > 1 else None
-    # the answer, played on the same loudspeaker, cut by a turn (its own echo, nobody else speaks) or answered
-    answer_cut = len(trial.cuts) > 1 or (answer is not None and answer["status"] == "cancelled"
-                                         and answer.get("status_details", {}).get("reason") == "turn_detected")
+    # after the user's last word only the answer's echo reaches the microphone: a cut then, or a turn that began
+    # then and was answered, is the answer cutting or answering itself
+    user_done = trial.marks.get("user_done", float("inf"))
+    user_end_ms = (plan.get("start", 0) + len(user)) / RATE * 1000
+    late = {event["item_id"] for _, event in trial.of("input_audio_buffer.speech_started")
+            if event["audio_start_ms"] >= user_end_ms}
+    answered_itself = any(event["item_id"] in late and event["transcript"].strip() and not event.get("echo")
+                          for event in trial.transcripts())
     return {"room": room.label(), "stopped": stopped, "self_interrupted": stop is not None and not stopped,
-            "answer_cut_itself": answer_cut, "answered_itself": len(trial.responses()) > 2,
+            "answer_cut_itself": any(cut > user_done for cut in trial.cuts), "answered_itself": answered_itself,
             "stop_after_first_word_s": round(stop - first_word, 3) if stopped and first_word and stop else None,
             "heard": heard, "heard_accuracy": round(max((word_accuracy(INTERRUPTION, text) for text in heard),
                                                          default=0.0), 3),
@@ -300,13 +308,15 @@ async def paused_turn(url: str, audio: np.ndarray, text: str,
     last = marks.get("last_word")
     stages: dict[str, Any] = {}
     if last is not None and committed:  # where the time went: the turn's end, the recognizer, then the reply
+        stopped = trial.of("input_audio_buffer.speech_stopped")[-1][1]
         stages["turn_end_s"] = round(trial.of("input_audio_buffer.speech_stopped")[-1][0] - last, 3)
+        stages["smart_turn_probability"] = stopped.get("smart_turn_probability")
         stages["asr_s"] = trial.transcripts()[-1].get("asr_s") if trial.transcripts() else None
         done = trial.responses()
         if done:
             stages["reply_first_audio_s"] = done[0].get("timings", {}).get("ttfa_s")
     # the turn ended (committed) before the last word was said: the reply answered its first part
-    ended_early = bool(committed) and last is not None and committed[0][0] < last
+    ended_early = bool(committed) and (last is None or committed[0][0] < last)  # None: answered before it was said
     return {"text": text, "turns": len(committed), "ended_before_last_word": ended_early, "heard": heard,
             "heard_accuracy": round(word_accuracy(text, " ".join(heard)), 3), "answered": bool(trial.responses()),
             "last_word_to_first_audio_s": round(first_audio - last, 3) if first_audio and last else None, **stages}
