@@ -308,8 +308,8 @@ async def paused_turn(url: str, audio: np.ndarray, text: str,
     last = marks.get("last_word")
     stages: dict[str, Any] = {}
     if last is not None and committed:  # where the time went: the turn's end, the recognizer, then the reply
-        stopped = trial.of("input_audio_buffer.speech_stopped")[-1][1]
-        stages["turn_end_s"] = round(trial.of("input_audio_buffer.speech_stopped")[-1][0] - last, 3)
+        stopped_at, stopped = trial.of("input_audio_buffer.speech_stopped")[-1]
+        stages["turn_end_s"] = round(stopped_at - last, 3)
         stages["smart_turn_probability"] = stopped.get("smart_turn_probability")
         stages["asr_s"] = trial.transcripts()[-1].get("asr_s") if trial.transcripts() else None
         done = trial.responses()
