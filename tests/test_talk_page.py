@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
+from voicekit.bench.talk_room import word_accuracy
 from voicekit.serve import BackgroundServer, compose, realtime
 from voicekit.serve.auth import check_page_token, header_authorized
 from voicekit.serve.talk import render_page, static_version
@@ -239,7 +240,10 @@ def test_fake_microphone_question_is_heard_and_answered(talk_server: BackgroundS
         page.wait_for_function("() => { const t = window.voicekitTalk.turns.at(-1); "
                                "return t && t.finished; }", timeout=150_000)
         transcript = page.evaluate("window.voicekitTalk.lastTranscript").lower()
-        assert "capital" in transcript and "france" in transcript, transcript
+        # The question, a word at most misheard: through Chromium's noise suppression and gain control tiny.en
+        # sometimes hears "...the capital of friends?" (CI, 1 run in several); the recognizer's own accuracy is
+        # test_asr's, this checks that the microphone's speech reached it whole.
+        assert word_accuracy(QUESTION, transcript) >= 0.8, transcript
         assert transcript in page.locator(".vk-user").last.inner_text().lower()
         turn = _last_turn(page)
         assert turn["kind"] == "speech" and turn["status"] == "completed" and turn["text"].strip()

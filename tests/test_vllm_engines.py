@@ -16,6 +16,7 @@ on 2 cores), so the engines and the server are module-scoped and shared by the t
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib.util
 import os
 import re
@@ -529,32 +530,37 @@ def test_http_abort_by_closing_the_stream(kit_loop, http_engine, server) -> None
             request_id in line and "abort" in line.lower() for line in server.log_tail(400).splitlines()
         )
 
-    async def close_early(request_id: str) -> bool:
-        """Read three deltas, then close; True when the request was still running on the server at the close."""
+    def finished_whole() -> float:
+        return _metric(_metrics(server.base_url), "vllm:request_success_total", finished_reason="length")
+
+    def settled(request_id: str, whole_before: float) -> bool:
+        return server_aborted(request_id) or finished_whole() > whole_before
+
+    async def close_early(request_id: str) -> None:
         stream = http_engine.generate("hello world", sampling, request_id)
         got = 0
         async for _ in stream:
             got += 1
             if got == 3:
                 break
-        running_at_close = running() >= 1
         await stream.aclose()
-        return running_at_close
 
-    # The whole request takes ~5 s here; a machine busy enough to stall this client that long lets it finish
-    # before the close, and then there is nothing to abort: such a try proves nothing, so take another.
+    # The whole request takes 5-10 s here; a machine busy enough to stall this client that long lets it finish
+    # before the close, and then there is nothing to abort: such a try proves nothing, so take another. Which one
+    # it was is the server's to say once it is done with the request: aborted, or one more finished whole (CI
+    # failed this when a try read the running gauge between the deltas and the close: 3 tries, never "running").
     tries: list[str] = []
     for _ in range(3):
         tries.append(new_request_id("http-close"))
-        if kit_loop.run(close_early(tries[-1]), timeout=STEP_TIMEOUT_S):
+        whole_before = finished_whole()
+        kit_loop.run(close_early(tries[-1]), timeout=STEP_TIMEOUT_S)
+        done = kit_loop.run(_wait_until(functools.partial(settled, tries[-1], whole_before), 60), timeout=90)
+        assert done, f"the server neither aborted nor finished {tries[-1]}; log:\n{server.log_tail(30)}"
+        if server_aborted(tries[-1]):
             break
     else:
-        pytest.fail(f"no request was still running when its stream was closed ({tries}); log:\n{server.log_tail(30)}")
-    closed_id = tries[-1]
+        pytest.fail(f"every request finished before its stream was closed ({tries}); log:\n{server.log_tail(30)}")
     assert http_engine.active_requests() == set()
-    assert kit_loop.run(_wait_until(lambda: server_aborted(closed_id), 20), timeout=60), (
-        f"vLLM did not abort the request when its stream was closed; server log:\n{server.log_tail(30)}"
-    )
 
     # abort(id) closes the stream too, and the stream ends with an abort delta.
     aborted_id = new_request_id("http-abort")
