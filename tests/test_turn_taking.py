@@ -4,6 +4,7 @@ eagerness policy, and the turn detector acting on verdicts (Silero VAD throughou
 from __future__ import annotations
 
 import hashlib
+import time
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 from room import RATE, speech, stretch_pause, with_silence
 
-from voicekit.audio import resample
+from voicekit.audio import float_to_pcm16, resample
 from voicekit.listening.events import TalkOptions, turn_detection, with_turn_detection
 from voicekit.listening.smart_turn import (
     MODEL_SHA256,
@@ -183,3 +184,91 @@ def test_without_a_verdict_the_longest_wait_ends_the_turn(sentence: np.ndarray) 
     events = _push(detector, np.concatenate([sentence, np.zeros(int(4.2 * 16000), np.float32)]))
     stopped = [event for event in events if isinstance(event, SpeechStopped)]
     assert len(stopped) == 1 and stopped[0].kept
+
+
+# -- the session: a reply waits for the user's turn ----------------------------------------------------------
+
+
+def _wait_for(session: Any, seen: list[Any], wanted: str, count: int, timeout: float = 60.0) -> None:
+    """Events into `seen` until it holds `count` events of type `wanted`."""
+    deadline = time.monotonic() + timeout
+    while [event.type for event in seen].count(wanted) < count:
+        left = deadline - time.monotonic()
+        assert left > 0, f"no {count} x {wanted} in {timeout} s; saw {[event.type for event in seen]}"
+        try:
+            event = session.next_event(timeout=left)
+        except TimeoutError:
+            continue
+        assert event is not None, "the session closed"
+        seen.append(event)
+
+
+def _live(session: Any, audio: np.ndarray) -> list[Any]:
+    """Microphone audio at real time (40 ms chunks); the events that came meanwhile."""
+    chunk, seen = RATE // 25, []
+    for i in range(0, len(audio), chunk):
+        session.append_audio(float_to_pcm16(audio[i:i + chunk]))
+        time.sleep(chunk / RATE)
+        seen += list(session.events(timeout=0.001))
+    return seen
+
+
+def test_a_reply_waits_while_the_user_goes_on_and_the_answer_hears_both_halves(kit: Any, kokoro_voices: Path) -> None:
+    """The user pauses long enough to end a turn, then goes on before the reply has said a word. The reply waits
+    (it used to play over the second half), is dropped once the user's words are heard, and the answer is written
+    for both halves together. Real VAD, Smart Turn, Whisper and Piper; the chat model is held until the user has
+    gone on, so the reply is ready while they speak."""
+    from scripted import ScriptedEngine
+
+    import voicekit
+
+    first = with_silence(speech(kit, "Please book a table.", "af_heart", kokoro_voices), 0.3, 0.2)
+    second = with_silence(speech(kit, "For four people at eight tonight.", "af_heart", kokoro_voices), 0.0, 1.5)
+    engine = ScriptedEngine("Sure, I can book that for you.", hold_after=0)
+    with voicekit.load("cpu", engine=engine) as scripted, scripted.realtime() as session:
+        seen = _live(session, first)
+        _wait_for(session, seen, "response.created", 1, 10)
+        going_on = int(0.8 * RATE)  # into the second half: its speech has started
+        seen += _live(session, second[:going_on])
+        assert [e.type for e in seen].count("input_audio_buffer.speech_started") == 2, [e.type for e in seen]
+        engine.release.set()  # the reply to "Please book a table." is written and spoken now, mid-turn
+        seen += _live(session, second[going_on:])
+        _wait_for(session, seen, "response.done", 2)
+    created = [e.data["response"]["id"] for e in seen if e.type == "response.created"]
+    done = {e.data["response"]["id"]: e.data["response"] for e in seen if e.type == "response.done"}
+    assert len(created) == 2 and set(done) == set(created)
+    assert done[created[0]]["status"] == "cancelled", done[created[0]]
+    assert done[created[0]]["status_details"]["reason"] == "turn_detected"
+    spoke = {e.data["response_id"] for e in seen if e.type == "response.output_audio.delta"}
+    assert spoke == {created[1]}, "the first reply said nothing over the user; the answer speaks"
+    assert done[created[1]]["status"] == "completed"
+    asked = engine.prompts[-1].split("user: ")[-1].lower()  # the answer's prompt: both halves, one user turn
+    assert "table" in asked and "people" in asked and "eight" in asked, engine.prompts[-1]
+
+
+def test_a_reply_held_by_a_cough_speaks_once_it_is_over(kit: Any, kokoro_voices: Path) -> None:
+    """A sound too short to be a turn starts one while the reply is being written: the reply waits for it, then
+    speaks whole (a turn that never ended the hold would silence the session)."""
+    from scripted import ScriptedEngine
+
+    import voicekit
+
+    question = with_silence(speech(kit, "What is the capital of France?", "af_heart", kokoro_voices), 0.3, 0.2)
+    spoken = speech(kit, "Four people.", "af_heart", kokoro_voices)
+    onset = int(np.argmax(np.abs(spoken) > 0.05))
+    cough = with_silence(spoken[onset:onset + int(0.22 * RATE)], 0.3, 1.0)  # ~0.19 s of speech: under min_speech_s
+    engine = ScriptedEngine("It is Paris.", hold_after=0)
+    with voicekit.load("cpu", engine=engine) as scripted, scripted.realtime() as session:
+        seen = _live(session, question)
+        _wait_for(session, seen, "response.created", 1, 10)
+        seen += _live(session, cough[: int(0.45 * RATE)])
+        engine.release.set()
+        seen += _live(session, cough[int(0.45 * RATE):])
+        _wait_for(session, seen, "response.done", 1, 30)
+    types = [event.type for event in seen]
+    assert types.count("input_audio_buffer.speech_started") == 2, types  # the cough began a turn...
+    assert types.count("input_audio_buffer.committed") == 1, types  # ...too short to be one
+    cough_over = len(types) - 1 - types[::-1].index("input_audio_buffer.speech_stopped")
+    assert types.index("response.output_audio.delta") > cough_over, "the reply waited for the cough"
+    done = next(event for event in seen if event.type == "response.done").data["response"]
+    assert done["status"] == "completed" and done["timings"]["audio_sent_s"] > 0.3, done

@@ -75,6 +75,9 @@ class AsyncRealtimeSession(ReplySpeaker):
         self._spoken: collections.deque[SpokenReply] = collections.deque(maxlen=4)  # recent replies, for echo
         self._interrupting_turn: int | None = None  # the turn whose start last cut a reply
         self._held: dict[int, list[tuple[str, dict[str, Any]]]] = {}  # turns that may be echo: their events wait
+        self._hushing: set[int] = set()  # turns begun and not yet heard: a reply not yet speaking waits for them
+        self._floor = asyncio.Event()  # set while no such turn is open
+        self._floor.set()
         self._events: asyncio.Queue[Event | None] = asyncio.Queue()
         self._item_id = new_id("item")  # the user item the audio now arriving belongs to
         self._early: tuple[int, float, asyncio.Task[Any]] | None = None  # (turn, speech_s, transcription at a pause)
@@ -165,11 +168,13 @@ class AsyncRealtimeSession(ReplySpeaker):
     def clear(self) -> None:
         """Drop the audio heard since the last turn."""
         self.listener.clear()
+        self._unhush()
         self.emit("input_audio_buffer.cleared")
 
     def _speech_started(self, event: SpeechStarted) -> None:
         data = {"audio_start_ms": round(event.at_s * 1000), "item_id": self._item_id}
         response, echo = self.response, self.listener.echo
+        self._hush(self.detector.turns)
         speaking = response is not None and response.first_audio_at is not None
         early = speaking and time.perf_counter() - response.first_audio_at < self.options.barge_in_grace_s
         if (speaking or echo.timeline.pending_s > 0) and (echo.undecided or early or echo.settling):
@@ -204,11 +209,30 @@ class AsyncRealtimeSession(ReplySpeaker):
         if echo.active:
             del self._held[turn]
             self.detector.reset()
+            self._unhush(turn)
             self.stats["echo_turns"] += 1
             return
         self._release(turn)
         if response is not None and response.first_audio_at is not None:
             self._barge_in(response)
+
+    def _hush(self, turn: int) -> None:
+        """The user began `turn`: a reply that has not begun to speak waits until the turn is heard. Their words
+        cancel it (a sentence split by a pause is answered whole: the model sees both halves); noise, a cough or
+        the echo let it play (before, it played over the rest of what the user said). Only where the server ends
+        turns: a client that commits them decides itself."""
+        if self.options.turn.silence_s < self.options.turn.max_turn_s:
+            self._hushing.add(turn)
+            self._floor.clear()
+
+    def _unhush(self, turn: int | None = None) -> None:
+        """`turn` was heard (every open turn, with None): a waiting reply may speak once no turn is open."""
+        if turn is None:
+            self._hushing.clear()
+        else:
+            self._hushing.discard(turn)
+        if not self._hushing:
+            self._floor.set()
 
     def _release(self, turn: int) -> None:
         for type_, data in self._held.pop(turn, []):
@@ -250,6 +274,7 @@ class AsyncRealtimeSession(ReplySpeaker):
                 "smart_turn_probability": round(verdict.model, 3)} if verdict else {}))
         if not event.kept:
             self._held.pop(event.turn, None)  # too short to be a turn (a cough, a click): nothing more to say
+            self._unhush(event.turn)
             return
         say("input_audio_buffer.committed", item_id=item_id)
         same = early is not None and early[:2] == (event.turn, event.speech_s)  # nothing said since the pause
@@ -260,6 +285,13 @@ class AsyncRealtimeSession(ReplySpeaker):
 
     async def _hear(self, item_id: str, stopped: SpeechStopped, ended_at: float,
                     early: asyncio.Task[Any] | None = None) -> None:
+        try:
+            await self._heard_turn(item_id, stopped, ended_at, early)
+        finally:
+            self._unhush(stopped.turn)  # its words have cancelled a reply they held; noise or echo lets it speak
+
+    async def _heard_turn(self, item_id: str, stopped: SpeechStopped, ended_at: float,
+                          early: asyncio.Task[Any] | None) -> None:
         try:
             transcript = await early if early is not None else await self._transcribe(stopped.audio)
         except Exception as error:  # reported to the client; the session goes on

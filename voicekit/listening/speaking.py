@@ -39,6 +39,7 @@ class ReplySpeaker:
     instructions: str
     _spoken: collections.deque[SpokenReply]
     _gate: Any
+    _floor: asyncio.Event  # clear while the user is mid-turn (see AsyncRealtimeSession._hush)
 
     def emit(self, type_: str, audio: np.ndarray | None = None, **data: Any) -> None:
         raise NotImplementedError
@@ -166,6 +167,8 @@ class ReplySpeaker:
                 except StopAsyncIteration:
                     break
                 waiting = asyncio.ensure_future(anext(chunks))
+                if response.first_audio_at is None:
+                    await self._wait_for_the_user()  # the next piece is made meanwhile
                 resampler = resampler or StreamResampler(chunk.sample_rate, OUTPUT_RATE)
                 samples = resampler.push(chunk.samples)
                 if chunk.piece_index != spoken:  # the transcript follows the audio, piece by piece
@@ -180,6 +183,17 @@ class ReplySpeaker:
             self._send_audio(response, resampler.flush())
         if reply.turn.timed_out:
             raise TimeoutError(f"the reply took longer than {self.options.time_limit_s:.0f} s")
+
+    async def _wait_for_the_user(self) -> None:
+        """A reply does not begin to speak while the user is mid-turn; bounded, so that a turn never heard (a missed
+        path) cannot silence the session for good."""
+        if self._floor.is_set():
+            return
+        try:
+            await asyncio.wait_for(self._floor.wait(), self.options.turn.max_turn_s + 5.0)
+        except TimeoutError:
+            log.warning("a reply waited %.0f s for the user's turn to end: it speaks now",
+                        self.options.turn.max_turn_s + 5.0)
 
     def _until_dry(self, response: SpokenReply) -> float | None:
         """Seconds to wait for the voice before silence must go out (None: wait as long as it takes)."""
