@@ -286,7 +286,8 @@ async def interruption_over_echo(url: str, room: Room, topic: str, user: np.ndar
 
 async def paused_turn(url: str, audio: np.ndarray, text: str,
                       instructions: str = SHORT_INSTRUCTIONS) -> dict[str, Any]:
-    """Speak `audio` (a sentence with a pause inside, or a short answer); count the turns the server took."""
+    """Speak `audio` (a sentence with a pause inside, or a short answer); count the turns the server took and say
+    whether a reply spoke before the last word (what a user notices: the kit answered half a sentence)."""
     lead = int(0.3 * RATE)
     spoken_audio = np.concatenate([np.zeros(lead, np.float32), audio])
     last_word = lead + int(speech_span(audio)[1] * RATE)
@@ -299,7 +300,9 @@ async def paused_turn(url: str, audio: np.ndarray, text: str,
         return np.pad(piece, (0, CHUNK - len(piece)))
 
     def finished(trial: Trial, position: int) -> bool:
-        return bool(trial.responses()) or position > len(spoken_audio) + 6 * RATE
+        # a reply to the first part, dropped when the user went on, is not the answer: wait for one that completes
+        answered = any(response.get("status") != "cancelled" for response in trial.responses())
+        return answered or position > len(spoken_audio) + 6 * RATE
 
     trial = await converse(url, mic=mic, session={"instructions": instructions}, until=finished)
     committed = trial.of("input_audio_buffer.committed")
@@ -312,13 +315,21 @@ async def paused_turn(url: str, audio: np.ndarray, text: str,
         stages["turn_end_s"] = round(stopped_at - last, 3)
         stages["smart_turn_probability"] = stopped.get("smart_turn_probability")
         stages["asr_s"] = trial.transcripts()[-1].get("asr_s") if trial.transcripts() else None
-        done = trial.responses()
+        done = [response for response in trial.responses() if response.get("status") == "completed"]
         if done:
             stages["reply_first_audio_s"] = done[0].get("timings", {}).get("ttfa_s")
-    # the turn ended (committed) before the last word was said: the reply answered its first part
-    ended_early = bool(committed) and (last is None or committed[0][0] < last)  # None: answered before it was said
-    return {"text": text, "turns": len(committed), "ended_before_last_word": ended_early, "heard": heard,
-            "heard_accuracy": round(word_accuracy(text, " ".join(heard)), 3), "answered": bool(trial.responses()),
+    # the turn ended (committed) before the last word was said: the detector split the sentence. The reply to its
+    # first part waits while the user goes on and is dropped once their words are heard, so the user notices only a
+    # reply that spoke before the last word (None: before it was even said).
+    ended_early = bool(committed) and (last is None or committed[0][0] < last)
+    # answered: a reply that was not dropped spoke (a long one may still be speaking when the trial stops)
+    dropped = {response["id"] for response in trial.responses() if response.get("status") == "cancelled"}
+    spoken = {event["response_id"] for _, event in trial.of("response.output_audio.delta")}
+    spoke_early = first_audio is not None and (last is None or first_audio < last)
+    return {"text": text, "turns": len(committed), "ended_before_last_word": ended_early,
+            "replied_before_last_word": spoke_early, "heard": heard,
+            "heard_accuracy": round(word_accuracy(text, " ".join(heard)), 3),
+            "answered": bool(spoken - dropped),
             "last_word_to_first_audio_s": round(first_audio - last, 3) if first_audio and last else None, **stages}
 
 
@@ -375,13 +386,14 @@ def run_rooms(url: str, kit: Any, room: str, repeats: int) -> dict[str, Any]:
             audio, _ = stretch_pause(spoken(kit, text, voices[i % len(voices)]), pause)
             runs.append(run_trial(paused_turn(url, audio, text), pause_s=pause, voice=voices[i % len(voices)]))
         yes = [run_trial(paused_turn(url, spoken(kit, "Yes.", voice), "Yes."), voice=voice) for voice in voices]
-        # one turn: a single commit, after the last word, whose words are the whole sentence (a split one commits and
-        # answers its first half)
-        whole = [run.get("turns") == 1 and not run.get("ended_before_last_word") and run.get("heard_accuracy", 0) >= 0.7
+        # one turn, as the user hears it: no reply before the last word, and one answer to the whole sentence's words
+        # (a split the reply waited out counts; split_by_the_detector says how often the detector itself split)
+        whole = [run.get("answered") and not run.get("replied_before_last_word") and run.get("heard_accuracy", 0) >= 0.7
                  for run in runs]
         for run, kept in zip(runs, whole, strict=True):
             run["one_turn"] = kept
         results.update(paused=runs, one_turn=sum(whole), of=len(runs), yes=yes,
+                       split_by_the_detector=sum(bool(run.get("ended_before_last_word")) for run in runs),
                        yes_answered=sum(run.get("answered", False) for run in yes),
                        yes_last_word_to_first_audio_s=median([run.get("last_word_to_first_audio_s") for run in yes]))
     else:
