@@ -104,7 +104,14 @@ def test_turn_detection_takes_openais_shapes() -> None:
     assert turn_detection(vad) == {"type": "server_vad", "threshold": 0.6, "silence_duration_ms": 700,
                                    "prefix_padding_ms": 300}
     assert not vad.turn.semantic and vad.turn.pause_s < vad.turn.silence_s
-    assert turn_detection(with_turn_detection(vad, None)) == {"type": "none"}
+    manual = with_turn_detection(vad, None)
+    assert turn_detection(manual) == {"type": "none"} and manual.turn.manual
+    assert manual.turn.pause_frames == (None, None)  # the client commits: nothing is transcribed early
+    # back from "none", a pause is transcribed early and asked about again, as in a session that never left
+    back = with_turn_detection(manual, {"type": "semantic_vad"})
+    assert not back.turn.manual
+    assert back.turn.pause_frames == with_turn_detection(base, {"type": "semantic_vad"}).turn.pause_frames == (3, 6)
+    assert with_turn_detection(manual, {"type": "server_vad"}).turn.silence_s == 0.5
     for bad in ({"type": "magic"}, {"type": "server_vad", "silence_duration_ms": -5},
                 {"type": "server_vad", "threshold": "high"}, {"type": "semantic_vad", "eagerness": "eager"}):
         with pytest.raises(ValueError):

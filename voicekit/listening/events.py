@@ -90,6 +90,8 @@ def with_turn_detection(options: TalkOptions, spec: dict[str, Any] | None) -> Ta
     "silence_duration_ms", "prefix_padding_ms"}`, or None / `{"type": "none"}` (the client commits each turn).
     Raises ValueError on anything else."""
     turn = replace(options.turn, end_of_turn=None)
+    if turn.manual:  # leaving "none": the silences it switched off come back (a pause transcribes early again)
+        turn = replace(turn, silence_s=TurnOptions.silence_s, pause_s=PAUSE_S)
     kind = "none" if spec is None else spec.get("type")
     if kind == "semantic_vad":
         eagerness = spec.get("eagerness") or "auto"  # type: ignore[union-attr]
@@ -106,8 +108,7 @@ def with_turn_detection(options: TalkOptions, spec: dict[str, Any] | None) -> Ta
                                    ("prefix_padding_ms", prefix_ms, 0, 2000)):
         if value is not None and (not isinstance(value, int | float) or not low <= value <= high):
             raise ValueError(f"turn_detection.{name} must be a number from {low:g} to {high:g}, not {value!r}")
-    silence_s = silence_ms / 1000 if silence_ms is not None else (options.turn.silence_s
-                                                                  if options.turn.silence_s < turn.max_turn_s else 0.5)
+    silence_s = silence_ms / 1000 if silence_ms is not None else turn.silence_s
     return replace(options, turn=replace(turn, threshold=threshold if threshold is not None else turn.threshold,
                                          silence_s=silence_s, pause_s=min(turn.pause_s or PAUSE_S, silence_s / 2),
                                          prefix_s=prefix_ms / 1000 if prefix_ms is not None else turn.prefix_s))
@@ -163,7 +164,7 @@ def turn_detection(options: TalkOptions) -> dict[str, Any]:
     if turn.end_of_turn is not None:
         return {"type": "semantic_vad", "eagerness": options.eagerness, "threshold": turn.threshold,
                 "prefix_padding_ms": round(turn.prefix_s * 1000)}
-    if turn.silence_s >= turn.max_turn_s:
+    if turn.manual:
         return {"type": "none"}
     return {"type": "server_vad", "threshold": turn.threshold, "silence_duration_ms": round(turn.silence_s * 1000),
             "prefix_padding_ms": round(turn.prefix_s * 1000)}

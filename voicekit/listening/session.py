@@ -221,7 +221,7 @@ class AsyncRealtimeSession(ReplySpeaker):
         cancel it (a sentence split by a pause is answered whole: the model sees both halves); noise, a cough or
         the echo let it play (before, it played over the rest of what the user said). Only where the server ends
         turns: a client that commits them decides itself."""
-        if self.options.turn.silence_s < self.options.turn.max_turn_s:
+        if not self.options.turn.manual:
             self._hushing.add(turn)
             self._floor.clear()
 

@@ -43,6 +43,11 @@ class TurnOptions:
     max_turn_s: float = 30.0  # a turn is cut here (a TV in the background must not grow a buffer forever)
 
     @property
+    def manual(self) -> bool:
+        """True when the client ends each turn (turn detection "none"): only `max_turn_s` ends one here."""
+        return self.end_of_turn is None and self.silence_s >= self.max_turn_s
+
+    @property
     def semantic(self) -> bool:
         """True when an end-of-turn model decides which pauses end the turn."""
         return self.end_of_turn is not None
