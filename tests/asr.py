@@ -8,6 +8,9 @@ from typing import Any
 import numpy as np
 
 from voicekit.audio import resample
+from voicekit.bench.talk_room import word_accuracy  # the bench's count: punctuation dropped, "4" is "four"
+
+__all__ = ["heard", "word_accuracy"]
 
 
 def heard(whisper: Any, samples: Any, sample_rate: int) -> str:
@@ -15,13 +18,3 @@ def heard(whisper: Any, samples: Any, sample_rate: int) -> str:
     audio = resample(np.asarray(samples, dtype=np.float32), sample_rate, 16000)
     segments, _ = whisper.transcribe(audio, language="en", beam_size=1)
     return " ".join(re.findall(r"[a-z']+", " ".join(segment.text for segment in segments).lower()))
-
-
-def word_accuracy(expected: str, got: str) -> float:
-    """Share of the expected words that were heard, in order (a longest common subsequence of words)."""
-    want, have = re.findall(r"[a-z']+", expected.lower()), got.split()
-    table = [[0] * (len(have) + 1) for _ in range(len(want) + 1)]
-    for i, word in enumerate(want):
-        for j, other in enumerate(have):
-            table[i + 1][j + 1] = table[i][j] + 1 if word == other else max(table[i][j + 1], table[i + 1][j])
-    return table[-1][-1] / max(1, len(want))
