@@ -67,6 +67,7 @@ def test_a_pause_in_the_middle_of_a_sentence_is_one_turn(url: str, kit: Any, kok
     result = asyncio.run(talk_room.paused_turn(url, audio, text))
     assert result["turns"] == 1 and not result["ended_before_last_word"] and result["answered"], result
     assert word_accuracy(text, " ".join(result["heard"]).lower()) >= 0.7, result
+    assert result["first_piece"].strip() and result["reply_first_audio_s"] > 0, result  # where the latency went
 
 
 def test_a_one_word_answer_is_answered(url: str, kit: Any, kokoro_voices: Path) -> None:

@@ -318,6 +318,10 @@ async def paused_turn(url: str, audio: np.ndarray, text: str,
         done = [response for response in trial.responses() if response.get("status") == "completed"]
         if done:
             stages["reply_first_audio_s"] = done[0].get("timings", {}).get("ttfa_s")
+            # what the voice waited for: the chat model wrote this much before the first audio could be made
+            pieces = trial.of("response.output_audio_transcript.delta")
+            stages["first_piece"] = next((event["delta"] for _, event in pieces
+                                          if event.get("response_id") == done[0]["id"]), None)
     # the turn ended (committed) before the last word was said: the detector split the sentence. The reply to its
     # first part waits while the user goes on and is dropped once their words are heard, so the user notices only a
     # reply that spoke before the last word (None: before it was even said).
