@@ -10,6 +10,7 @@ import asyncio
 import hashlib
 import json
 import os
+import statistics
 import subprocess
 import sys
 import threading
@@ -73,6 +74,23 @@ def test_the_kit_hears_what_it_says(kit: Kit, spoken: dict[str, np.ndarray], tex
     assert transcript.segments[-1].end_s <= transcript.duration_s + 0.5
     assert 0.0 < transcript.rtf < 1.0  # tiny.en is far faster than real time, even on 2 busy cores
     assert set(transcript.as_dict()) == {"text", "language", "duration_s", "seconds", "rtf", "segments"}
+
+
+def test_words_come_with_the_times_they_were_spoken(kit: Kit, spoken: dict[str, np.ndarray]) -> None:
+    samples = spoken[FOX]
+    plain = kit.transcribe(samples, kit.sample_rate)
+    assert plain.words == () and "words" not in plain.as_dict()  # only when asked for
+    timed = kit.transcribe(samples, kit.sample_rate, words=True)
+    assert [word.text for word in timed.words] == timed.text.split() and len(timed.words) == 9
+    assert all(0.0 <= word.start_s <= word.end_s <= timed.duration_s for word in timed.words)
+    assert [word.start_s for word in timed.words] == sorted(word.start_s for word in timed.words)
+    # 1.5 s of silence first: every word is heard 1.5 s later (one word's time may jitter by a quarter second)
+    later = kit.transcribe(np.concatenate([np.zeros(int(1.5 * kit.sample_rate), np.float32), samples]),
+                           kit.sample_rate, words=True)
+    assert len(later.words) == len(timed.words)
+    shifts = [after.start_s - before.start_s for before, after in zip(timed.words[1:], later.words[1:], strict=True)]
+    assert all(1.2 <= shift <= 1.8 for shift in shifts) and abs(statistics.median(shifts) - 1.5) <= 0.05, shifts
+    assert later.as_dict()["words"][0]["text"] == later.words[0].text
 
 
 def test_silence_is_heard_as_nothing(kit: Kit) -> None:
@@ -322,6 +340,11 @@ def test_openai_client_json_text_and_verbose_json(client: openai.OpenAI, fox_wav
     segments = verbose.segments or []
     assert [segment.id for segment in segments] == list(range(len(segments))) and segments
     assert all(0 <= segment.start < segment.end <= verbose.duration + 0.5 for segment in segments)
+    timed = client.audio.transcriptions.create(model="whisper-1", file=fox_wav, response_format="verbose_json",
+                                               timestamp_granularities=["word", "segment"])
+    assert [word.word for word in timed.words or []] == timed.text.split() and timed.segments
+    assert all(0 <= word.start <= word.end <= timed.duration for word in timed.words or [])
+    assert verbose.words is None  # not asked for
 
 
 def test_subtitle_formats(server: BackgroundServer, fox_wav: Path) -> None:
@@ -340,7 +363,8 @@ def test_bad_uploads_get_openai_errors(client: openai.OpenAI, server: Background
     url = f"{server.url}/v1/audio/transcriptions"
     cases = [({"response_format": "docx"}, "unsupported_format"), ({"temperature": "hot"}, "invalid_value"),
              ({"language": "fr"}, "unsupported_language"), ({"colour": "blue"}, "unknown_parameter"),
-             ({"timestamp_granularities[]": "word"}, "unsupported_value")]
+             ({"timestamp_granularities[]": "word"}, "unsupported_value"),  # words need verbose_json
+             ({"timestamp_granularities[]": "letter", "response_format": "verbose_json"}, "unsupported_value")]
     for fields, code in cases:
         response = httpx.post(url, data=fields, files={"file": ("fox.wav", fox_wav.read_bytes())}, timeout=60)
         assert response.status_code == 400 and response.json()["error"]["code"] == code, (fields, response.text)
@@ -380,6 +404,7 @@ def test_connect_transcribes_through_the_server(server: BackgroundServer, kit: K
         assert word_accuracy(PARK, transcript.text) >= 0.8
         assert transcript.language == "en" and transcript.segments and 0 < transcript.seconds < transcript.duration_s
         assert words(remote.transcribe(fox_wav).text) == words(kit.transcribe(fox_wav).text)
+        assert remote.transcribe(fox_wav, words=True).words == kit.transcribe(fox_wav, words=True).words
         assert word_accuracy(FOX, asyncio.run(remote.atranscribe(fox_wav.read_bytes())).text) >= 0.8
         with pytest.raises(AudioDecodeError, match="send WAV"):
             remote.transcribe(b"plain text, no sound " * 20)

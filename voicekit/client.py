@@ -54,7 +54,7 @@ from voicekit.errors import (
     server_error,
 )
 from voicekit.kit import AsyncReply, Reply
-from voicekit.listening.asr import Segment, Transcript
+from voicekit.listening.asr import Segment, Transcript, Word
 from voicekit.pipeline import Turn
 from voicekit.text import clean_for_speech, split_sentences
 from voicekit.tts.base import resolve_voice
@@ -215,15 +215,17 @@ class RemoteKit:
         return AsyncReply(stream.turn, stream.chunks(), self.sample_rate)
 
     def transcribe(self, audio: Any, sample_rate: int | None = None, language: str | None = None, *,
-                   prompt: str | None = None, temperature: float | None = None) -> Transcript:
+                   prompt: str | None = None, temperature: float | None = None, words: bool = False) -> Transcript:
         """The words spoken in `audio` (samples with their `sample_rate`, an audio file's path or bytes), heard by
-        the server's recognizer (`POST /v1/audio/transcriptions`). `seconds` is the server's processing time."""
+        the server's recognizer (`POST /v1/audio/transcriptions`). `seconds` is the server's processing time;
+        `words` True: each word's start and end too (`Transcript.words`)."""
         from voicekit.listening.asr import upload_bytes
 
         data = upload_bytes(audio, sample_rate)
         fields = {"model": "whisper-1", "response_format": "verbose_json",
                   **{name: str(value) for name, value in (("language", language), ("prompt", prompt),
-                                                         ("temperature", temperature)) if value is not None}}
+                                                         ("temperature", temperature)) if value is not None},
+                  **({"timestamp_granularities[]": ["segment", "word"]} if words else {})}
         started = time.perf_counter()
         response = self._checked(self._send(lambda: self._client.post(
             "/v1/audio/transcriptions", data=fields, files={"file": ("audio", data, "application/octet-stream")})))
@@ -231,14 +233,17 @@ class RemoteKit:
         segments = tuple(Segment(float(item["start"]), float(item["end"]), str(item["text"]))
                          for item in body.get("segments", []))
         seconds = float(response.headers.get("X-Processing-Seconds") or time.perf_counter() - started)
+        timed = tuple(Word(float(item["start"]), float(item["end"]), str(item["word"]))
+                      for item in body.get("words") or [])
         return Transcript(str(body["text"]), str(body.get("language", "")), float(body.get("duration", 0.0)),
-                          segments, seconds)
+                          segments, seconds, timed)
 
     async def atranscribe(self, audio: Any, sample_rate: int | None = None, language: str | None = None, *,
-                          prompt: str | None = None, temperature: float | None = None) -> Transcript:
+                          prompt: str | None = None, temperature: float | None = None,
+                          words: bool = False) -> Transcript:
         """`transcribe` in a worker thread."""
         return await asyncio.to_thread(self.transcribe, audio, sample_rate, language, prompt=prompt,
-                                       temperature=temperature)
+                                       temperature=temperature, words=words)
 
     # -- talking out loud -------------------------------------------------------------------------------
 

@@ -268,10 +268,11 @@ class Kit:
 
     def transcribe(self, audio: AudioSource, sample_rate: int | None = None, language: str | None = None, *,
                    prompt: str | None = None, temperature: float | None = None,
-                   timestamps: bool = True) -> Transcript:
+                   timestamps: bool = True, words: bool = False) -> Transcript:
         """The words spoken in `audio`: float or int16 samples (give `sample_rate`), an audio file's path or its
         bytes (WAV, MP3, Ogg/Opus, WebM, FLAC, ...). `language` None: `asr_language` ("" detects it).
-        `timestamps` False: one segment, sooner (a spoken turn).
+        `timestamps` False: one segment, sooner (a spoken turn). `words` True: each word's start and end too
+        (`Transcript.words`).
 
         Raises AudioDecodeError for what is not audio, AudioTooLongError past MAX_TRANSCRIBE_S (600 s)."""
         from voicekit.listening.asr import read_audio
@@ -279,14 +280,14 @@ class Kit:
         samples, rate = read_audio(audio, sample_rate)
         wanted = self.settings.asr_language if language is None else language
         return self.transcriber.transcribe(samples, rate, wanted or None, prompt=prompt, temperature=temperature,
-                                           timestamps=timestamps)
+                                           timestamps=timestamps, words=words)
 
     async def atranscribe(self, audio: AudioSource, sample_rate: int | None = None, language: str | None = None,
                           *, prompt: str | None = None, temperature: float | None = None,
-                          timestamps: bool = True) -> Transcript:
+                          timestamps: bool = True, words: bool = False) -> Transcript:
         """`transcribe` in a worker thread, so the event loop keeps serving meanwhile."""
         return await asyncio.to_thread(self.transcribe, audio, sample_rate, language, prompt=prompt,
-                                       temperature=temperature, timestamps=timestamps)
+                                       temperature=temperature, timestamps=timestamps, words=words)
 
     # -- talking out loud (voicekit.listening) ----------------------------------------------------------
 

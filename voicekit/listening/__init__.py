@@ -10,6 +10,7 @@ from voicekit.listening.asr import (
     Segment,
     Transcriber,
     Transcript,
+    Word,
     decode_audio,
     load_transcriber,
 )
@@ -20,4 +21,4 @@ from voicekit.listening.vad import SileroVAD
 
 __all__ = ["MAX_TRANSCRIBE_S", "AsyncRealtimeSession", "Event", "RealtimeSession", "Segment", "SileroVAD",
            "SpeechStarted", "SpeechStopped", "TalkOptions", "Transcriber", "Transcript", "TurnDetector", "TurnOptions",
-           "decode_audio", "load_transcriber"]
+           "Word", "decode_audio", "load_transcriber"]

@@ -65,6 +65,16 @@ class Segment:
 
 
 @dataclass(frozen=True)
+class Word:
+    """One word heard, and when (Whisper's word timestamps: its cross-attention, so a word's end often reaches
+    into the silence after it)."""
+
+    start_s: float
+    end_s: float
+    text: str
+
+
+@dataclass(frozen=True)
 class Transcript:
     """What was heard: the text, its language, the audio's length and the time it took."""
 
@@ -73,6 +83,7 @@ class Transcript:
     duration_s: float
     segments: tuple[Segment, ...]
     seconds: float
+    words: tuple[Word, ...] = ()  # only when asked for (`words=True`)
 
     @property
     def rtf(self) -> float | None:
@@ -83,7 +94,8 @@ class Transcript:
         """A JSON-ready dict (segments as dicts, rtf included)."""
         return {"text": self.text, "language": self.language, "duration_s": round(self.duration_s, 3),
                 "seconds": round(self.seconds, 3), "rtf": None if self.rtf is None else round(self.rtf, 4),
-                "segments": [asdict(segment) for segment in self.segments]}
+                "segments": [asdict(segment) for segment in self.segments],
+                **({"words": [asdict(word) for word in self.words]} if self.words else {})}
 
 
 class Transcriber:
@@ -135,12 +147,13 @@ class Transcriber:
 
     def transcribe(self, samples: np.ndarray, sample_rate: int, language: str | None = None, *,
                    prompt: str | None = None, temperature: float | None = None,
-                   timestamps: bool = True) -> Transcript:
+                   timestamps: bool = True, words: bool = False) -> Transcript:
         """The words in mono `samples` (float32 in [-1, 1], or int16) at `sample_rate`.
 
         `language` None: the model detects it (English-only models: en). `prompt` is Whisper's initial prompt
         (spellings, names); `temperature` None or 0: greedy with Whisper's fallback temperatures. `timestamps` False
         (a spoken turn, heard live): one segment for the whole audio, decoded with fewer tokens and no look back.
+        `words` True: each word's start and end too (`Transcript.words`; a little slower).
         """
         if self._closed:
             raise ModelUnavailableError("the speech recognizer is closed")
@@ -155,6 +168,8 @@ class Transcriber:
         options: dict[str, Any] = {"language": code, "beam_size": self.beam_size, "initial_prompt": prompt or None}
         if temperature:
             options["temperature"] = float(temperature)
+        if words:
+            options["word_timestamps"] = True
         if not timestamps:  # a turn: no timestamp tokens, and a cap on the words a few seconds can hold
             options.update(without_timestamps=True, condition_on_previous_text=False,
                            max_new_tokens=min(440, 10 + int(8 * duration)))
@@ -167,7 +182,8 @@ class Transcriber:
             seconds = time.perf_counter() - started
         # Whisper's segment texts carry their leading spaces (none in Chinese or Japanese): joined as they are
         text = "".join(segment.text for segment in raw).strip()
-        return Transcript(text, info.language, duration, tuple(_segment(s, duration) for s in raw), seconds)
+        return Transcript(text, info.language, duration, tuple(_segment(s, duration) for s in raw), seconds,
+                          tuple(_word(word, duration) for segment in raw for word in (segment.words or ())))
 
     def close(self) -> None:
         """Free the model (waits for a transcription in progress). Safe to call more than once."""
@@ -181,6 +197,11 @@ def _segment(found: Any, duration: float) -> Segment:
     # Whisper's timestamps can overshoot the audio (tiny.en with a prompt: 17.6 s for 2.8 s of speech)
     end = round(min(max(found.end, 0.0), duration), 3)
     return Segment(round(min(max(found.start, 0.0), end), 3), end, found.text.strip())
+
+
+def _word(found: Any, duration: float) -> Word:
+    end = round(min(max(float(found.end), 0.0), duration), 3)
+    return Word(round(min(max(float(found.start), 0.0), end), 3), end, found.word.strip())
 
 
 def to_float_mono(samples: Any) -> np.ndarray:

@@ -2,11 +2,11 @@
 
 A multipart form as OpenAI's clients send it: `file` (required), `model` (any name: the kit's recognizer
 answers), `language`, `prompt` (Whisper's initial prompt), `response_format` (json, text, verbose_json, srt,
-vtt) and `temperature`. Uploads are bounded (`MAX_UPLOAD_BYTES`, 25 MB like OpenAI: 413 past it). A transcription
-runs in a worker thread (the event loop keeps serving) and holds a running slot of the server's Admission meanwhile,
-like a request that makes audio: past the running and waiting ones, 429 with Retry-After. The transcriptions in
-flight and the recognizer's speed are counted in the server's metrics (metrics.py). docs/API.md, "Transcriptions"
-and "Limits".
+vtt), `timestamp_granularities[]` (segment, word: verbose_json's `words`) and `temperature`. Uploads are
+bounded (`MAX_UPLOAD_BYTES`, 25 MB like OpenAI: 413 past it). A transcription runs in a worker thread (the event
+loop keeps serving) and holds a running slot of the server's Admission meanwhile, like a request that makes
+audio: past the running and waiting ones, 429 with Retry-After. The transcriptions in flight and the
+recognizer's speed are counted in the server's metrics (metrics.py). docs/API.md, "Transcriptions" and "Limits".
 """
 
 from __future__ import annotations
@@ -51,6 +51,8 @@ _FORM_SCHEMA = {"requestBody": {"required": True, "content": {"multipart/form-da
                      "kit's asr_language"},
         "prompt": {"type": "string", "description": "Whisper's initial prompt: spellings, names"},
         "response_format": {"type": "string", "enum": list(RESPONSE_FORMATS), "default": "json"},
+        "timestamp_granularities[]": {"type": "array", "items": {"type": "string", "enum": ["segment", "word"]},
+                                      "description": "word: verbose_json's `words` (each word's start and end)"},
         "temperature": {"type": "number", "minimum": 0, "maximum": 1, "default": 0}}}}}}}
 
 
@@ -128,8 +130,12 @@ async def parse_form(form: FormData, limit: int) -> tuple[bytes, dict[str, Any],
     if fmt not in RESPONSE_FORMATS:
         raise ApiError(400, f"unsupported response_format {fmt!r}; use one of {', '.join(RESPONSE_FORMATS)}",
                        param="response_format", code="unsupported_format")
-    if any(value != "segment" for value in form.getlist("timestamp_granularities[]")):
-        raise ApiError(400, "timestamp_granularities: only 'segment' is supported (no word timestamps)",
+    granularities = {str(value).strip() for value in form.getlist("timestamp_granularities[]")}
+    if granularities - {"segment", "word"}:
+        raise ApiError(400, f"timestamp_granularities: 'segment' or 'word', not {sorted(granularities)[0]!r}",
+                       param="timestamp_granularities", code="unsupported_value")
+    if granularities and fmt != "verbose_json":
+        raise ApiError(400, "timestamp_granularities needs response_format verbose_json",
                        param="timestamp_granularities", code="unsupported_value")
     if _text(form, "stream").lower() in ("true", "1"):
         raise ApiError(400, "stream is not supported: the whole transcript comes in one response", param="stream",
@@ -138,7 +144,7 @@ async def parse_form(form: FormData, limit: int) -> tuple[bytes, dict[str, Any],
     if len(data) > limit:
         raise _too_large(f"the file is {len(data):,} bytes; the limit is {_megabytes(limit)}")
     options = {"language": _text(form, "language") or None, "prompt": _text(form, "prompt") or None,
-               "temperature": _temperature(_text(form, "temperature"))}
+               "temperature": _temperature(_text(form, "temperature")), "words": "word" in granularities}
     return data, options, fmt
 
 
@@ -204,7 +210,9 @@ def verbose(transcript: Transcript) -> dict[str, Any]:
     return {"task": "transcribe", "language": transcript.language, "duration": round(transcript.duration_s, 3),
             "text": transcript.text,
             "segments": [{"id": index, "start": segment.start_s, "end": segment.end_s, "text": segment.text}
-                         for index, segment in enumerate(transcript.segments)]}
+                         for index, segment in enumerate(transcript.segments)],
+            **({"words": [{"word": word.text, "start": word.start_s, "end": word.end_s} for word in transcript.words]}
+               if transcript.words else {})}
 
 
 def subtitles(transcript: Transcript, fmt: str) -> str:
