@@ -20,6 +20,7 @@ from room import RATE, speech, stretch_pause
 from voicekit.audio import float_to_pcm16, resample
 from voicekit.bench import talk_room
 from voicekit.bench.room import Room
+from voicekit.bench.talk_room import words
 from voicekit.serve import BackgroundServer
 from voicekit.serve.api import create_app
 
@@ -63,11 +64,27 @@ def test_a_pause_in_the_middle_of_a_sentence_is_one_turn(url: str, kit: Any, kok
     """Smart Turn hears "Please book a table for" and "I would like to order" as finished in af_heart's voice; the
     words overrule it (the first cannot end a sentence, the second usually goes on). The bench counts how often over
     20 sentences and voices (tiny.en hears "for" as "thought" in bm_george's voice)."""
-    audio, _ = stretch_pause(speech(kit, text, "af_heart", kokoro_voices), pause_s)
+    audio, _ = stretch_pause(kit, speech(kit, text, "af_heart", kokoro_voices), text, pause_s)
     result = asyncio.run(talk_room.paused_turn(url, audio, text))
     assert result["turns"] == 1 and not result["ended_before_last_word"] and result["answered"], result
     assert word_accuracy(text, " ".join(result["heard"]).lower()) >= 0.7, result
     assert result["first_piece"].strip() and result["reply_first_audio_s"] > 0, result  # where the latency went
+
+
+@pytest.mark.parametrize("text, voice", [
+    ("My flight leaves on Monday and, I need a hotel near the airport.", "bm_george"),
+    ("So what I was thinking is, we could leave early.", "bf_emma"),
+    ("I would like to order, a large pizza with olives.", "bf_emma")])
+def test_the_bench_pauses_at_the_comma(kit: Any, kokoro_voices: Path, text: str, voice: str) -> None:
+    """The longest silence is not always the comma's: bm_george breathes between "Monday" and "and", bf_emma after
+    "pizza", and reads "thinking is, we" without a stop. The pause goes after the comma's word, and no word is cut."""
+    sentence = speech(kit, text, voice, kokoro_voices)
+    paused, at_s = stretch_pause(kit, sentence, text, 1.0)
+    assert len(paused) == pytest.approx(len(sentence) + RATE, abs=0.4 * RATE)
+    head, rest = paused[: int(at_s * RATE)], paused[int(at_s * RATE):]
+    assert np.abs(rest[: int(0.95 * RATE)]).max() == 0.0  # the pause is silence
+    assert words(kit.transcribe(head, RATE).text) == words(text.split(",")[0]), kit.transcribe(head, RATE).text
+    assert word_accuracy(text, kit.transcribe(paused, RATE).text) >= 0.9
 
 
 def test_a_one_word_answer_is_answered(url: str, kit: Any, kokoro_voices: Path) -> None:

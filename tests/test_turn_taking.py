@@ -54,8 +54,9 @@ def test_a_finished_question_or_request_ends_the_turn_in_any_voice(kit: Any, kok
 def test_words_that_cannot_end_a_sentence_overrule_a_finished_sound(kit: Any, kokoro_voices: Path) -> None:
     """"Please book a table for," sounds finished in every voice tried; its words do not."""
     voice = "af_heart"
-    sentence = speech(kit, "Please book a table for, four people at eight tonight.", voice, kokoro_voices)
-    paused, at_s = stretch_pause(sentence, 0.6)
+    text = "Please book a table for, four people at eight tonight."
+    sentence = speech(kit, text, voice, kokoro_voices)
+    paused, at_s = stretch_pause(kit, sentence, text, 0.6)
     head = _16k(with_silence(paused[: int(at_s * RATE)], 0.5, 0.2))
     heard = kit.transcribe(head, 16000).text
     assert "table" in heard.lower() and sounds_unfinished(heard), heard

@@ -181,21 +181,50 @@ def user_voices(kit: Any) -> list[str]:
     return kokoro or [str(kit.default_voice)]
 
 
-def stretch_pause(audio: np.ndarray, pause_s: float) -> tuple[np.ndarray, float]:
-    """Make the longest silence inside the speech (a comma's) `pause_s` long; returns the audio and where the pause
-    begins (seconds). The voice read the whole sentence, so the words before it sound unfinished."""
-    speaking_frames = SileroVAD().probabilities(resample(audio, RATE, 16000)) >= 0.5
-    first, last = np.flatnonzero(speaking_frames)[[0, -1]]
-    best, start, run = (0, first), first, 0
-    for index in range(first, last):
-        run = run + 1 if not speaking_frames[index] else 0
-        if run == 1:
-            start = index
-        if run > best[0]:
-            best = (run, start)
-    frame = 512 * RATE // 16000
-    begin, end = best[1] * frame, (best[1] + best[0]) * frame
+def stretch_pause(kit: Any, audio: np.ndarray, text: str, pause_s: float) -> tuple[np.ndarray, float]:
+    """`audio` (`text` spoken, 24 kHz) with the pause at its comma made `pause_s` long; returns the audio and where
+    the pause begins (seconds). The voice read the whole sentence, so the words before the pause sound unfinished.
+
+    The recognizer finds the comma: of the quiet stretches near the start of the word after it (below -35 dB of the
+    loudest 10 ms; else the quietest 10 ms), nearest first, the first one with the comma's words before it and no
+    more. That stretch becomes the pause, so no sound is cut. (The VAD's longest silence alone is not the comma:
+    in some voices it falls between "Monday" and "and", or after "pizza", and its edges clip a quiet word.)"""
+    words_before = len(text.split(",")[0].split())
+    heard = kit.transcribe(audio, RATE, "en", words=True).words
+    near_s = heard[words_before].start_s if "," in text and len(heard) > words_before else len(audio) / 2 / RATE
+    candidates = _quiet_stretches(audio, near_s)
+    begin, end = next((stretch for stretch in candidates[:6]
+                       if len(kit.transcribe(audio[:stretch[0]], RATE, "en").text.split()) == words_before),
+                      candidates[0])
     return np.concatenate([audio[:begin], np.zeros(int(pause_s * RATE), np.float32), audio[end:]]), begin / RATE
+
+
+def _quiet_stretches(audio: np.ndarray, near_s: float, reach_s: float = 0.4) -> list[tuple[int, int]]:
+    """Where a pause could go within `reach_s` of `near_s`, nearest first: the quiet stretches (samples [begin,
+    end)), then the ten quietest 10 ms frames (empty stretches at their middle)."""
+    frame = RATE // 100
+    level = 20 * np.log10(np.sqrt(np.mean(audio[: len(audio) // frame * frame].reshape(-1, frame) ** 2, axis=1))
+                          + 1e-9)
+    quiet = level < level.max() - 35
+    spoken = np.flatnonzero(~quiet)
+    runs, start = [], None
+    for index, still in enumerate([*quiet, False]):
+        if still and start is None:
+            start = index
+        elif not still and start is not None:
+            if index - start >= 2 and spoken[0] < start and index <= spoken[-1]:
+                runs.append((start, index))
+            start = None
+    target = near_s * 100
+
+    def distance(run: tuple[int, int]) -> float:
+        return max(run[0] - target, target - run[1], 0.0)
+
+    runs = sorted((run for run in runs if distance(run) <= reach_s * 100), key=distance)
+    low, high = max(int(target - reach_s * 100), spoken[0]), min(int(target + reach_s * 100), spoken[-1])
+    dips = [index for index in np.argsort(level[low:high]) + low if not quiet[index]][:10]
+    return ([(first * frame, last * frame) for first, last in runs]
+            + [(index * frame + frame // 2,) * 2 for index in sorted(dips, key=lambda index: abs(index - target))])
 
 
 # -- speaker: echo, self-interruptions, a real interruption over the echo ---------------------------------------
@@ -387,7 +416,7 @@ def run_rooms(url: str, kit: Any, room: str, repeats: int) -> dict[str, Any]:
         for i in range(repeats):
             text = PAUSED[i % len(PAUSED)]
             pause = (0.3, 0.5, 0.7, 1.0)[(i // len(PAUSED)) % 4]
-            audio, _ = stretch_pause(spoken(kit, text, voices[i % len(voices)]), pause)
+            audio, _ = stretch_pause(kit, spoken(kit, text, voices[i % len(voices)]), text, pause)
             runs.append(run_trial(paused_turn(url, audio, text), pause_s=pause, voice=voices[i % len(voices)]))
         yes = [run_trial(paused_turn(url, spoken(kit, "Yes.", voice), "Yes."), voice=voice) for voice in voices]
         # one turn, as the user hears it: no reply before the last word, and one answer to the whole sentence's words
