@@ -63,7 +63,7 @@ def test_a_pause_in_the_middle_of_a_sentence_is_one_turn(url: str, kit: Any, kok
                                                          pause_s: float) -> None:
     """Smart Turn hears "Please book a table for" and "I would like to order" as finished in af_heart's voice; the
     words overrule it (the first cannot end a sentence, the second usually goes on). The bench counts how often over
-    20 sentences and voices (tiny.en hears "for" as "thought" in bm_george's voice)."""
+    20 sentences and voices."""
     audio, _ = stretch_pause(kit, speech(kit, text, "af_heart", kokoro_voices), text, pause_s)
     result = asyncio.run(talk_room.paused_turn(url, audio, text))
     assert result["turns"] == 1 and not result["ended_before_last_word"] and result["answered"], result
