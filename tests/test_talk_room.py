@@ -69,6 +69,7 @@ def test_a_pause_in_the_middle_of_a_sentence_is_one_turn(url: str, kit: Any, kok
     assert result["turns"] == 1 and not result["ended_before_last_word"] and result["answered"], result
     assert word_accuracy(text, " ".join(result["heard"]).lower()) >= 0.7, result
     assert result["first_piece"].strip() and result["reply_first_audio_s"] > 0, result  # where the latency went
+    assert result["reply_audio_s"] > 0.5 and 0.0 <= result["reply_gap_s"] < 1.0, result  # its player kept fed
 
 
 @pytest.mark.parametrize("text, voice", [
@@ -85,6 +86,17 @@ def test_the_bench_pauses_at_the_comma(kit: Any, kokoro_voices: Path, text: str,
     assert np.abs(rest[: int(0.95 * RATE)]).max() == 0.0  # the pause is silence
     assert words(kit.transcribe(head, RATE).text) == words(text.split(",")[0]), kit.transcribe(head, RATE).text
     assert word_accuracy(text, kit.transcribe(paused, RATE).text) >= 0.9
+
+
+def test_a_gap_is_where_the_player_ran_out_of_audio() -> None:
+    def delta(response: str, seconds: float) -> dict[str, Any]:
+        pcm = float_to_pcm16(np.zeros(int(seconds * RATE), np.float32))
+        return {"type": "response.output_audio.delta", "response_id": response, "delta": base64.b64encode(pcm).decode()}
+
+    trial = talk_room.Trial(events=[(10.0, delta("a", 0.1)), (10.05, delta("a", 0.1)), (10.15, delta("b", 2.0)),
+                                    (10.3, delta("a", 0.1)), (10.35, delta("a", 0.5))])
+    assert talk_room.playback_gap(trial, "a") == pytest.approx((0.8, 0.1))  # 10.2 the audio ran out, 10.3 more came
+    assert talk_room.playback_gap(trial, "b") == (2.0, 0.0) and talk_room.playback_gap(trial, "c") == (0.0, 0.0)
 
 
 def test_a_one_word_answer_is_answered(url: str, kit: Any, kokoro_voices: Path) -> None:

@@ -351,6 +351,7 @@ async def paused_turn(url: str, audio: np.ndarray, text: str,
             pieces = trial.of("response.output_audio_transcript.delta")
             stages["first_piece"] = next((event["delta"] for _, event in pieces
                                           if event.get("response_id") == done[0]["id"]), None)
+            stages["reply_audio_s"], stages["reply_gap_s"] = playback_gap(trial, done[0]["id"])
     # the turn ended (committed) before the last word was said: the detector split the sentence. The reply to its
     # first part waits while the user goes on and is dropped once their words are heard, so the user notices only a
     # reply that spoke before the last word (None: before it was even said).
@@ -364,6 +365,22 @@ async def paused_turn(url: str, audio: np.ndarray, text: str,
             "heard_accuracy": round(word_accuracy(text, " ".join(heard)), 3),
             "answered": bool(spoken - dropped),
             "last_word_to_first_audio_s": round(first_audio - last, 3) if first_audio and last else None, **stages}
+
+
+def playback_gap(trial: Trial, response_id: str) -> tuple[float, float]:
+    """The reply's audio (seconds), and the longest silence a player of it would have had to insert: it starts
+    playing at the first audio delta and plays each one on arrival or when the audio before it ends, whichever is
+    later (0: never starved)."""
+    playing_until, gap, audio_s = None, 0.0, 0.0
+    for at, event in trial.of("response.output_audio.delta"):
+        if event.get("response_id") != response_id:
+            continue
+        seconds = len(base64.b64decode(event["delta"])) / 2 / RATE
+        audio_s += seconds
+        if playing_until is not None and at > playing_until:
+            gap = max(gap, at - playing_until)
+        playing_until = max(playing_until or at, at) + seconds
+    return round(audio_s, 3), round(gap, 3)
 
 
 # -- headset: from the last word to the first reply audio; what the recognizer heard -----------------------------
@@ -436,5 +453,8 @@ def run_rooms(url: str, kit: Any, room: str, repeats: int) -> dict[str, Any]:
             runs.append(run_trial(question_on_a_headset(url, spoken(kit, text, voice), text), voice=voice))
         results.update(questions=runs,
                        last_word_to_first_audio_s=median([run.get("last_word_to_first_audio_s") for run in runs]),
+                       # the reply's audio starving its player: a gap a listener hears mid-reply
+                       replies_with_a_gap_over_0_2_s=sum(run.get("reply_gap_s", 0) > 0.2 for run in runs),
+                       longest_reply_gap_s=max((run.get("reply_gap_s", 0) for run in runs), default=0),
                        word_accuracy=round(statistics.mean(run.get("heard_accuracy", 0.0) for run in runs), 3))
     return results
