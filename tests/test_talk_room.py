@@ -88,6 +88,17 @@ def test_the_bench_pauses_at_the_comma(kit: Any, kokoro_voices: Path, text: str,
     assert word_accuracy(text, kit.transcribe(paused, RATE).text) >= 0.9
 
 
+def test_a_whole_sentence_with_a_trailing_tune_is_answered_in_under_two_seconds(url: str, kit: Any,
+                                                                                kokoro_voices: Path) -> None:
+    """Smart Turn hears bm_george's "So what I was thinking is, we could leave early." as unfinished even at its end
+    (0.07): its words, a whole sentence, cut the wait from 3.5 s to about 1.5 s."""
+    text = "So what I was thinking is, we could leave early."
+    audio, _ = stretch_pause(kit, speech(kit, text, "bm_george", kokoro_voices), text, 0.3)
+    result = asyncio.run(talk_room.paused_turn(url, audio, text))
+    assert result["turns"] == 1 and result["answered"] and not result["replied_before_last_word"], result
+    assert result["smart_turn_probability"] < 0.2 and result["turn_end_s"] < 2.0, result
+
+
 def test_a_gap_is_where_the_player_ran_out_of_audio() -> None:
     def delta(response: str, seconds: float) -> dict[str, Any]:
         pcm = float_to_pcm16(np.zeros(int(seconds * RATE), np.float32))

@@ -22,6 +22,7 @@ from voicekit.listening.smart_turn import (
     features,
     may_go_on,
     sounds_unfinished,
+    sounds_whole,
 )
 from voicekit.listening.turns import SpeechPaused, SpeechStarted, SpeechStopped, TurnDetector, TurnOptions
 from voicekit.listening.vad import FRAME, SileroVAD
@@ -71,6 +72,15 @@ def test_words_that_cannot_end_a_sentence_overrule_a_finished_sound(kit: Any, ko
 ])
 def test_sounds_unfinished(text: str, unfinished: bool) -> None:
     assert sounds_unfinished(text) is unfinished
+
+
+@pytest.mark.parametrize("text, whole", [
+    ("So what I was thinking is we could leave early.", True), ("Yes.", True), ("Where are you from?", True),
+    ('He said "stop."', True), ("Please book a table for.", False), ("I would like to order.", False),
+    ("So what I was thinking is...", False), ("and then we", False), ("", False), ("...", False),
+])
+def test_sounds_whole(text: str, whole: bool) -> None:
+    assert sounds_whole(text) is whole
 
 
 @pytest.mark.parametrize("text, goes_on", [

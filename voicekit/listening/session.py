@@ -39,7 +39,7 @@ from voicekit.listening.events import (
     turn_detection,
 )
 from voicekit.listening.listener import Listener
-from voicekit.listening.smart_turn import may_go_on, sounds_unfinished
+from voicekit.listening.smart_turn import may_go_on, sounds_unfinished, sounds_whole
 from voicekit.listening.speaking import ReplySpeaker
 from voicekit.listening.turns import SpeechPaused, SpeechStarted, SpeechStopped, TurnEvent
 from voicekit.listening.vad import SAMPLE_RATE as VAD_RATE
@@ -47,6 +47,10 @@ from voicekit.listening.vad import SAMPLE_RATE as VAD_RATE
 log = logging.getLogger("voicekit.realtime")
 UNFINISHED_PROBABILITY = 0.1  # a pause whose words cannot end a sentence: the policy waits ~80% of its longest
 GOES_ON_PROBABILITY = 0.3  # words that usually go on ("I would like to order"): ~40% of it (1.7 s at medium)
+# A whole sentence the model hears as unfinished (its tune trails off): a third of the longest wait (1.5 s at medium),
+# still longer than a pause mid-sentence, so a user who does go on is not cut, and one who has finished is not kept
+# waiting 3-4 s for an answer
+WHOLE_PROBABILITY = 0.33
 
 __all__ = ["INPUT_RATE", "OUTPUT_RATE", "AsyncRealtimeSession", "Event", "TalkOptions"]
 
@@ -249,15 +253,17 @@ class AsyncRealtimeSession(ReplySpeaker):
             self._spawn(self._judge(event, transcribing))
 
     async def _judge(self, event: SpeechPaused, transcribing: asyncio.Task[Any] | None) -> None:
-        """Smart Turn's verdict on a pause; a "complete" waits for the words heard at that pause (the reply needs them
-        anyway), which overrule it when they cannot end a sentence ("Please book a table for")."""
+        """Smart Turn's verdict on a pause, weighed with the words heard at that pause (the reply needs them anyway):
+        they overrule a "complete" they cannot end ("Please book a table for"), and shorten the wait of an
+        "unfinished" that is a whole sentence ("So what I was thinking is we could leave early.")."""
         model = probability = await self.listener.probability(event)
         policy = self.options.turn.end_of_turn
-        if transcribing is not None and policy is not None and probability >= policy.threshold \
-                and self.options.language in (None, "en"):
+        if transcribing is not None and policy is not None and self.options.language in (None, "en"):
             with contextlib.suppress(Exception):  # a failed transcription is reported where the turn is heard
                 heard = (await asyncio.shield(transcribing)).text
-                if sounds_unfinished(heard):
+                if probability < policy.threshold:
+                    probability = max(probability, WHOLE_PROBABILITY) if sounds_whole(heard) else probability
+                elif sounds_unfinished(heard):
                     probability = min(probability, UNFINISHED_PROBABILITY)
                 elif may_go_on(heard):
                     probability = min(probability, GOES_ON_PROBABILITY)

@@ -149,3 +149,12 @@ def may_go_on(transcript: str) -> bool:
     text = transcript.strip().lower()
     words = _WORDS.findall(text)
     return len(words) >= 2 and words[-2] == "to" and words[-1] in _WANTS_AN_OBJECT and not text.endswith("?")
+
+
+def sounds_whole(transcript: str) -> bool:
+    """True when the words end as a whole sentence does: closing punctuation (not a trailing "..."), and nothing
+    `sounds_unfinished` or `may_go_on` hears ("So what I was thinking is we could leave early.", "Yes.")."""
+    text = transcript.strip().rstrip("\"'”’)")
+    if not _WORDS.findall(text.lower()) or not text.endswith((".", "?", "!")) or text.endswith(("...", "…")):
+        return False
+    return not sounds_unfinished(text) and not may_go_on(text)
