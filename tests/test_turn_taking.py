@@ -69,6 +69,7 @@ def test_words_that_cannot_end_a_sentence_overrule_a_finished_sound(kit: Any, ko
     ("My flight leaves on Monday and…", True), ("Um", True), ("I'd like the", True),
     ("Where are you from?", False), ("What is it for?", False), ("I think so.", False), ("Yes.", False),
     ("What is the capital of France?", False), ("I would like to order.", False), ("", False),
+    ("Please book a table for 4 people at 8 to 9.", False), ("Set a timer for 10.", False), ("Meet me at 5", False),
 ])
 def test_sounds_unfinished(text: str, unfinished: bool) -> None:
     assert sounds_unfinished(text) is unfinished

@@ -261,6 +261,7 @@ class AsyncRealtimeSession(ReplySpeaker):
         if transcribing is not None and policy is not None and self.options.language in (None, "en"):
             with contextlib.suppress(Exception):  # a failed transcription is reported where the turn is heard
                 heard = (await asyncio.shield(transcribing)).text
+                log.debug("turn %d: at the pause, heard %r", event.turn, heard)
                 if probability < policy.threshold:
                     probability = max(probability, WHOLE_PROBABILITY) if sounds_whole(heard) else probability
                 elif sounds_unfinished(heard):

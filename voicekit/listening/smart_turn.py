@@ -121,7 +121,7 @@ _ONLY_LAST_IN_QUESTIONS = frozenset({
     "for", "to", "of", "with", "at", "in", "on", "about", "from", "into", "onto", "by", "like",
     "is", "are", "was", "were", "am", "be", "been", "will", "would", "shall", "should", "can", "could", "may", "might",
     "must"})
-_WORDS = re.compile(r"[a-z']+")
+_WORDS = re.compile(r"[a-z0-9']+")  # numbers are words: "Meet me at 5." ends on 5, not on at
 # Verbs that, after "to", nearly always take what is ordered, booked or bought next ("I would like to order ...").
 _WANTS_AN_OBJECT = frozenset({
     "order", "book", "buy", "get", "make", "reserve", "add", "bring", "send", "find", "give", "take", "rent", "pick",
