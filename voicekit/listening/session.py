@@ -51,6 +51,9 @@ GOES_ON_PROBABILITY = 0.3  # words that usually go on ("I would like to order"):
 # still longer than a pause mid-sentence, so a user who does go on is not cut, and one who has finished is not kept
 # waiting 3-4 s for an answer
 WHOLE_PROBABILITY = 0.33
+# ... unless a reply was heard in the room this recently (its delay and reverb tail): a turn then may be the reply's
+# echo leaking through the canceller, and a quicker end would answer it
+ECHO_TAIL_S = 1.0
 
 __all__ = ["INPUT_RATE", "OUTPUT_RATE", "AsyncRealtimeSession", "Event", "TalkOptions"]
 
@@ -252,6 +255,11 @@ class AsyncRealtimeSession(ReplySpeaker):
             transcribing = self._early[2] if self._early[:2] == pause else None
             self._spawn(self._judge(event, transcribing))
 
+    def _reply_audible(self) -> bool:
+        """A reply is playing in the room, or ended less than ECHO_TAIL_S ago (as the playback clock models it)."""
+        lead = self.listener.playback_lead_s()
+        return lead is not None and lead > -ECHO_TAIL_S
+
     async def _judge(self, event: SpeechPaused, transcribing: asyncio.Task[Any] | None) -> None:
         """Smart Turn's verdict on a pause, weighed with the words heard at that pause (the reply needs them anyway):
         they overrule a "complete" they cannot end ("Please book a table for"), and shorten the wait of an
@@ -263,7 +271,8 @@ class AsyncRealtimeSession(ReplySpeaker):
                 heard = (await asyncio.shield(transcribing)).text
                 log.debug("turn %d: at the pause, heard %r", event.turn, heard)
                 if probability < policy.threshold:
-                    probability = max(probability, WHOLE_PROBABILITY) if sounds_whole(heard) else probability
+                    if sounds_whole(heard) and not self._reply_audible():
+                        probability = max(probability, WHOLE_PROBABILITY)
                 elif sounds_unfinished(heard):
                     probability = min(probability, UNFINISHED_PROBABILITY)
                 elif may_go_on(heard):
