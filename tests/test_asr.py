@@ -368,6 +368,9 @@ def test_bad_uploads_get_openai_errors(client: openai.OpenAI, server: Background
     for fields, code in cases:
         response = httpx.post(url, data=fields, files={"file": ("fox.wav", fox_wav.read_bytes())}, timeout=60)
         assert response.status_code == 400 and response.json()["error"]["code"] == code, (fields, response.text)
+    typo = httpx.post(url, data={"timestamp_granularities[]": ["word", "words"], "response_format": "verbose_json"},
+                      files={"file": ("fox.wav", fox_wav.read_bytes())}, timeout=60)
+    assert "not 'words'" in typo.json()["error"]["message"], typo.text  # names the bad one, not the good
     missing = httpx.post(url, data={"model": "whisper-1"}, files={"other": ("x", b"x")}, timeout=30)
     assert missing.status_code == 400
     assert missing.json()["error"]["code"] in ("missing_required_parameter", "unknown_parameter")

@@ -131,8 +131,9 @@ async def parse_form(form: FormData, limit: int) -> tuple[bytes, dict[str, Any],
         raise ApiError(400, f"unsupported response_format {fmt!r}; use one of {', '.join(RESPONSE_FORMATS)}",
                        param="response_format", code="unsupported_format")
     granularities = {str(value).strip() for value in form.getlist("timestamp_granularities[]")}
-    if granularities - {"segment", "word"}:
-        raise ApiError(400, f"timestamp_granularities: 'segment' or 'word', not {sorted(granularities)[0]!r}",
+    unknown = sorted(granularities - {"segment", "word"})
+    if unknown:
+        raise ApiError(400, f"timestamp_granularities: 'segment' or 'word', not {unknown[0]!r}",
                        param="timestamp_granularities", code="unsupported_value")
     if granularities and fmt != "verbose_json":
         raise ApiError(400, "timestamp_granularities needs response_format verbose_json",
