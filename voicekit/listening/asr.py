@@ -193,15 +193,19 @@ class Transcriber:
                 self.model.model.unload_model()
 
 
+def _span(found: Any, duration: float) -> tuple[float, float]:
+    """Whisper's (start, end) inside the audio: its timestamps can overshoot it (tiny.en with a prompt: 17.6 s for
+    2.8 s of speech)."""
+    end = round(min(max(float(found.end), 0.0), duration), 3)
+    return round(min(max(float(found.start), 0.0), end), 3), end
+
+
 def _segment(found: Any, duration: float) -> Segment:
-    # Whisper's timestamps can overshoot the audio (tiny.en with a prompt: 17.6 s for 2.8 s of speech)
-    end = round(min(max(found.end, 0.0), duration), 3)
-    return Segment(round(min(max(found.start, 0.0), end), 3), end, found.text.strip())
+    return Segment(*_span(found, duration), found.text.strip())
 
 
 def _word(found: Any, duration: float) -> Word:
-    end = round(min(max(float(found.end), 0.0), duration), 3)
-    return Word(round(min(max(float(found.start), 0.0), end), 3), end, found.word.strip())
+    return Word(*_span(found, duration), found.word.strip())
 
 
 def to_float_mono(samples: Any) -> np.ndarray:
