@@ -14,6 +14,7 @@ from room import RATE, speech
 
 from voicekit.audio import StreamResampler
 from voicekit.bench.room import Loudspeaker, Room
+from voicekit.bench.talk_room import runs_of
 from voicekit.listening.echo import FRAME, EchoCanceller, ReferenceTimeline, echo_share, is_echo
 from voicekit.listening.speaking import KEEP_FED_S, SILENCE_S
 from voicekit.listening.vad import SileroVAD
@@ -107,16 +108,9 @@ def session(room: Room, reply: np.ndarray, user: np.ndarray | None = None, user_
 
 def speech_runs(audio: np.ndarray, after_s: float = 0.0, until_s: float | None = None) -> list[tuple[float, float]]:
     """(start, seconds) of each run of VAD speech frames long enough to start a turn (0.1 s), in a stretch."""
-    scores = SileroVAD().probabilities(audio) >= 0.5
     frame_s = 512 / 16000
-    runs, start = [], None
-    for index, speaking in enumerate([*scores, False]):
-        if speaking and start is None:
-            start = index
-        elif not speaking and start is not None:
-            if (index - start) * frame_s >= 0.1:
-                runs.append((start * frame_s, (index - start) * frame_s))
-            start = None
+    runs = [(start * frame_s, (stop - start) * frame_s)
+            for start, stop in runs_of(SileroVAD().probabilities(audio) >= 0.5) if (stop - start) * frame_s >= 0.1]
     return [run for run in runs if run[0] >= after_s and (until_s is None or run[0] < until_s)]
 
 

@@ -181,6 +181,12 @@ def user_voices(kit: Any) -> list[str]:
     return kokoro or [str(kit.default_voice)]
 
 
+def runs_of(mask: np.ndarray) -> list[tuple[int, int]]:
+    """[start, stop) of each run of True in the boolean `mask`."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[False], mask, [False]]).astype(np.int8)))
+    return list(zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True))
+
+
 def stretch_pause(kit: Any, audio: np.ndarray, text: str, pause_s: float) -> tuple[np.ndarray, float]:
     """`audio` (`text` spoken, 24 kHz) with the pause at its comma made `pause_s` long; returns the audio and where
     the pause begins (seconds). The voice read the whole sentence, so the words before the pause sound unfinished.
@@ -207,14 +213,8 @@ def _quiet_stretches(audio: np.ndarray, near_s: float, reach_s: float = 0.4) -> 
                           + 1e-9)
     quiet = level < level.max() - 35
     spoken = np.flatnonzero(~quiet)
-    runs, start = [], None
-    for index, still in enumerate([*quiet, False]):
-        if still and start is None:
-            start = index
-        elif not still and start is not None:
-            if index - start >= 2 and spoken[0] < start and index <= spoken[-1]:
-                runs.append((start, index))
-            start = None
+    runs = [(first, stop) for first, stop in runs_of(quiet) if stop - first >= 2 and spoken[0] < first
+            and stop <= spoken[-1]]
     target = near_s * 100
 
     def distance(run: tuple[int, int]) -> float:
